@@ -1,0 +1,474 @@
+//! Typed configuration: one TOML file plus `CUTOVER__SECTION__KEY` environment overrides.
+//!
+//! ```text
+//!   built-in local default ─┐
+//!   or --config FILE ───────┼─▶ config crate ─▶ serde (deny_unknown_fields, field paths) ─▶ validate()
+//!   CUTOVER__* env vars ────┘        (env wins)
+//! ```
+//!
+//! Every struct rejects unknown keys, so a typo is an error naming its path, not a silently
+//! ignored setting. [`Config::validate`] checks the rules serde cannot express and reports every
+//! violation as `path: rule` (e.g. `kafka.brokers: must not be empty`). Durations carry their
+//! unit in the key (`_ms`, `_secs`). Secrets are [`Secret`]/[`DbUrl`] and never print.
+
+mod secret;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub use secret::{is_secret_property, redact_conninfo, DbUrl, Secret, REDACTED};
+pub use validate::{FieldError, ValidationErrors};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The default configuration for the local stack (`make up`): legacy on 5433, new on 5434,
+/// the broker on 9092, the embedded registry on 8081. Used when no `--config` is given.
+pub const LOCAL_DEFAULT_TOML: &str = include_str!("../../deploy/config/cutover.local.toml");
+
+/// Environment variable prefix; nested keys are separated by `__`.
+pub const ENV_PREFIX: &str = "CUTOVER";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Pipeline name: the connector name in event `source` blocks and the stem of slot,
+    /// publication, origin and consumer-group names.
+    pub name: String,
+    /// Topics are `<topic_prefix>.<schema>.<table>`.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    pub source: SourceConfig,
+    pub kafka: KafkaConfig,
+    pub registry: RegistryConfig,
+    #[serde(default)]
+    pub registry_server: RegistryServerConfig,
+    #[serde(default)]
+    pub observe: ObserveConfig,
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// The legacy (captured) PostgreSQL database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// libpq connection string, URL or key/value form.
+    pub url: DbUrl,
+    /// Password, if not in `url` (prefer `CUTOVER__SOURCE__PASSWORD`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// Logical replication slot name (created if missing).
+    pub slot: String,
+    /// Publication name (created if missing).
+    pub publication: String,
+    /// Capture every table of these schemas, including tables created later.
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub schemas: Vec<String>,
+    /// Capture these tables (`schema.table`), in addition to `schemas`.
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub tables: Vec<String>,
+    /// Key columns for tables without a primary key: `"schema.table" = ["col", ...]`.
+    #[serde(default)]
+    pub key_columns: BTreeMap<String, Vec<String>>,
+    /// How often to emit a heartbeat so an idle slot still advances.
+    #[serde(default = "default_heartbeat_secs")]
+    pub heartbeat_interval_secs: u64,
+    /// How often to send a standby status update to the server.
+    #[serde(default = "default_status_secs")]
+    pub status_interval_secs: u64,
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port`; a list or a comma-separated string.
+    #[serde(deserialize_with = "string_or_list")]
+    pub brokers: Vec<String>,
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// Partitions of topics cutover creates.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// Timeout for admin and metadata requests.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Extra librdkafka properties applied to every client (security, tuning).
+    /// Values of secret-looking keys (`*password`, `*secret*`, `sasl.jaas.config`) are redacted.
+    #[serde(default)]
+    pub properties: KafkaProperties,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Confluent-compatible schema registry base URL.
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    #[serde(default = "default_registry_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// The embedded registry served by `cutover registry`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryServerConfig {
+    pub listen: String,
+    /// Directory holding the durable schema log.
+    pub data_dir: PathBuf,
+    /// Compatibility level for subjects without their own (`BACKWARD` like Confluent).
+    pub default_compatibility: String,
+}
+
+impl Default for RegistryServerConfig {
+    fn default() -> Self {
+        RegistryServerConfig {
+            listen: "127.0.0.1:8081".into(),
+            data_dir: PathBuf::from(".local/registry"),
+            default_compatibility: "BACKWARD".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObserveConfig {
+    /// Address of the HTTP endpoint serving `/metrics`, `/healthz`, `/readyz`; empty disables.
+    pub listen: String,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// A tracing `EnvFilter` directive (`info`, `cutover=debug,rdkafka=warn`).
+    pub log_level: String,
+}
+
+impl Default for ObserveConfig {
+    fn default() -> Self {
+        ObserveConfig {
+            listen: "127.0.0.1:9464".into(),
+            log_format: "text".into(),
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// A target store fed by its own consumer group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    pub name: String,
+    pub url: DbUrl,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// Consumer group; defaults to `<name of pipeline>.sink.<sink name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+}
+
+fn default_topic_prefix() -> String {
+    "cutover".into()
+}
+fn default_heartbeat_secs() -> u64 {
+    10
+}
+fn default_status_secs() -> u64 {
+    5
+}
+fn default_connect_timeout_secs() -> u64 {
+    10
+}
+fn default_client_id() -> String {
+    "cutover".into()
+}
+fn default_partitions() -> i32 {
+    3
+}
+fn default_replication_factor() -> i32 {
+    1
+}
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+fn default_registry_timeout_ms() -> u64 {
+    10_000
+}
+
+/// Accept `["a", "b"]` or `"a,b"` (the form environment variables can express).
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(String::from)
+            .collect(),
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// librdkafka properties. Debug and Serialize redact the values of secret keys.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct KafkaProperties(pub BTreeMap<String, String>);
+
+impl KafkaProperties {
+    fn redacted(&self) -> BTreeMap<&str, &str> {
+        self.0
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_secret_property(k) {
+                    REDACTED
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect()
+    }
+}
+
+impl std::ops::Deref for KafkaProperties {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KafkaProperties {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl std::fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.redacted().fmt(f)
+    }
+}
+
+impl Serialize for KafkaProperties {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.redacted().serialize(s)
+    }
+}
+
+/// Where a configuration came from, for messages.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    BuiltinLocal,
+    File(PathBuf),
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigSource::BuiltinLocal => f.write_str("built-in local default"),
+            ConfigSource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl Config {
+    /// Load from `path` (or the built-in local default), apply `CUTOVER__*` environment
+    /// overrides, deserialize strictly and validate.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (for tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config> {
+        let mut builder = config::Config::builder();
+        builder = match path {
+            Some(p) => {
+                if !p.exists() {
+                    return Err(Error::config(format!(
+                        "config file {} does not exist",
+                        p.display()
+                    )));
+                }
+                builder.add_source(config::File::from(p).format(config::FileFormat::Toml))
+            }
+            None => builder.add_source(config::File::from_str(
+                LOCAL_DEFAULT_TOML,
+                config::FileFormat::Toml,
+            )),
+        };
+        let env_map: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env_map)),
+        );
+        let source = match path {
+            Some(p) => ConfigSource::File(p.to_path_buf()),
+            None => ConfigSource::BuiltinLocal,
+        };
+        let raw = builder
+            .build()
+            .map_err(|e| Error::config(format!("{source}: {e}")))?;
+        // Go through a JSON value so serde_path_to_error can name the exact field of any
+        // type or unknown-key error (`kafka.partitions: invalid type ...`).
+        let value: serde_json::Value = raw
+            .try_deserialize()
+            .map_err(|e| Error::config(format!("{source}: {e}")))?;
+        let cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            Error::config(format!("{source}: {path}: {}", e.into_inner()))
+        })?;
+        cfg.validate()
+            .map_err(|e| Error::new(ErrorKind::Config, format!("{source}: {e}")))?;
+        Ok(cfg)
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    pub fn sink(&self, name: &str) -> Result<&SinkConfig> {
+        self.sinks.iter().find(|s| s.name == name).ok_or_else(|| {
+            let known: Vec<&str> = self.sinks.iter().map(|s| s.name.as_str()).collect();
+            Error::new(
+                ErrorKind::Config,
+                format!("sinks: no sink named {name:?} (configured: {known:?})"),
+            )
+        })
+    }
+
+    pub fn observe_addr(&self) -> Option<SocketAddr> {
+        if self.observe.listen.is_empty() {
+            None
+        } else {
+            self.observe.listen.parse().ok()
+        }
+    }
+}
+
+impl SinkConfig {
+    pub fn group_id(&self, pipeline: &str) -> String {
+        self.group_id
+            .clone()
+            .unwrap_or_else(|| format!("{pipeline}.sink.{}", self.name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn builtin_default_loads_and_validates() {
+        let cfg = Config::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(cfg.kafka.brokers, vec!["127.0.0.1:9092".to_string()]);
+        assert!(cfg.source.url.expose().contains("5433"));
+        assert_eq!(cfg.source.schemas, vec!["public".to_string()]);
+        assert_eq!(cfg.registry.url, "http://127.0.0.1:8081");
+        let names: Vec<_> = cfg.sinks.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["mirror", "newstore"]);
+    }
+
+    #[test]
+    fn shipped_example_loads_and_validates() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config/cutover.example.toml");
+        let cfg = Config::load_with_env(Some(&p), env(&[])).unwrap();
+        assert!(!cfg.sinks.is_empty());
+    }
+
+    #[test]
+    fn env_overrides_win_and_parse_lists_and_numbers() {
+        let cfg = Config::load_with_env(
+            None,
+            env(&[
+                ("CUTOVER__KAFKA__BROKERS", "k1:9092,k2:9092"),
+                ("CUTOVER__KAFKA__PARTITIONS", "12"),
+                ("CUTOVER__SOURCE__PASSWORD", "12345"),
+                ("OTHER__KAFKA__BROKERS", "ignored:1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.kafka.brokers, vec!["k1:9092", "k2:9092"]);
+        assert_eq!(cfg.kafka.partitions, 12);
+        assert_eq!(cfg.source.password.as_ref().unwrap().expose(), "12345");
+    }
+
+    #[test]
+    fn empty_brokers_names_the_field_and_rule() {
+        let err = Config::load_with_env(None, env(&[("CUTOVER__KAFKA__BROKERS", "")])).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(
+            err.to_string().contains("kafka.brokers: must not be empty"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        let text = LOCAL_DEFAULT_TOML.replace("[kafka]", "[kafka]\nbrokerz = \"x\"");
+        std::fs::write(&p, text).unwrap();
+        let err = Config::load_with_env(Some(&p), env(&[])).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("kafka"), "{msg}");
+        assert!(msg.contains("unknown field `brokerz`"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let err = Config::load_with_env(None, env(&[("CUTOVER__KAFKA__PARTITIONS", "many")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("kafka.partitions"), "{err}");
+    }
+
+    #[test]
+    fn redacted_toml_hides_every_secret() {
+        let mut cfg = Config::load_with_env(None, env(&[])).unwrap();
+        cfg.source.url = DbUrl::new("postgres://u:hunter2@h:5433/app");
+        cfg.source.password = Some(Secret::new("hunter3"));
+        cfg.registry.password = Some(Secret::new("hunter4"));
+        cfg.kafka
+            .properties
+            .insert("sasl.password".into(), "hunter5".into());
+        cfg.kafka
+            .properties
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        let text = cfg.to_redacted_toml();
+        for s in ["hunter2", "hunter3", "hunter4", "hunter5"] {
+            assert!(!text.contains(s), "{s} leaked:\n{text}");
+        }
+        assert!(text.contains("SASL_SSL"));
+        assert!(!format!("{cfg:?}").contains("hunter"));
+    }
+}

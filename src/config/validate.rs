@@ -1,0 +1,328 @@
+//! Rules serde cannot express. Every violation is reported as `field.path: rule`, all at once,
+//! so an operator fixes the file in one pass.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+
+use super::{Config, DbUrl};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub rule: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.rule)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|e| e.to_string()).collect();
+        f.write_str(&parts.join("; "))
+    }
+}
+
+impl std::error::Error for ValidationErrors {}
+
+impl ValidationErrors {
+    fn push(&mut self, path: impl Into<String>, rule: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            rule: rule.into(),
+        });
+    }
+}
+
+/// PostgreSQL identifiers cutover creates (slot, publication): lower-case, digits, underscore.
+fn is_pg_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// Characters Kafka allows in topic names.
+fn is_topic_part(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 200
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
+}
+
+fn check_db_url(errs: &mut ValidationErrors, path: &str, url: &DbUrl) {
+    if url.expose().trim().is_empty() {
+        errs.push(path, "must not be empty");
+        return;
+    }
+    match url.expose().parse::<tokio_postgres::Config>() {
+        Ok(c) => {
+            if c.get_dbname().is_none() {
+                errs.push(path, "must name a database (dbname)");
+            }
+            if c.get_hosts().is_empty() {
+                errs.push(path, "must name a host");
+            }
+        }
+        Err(e) => errs.push(
+            path,
+            format!("not a valid PostgreSQL connection string ({e})"),
+        ),
+    }
+}
+
+fn check_addr(errs: &mut ValidationErrors, path: &str, addr: &str, allow_empty: bool) {
+    if addr.is_empty() {
+        if !allow_empty {
+            errs.push(path, "must not be empty");
+        }
+        return;
+    }
+    if addr.parse::<SocketAddr>().is_err() {
+        errs.push(path, "must be a socket address like 127.0.0.1:9464");
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut e = ValidationErrors::default();
+
+        if !is_pg_name(&self.name) {
+            e.push(
+                "name",
+                "must be 1-63 characters of a-z, 0-9, _ and not start with a digit",
+            );
+        }
+        if !is_topic_part(&self.topic_prefix) {
+            e.push(
+                "topic_prefix",
+                "must be 1-200 characters of a-z, A-Z, 0-9, '.', '_', '-'",
+            );
+        }
+
+        // source
+        let s = &self.source;
+        check_db_url(&mut e, "source.url", &s.url);
+        if !is_pg_name(&s.slot) {
+            e.push(
+                "source.slot",
+                "must be 1-63 characters of a-z, 0-9, _ (a replication slot name)",
+            );
+        }
+        if !is_pg_name(&s.publication) {
+            e.push(
+                "source.publication",
+                "must be 1-63 characters of a-z, 0-9, _",
+            );
+        }
+        if s.schemas.is_empty() && s.tables.is_empty() {
+            e.push(
+                "source.tables",
+                "source.tables and source.schemas are both empty: nothing to capture",
+            );
+        }
+        for (i, schema) in s.schemas.iter().enumerate() {
+            if schema.is_empty() {
+                e.push(format!("source.schemas[{i}]"), "must not be empty");
+            }
+        }
+        for (i, t) in s.tables.iter().enumerate() {
+            match t.split_once('.') {
+                Some((a, b)) if !a.is_empty() && !b.is_empty() => {}
+                _ => e.push(
+                    format!("source.tables[{i}]"),
+                    format!("{t:?} must be schema-qualified: \"schema.table\""),
+                ),
+            }
+        }
+        for (t, cols) in &s.key_columns {
+            if !t.contains('.') {
+                e.push(
+                    format!("source.key_columns.{t}"),
+                    "table must be schema-qualified: \"schema.table\"",
+                );
+            }
+            if cols.is_empty() {
+                e.push(
+                    format!("source.key_columns.{t}"),
+                    "must list at least one column",
+                );
+            }
+        }
+        if s.heartbeat_interval_secs == 0 {
+            e.push("source.heartbeat_interval_secs", "must be at least 1");
+        }
+        if s.status_interval_secs == 0 {
+            e.push("source.status_interval_secs", "must be at least 1");
+        }
+        if s.connect_timeout_secs == 0 {
+            e.push("source.connect_timeout_secs", "must be at least 1");
+        }
+
+        // kafka
+        let k = &self.kafka;
+        if k.brokers.is_empty() {
+            e.push("kafka.brokers", "must not be empty");
+        }
+        for (i, b) in k.brokers.iter().enumerate() {
+            let ok = b
+                .rsplit_once(':')
+                .map(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                .unwrap_or(false);
+            if !ok {
+                e.push(
+                    format!("kafka.brokers[{i}]"),
+                    format!("{b:?} must be host:port"),
+                );
+            }
+        }
+        if k.partitions < 1 {
+            e.push("kafka.partitions", "must be at least 1");
+        }
+        if k.replication_factor < 1 {
+            e.push("kafka.replication_factor", "must be at least 1");
+        }
+        if k.request_timeout_ms < 100 {
+            e.push("kafka.request_timeout_ms", "must be at least 100");
+        }
+        if k.client_id.is_empty() {
+            e.push("kafka.client_id", "must not be empty");
+        }
+        for key in [
+            "bootstrap.servers",
+            "enable.auto.offset.store",
+            "enable.idempotence",
+        ] {
+            if k.properties.contains_key(key) {
+                e.push(
+                    format!("kafka.properties.{key}"),
+                    "is managed by cutover and must not be overridden",
+                );
+            }
+        }
+
+        // registry
+        match url::Url::parse(&self.registry.url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            Ok(_) => e.push("registry.url", "must be an http:// or https:// URL"),
+            Err(err) => e.push("registry.url", format!("not a URL ({err})")),
+        }
+        if self.registry.password.is_some() && self.registry.username.is_none() {
+            e.push(
+                "registry.username",
+                "must be set when registry.password is set",
+            );
+        }
+        check_addr(
+            &mut e,
+            "registry_server.listen",
+            &self.registry_server.listen,
+            false,
+        );
+        if crate::registry::Compatibility::parse(&self.registry_server.default_compatibility)
+            .is_none()
+        {
+            e.push(
+                "registry_server.default_compatibility",
+                "must be one of NONE, BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL, FULL_TRANSITIVE",
+            );
+        }
+
+        // observe
+        check_addr(&mut e, "observe.listen", &self.observe.listen, true);
+        if !matches!(self.observe.log_format.as_str(), "text" | "json") {
+            e.push("observe.log_format", "must be \"text\" or \"json\"");
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.observe.log_level).is_err() {
+            e.push("observe.log_level", "not a valid tracing filter directive");
+        }
+
+        // sinks
+        let mut seen = HashSet::new();
+        for (i, sink) in self.sinks.iter().enumerate() {
+            let p = format!("sinks[{i}]");
+            if !is_topic_part(&sink.name) || sink.name.contains('.') {
+                e.push(
+                    format!("{p}.name"),
+                    "must be 1-200 characters of a-z, A-Z, 0-9, '_', '-'",
+                );
+            }
+            if !seen.insert(sink.name.as_str()) {
+                e.push(
+                    format!("{p}.name"),
+                    format!("duplicate sink name {:?}", sink.name),
+                );
+            }
+            check_db_url(&mut e, &format!("{p}.url"), &sink.url);
+            if sink.connect_timeout_secs == 0 {
+                e.push(format!("{p}.connect_timeout_secs"), "must be at least 1");
+            }
+        }
+
+        if e.0.is_empty() {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+
+    fn base() -> Config {
+        Config::load_with_env(None, Vec::<(String, String)>::new()).unwrap()
+    }
+
+    #[test]
+    fn reports_every_violation_with_its_path() {
+        let mut c = base();
+        c.name = "Bad Name".into();
+        c.source.slot = "".into();
+        c.kafka.partitions = 0;
+        c.kafka.brokers = vec!["nohost".into()];
+        c.registry.url = "ftp://x".into();
+        c.observe.log_format = "xml".into();
+        c.sinks[1].name = c.sinks[0].name.clone();
+        let errs = c.validate().unwrap_err();
+        let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "name",
+            "source.slot",
+            "kafka.partitions",
+            "kafka.brokers[0]",
+            "registry.url",
+            "observe.log_format",
+            "sinks[1].name",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn bad_database_url_is_named() {
+        let mut c = base();
+        c.sinks[0].url = DbUrl::new("host=h user=u");
+        let errs = c.validate().unwrap_err();
+        assert_eq!(errs.0[0].path, "sinks[0].url");
+        assert!(errs.0[0].rule.contains("dbname"));
+    }
+
+    #[test]
+    fn managed_kafka_properties_cannot_be_overridden() {
+        let mut c = base();
+        c.kafka
+            .properties
+            .insert("enable.auto.offset.store".into(), "true".into());
+        let errs = c.validate().unwrap_err();
+        assert_eq!(errs.0[0].path, "kafka.properties.enable.auto.offset.store");
+    }
+}

@@ -1,0 +1,249 @@
+//! One error type for the whole crate.
+//!
+//! Every failure is an [`Error`] carrying an [`ErrorKind`]. The kind is what callers branch on;
+//! the message is for humans and always names the thing that failed (a config field path, a
+//! topic, a table, a record). Whether an error is worth retrying is decided in exactly one place,
+//! [`crate::retry::policy`], from the kind alone — never by string matching at call sites.
+
+use std::fmt;
+
+/// What went wrong, coarsely. Retry decisions are derived from this (see [`crate::retry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The configuration is invalid; the message names the field path and the rule.
+    Config,
+    /// A peer (database, broker, registry) could not be reached or dropped the connection.
+    Connection,
+    /// A peer answered but is temporarily unable to serve (broker unavailable, leader election,
+    /// deadlock, serialization failure, registry 5xx).
+    Unavailable,
+    /// A timeout elapsed while waiting on a peer.
+    Timeout,
+    /// Authentication or authorization failed: retrying will not help.
+    Auth,
+    /// Input data could not be decoded or does not fit its schema (a poison record).
+    Data,
+    /// A schema was rejected (invalid, or incompatible with the registered history).
+    Schema,
+    /// The request conflicts with existing state (e.g. incompatible schema, wrong phase).
+    Conflict,
+    /// Something that must exist does not (subject, topic, slot, publication, table).
+    NotFound,
+    /// The environment is misconfigured in a way an operator must fix (wal_level, privileges).
+    Environment,
+    /// Local I/O failed (files, sockets we own).
+    Io,
+    /// A bug or an invariant violation inside cutover.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Stable lower-case name, used as a metric label value (`kind="connection"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Config => "config",
+            ErrorKind::Connection => "connection",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Auth => "auth",
+            ErrorKind::Data => "data",
+            ErrorKind::Schema => "schema",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Environment => "environment",
+            ErrorKind::Io => "io",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The crate's error: a kind, a human message, and an optional underlying cause.
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub fn with_source(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Prefix the message with more context, keeping kind and source.
+    pub fn context(mut self, ctx: impl fmt::Display) -> Self {
+        self.message = format!("{ctx}: {}", self.message);
+        self
+    }
+
+    pub fn config(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Config, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Internal, message)
+    }
+
+    /// Classify a PostgreSQL client error. SQLSTATE classes decide the kind: connection
+    /// exceptions and "operator intervention" are connection problems, deadlocks and
+    /// serialization failures are transient, privilege and auth errors are fatal, data and
+    /// integrity violations are data errors (poison for a sink).
+    pub fn postgres(context: impl Into<String>, err: tokio_postgres::Error) -> Self {
+        let kind = match err.code() {
+            Some(state) => classify_sqlstate(state.code()),
+            None if err.is_closed() => ErrorKind::Connection,
+            None => {
+                // No SQLSTATE: I/O, TLS, protocol or timeout trouble on the wire.
+                let text = err.to_string();
+                if text.contains("timed out") || text.contains("timeout") {
+                    ErrorKind::Timeout
+                } else {
+                    ErrorKind::Connection
+                }
+            }
+        };
+        Error::with_source(
+            kind,
+            format!("{}: {}", context.into(), pg_message(&err)),
+            err,
+        )
+    }
+
+    /// Classify a Kafka client error (see [`crate::kafka::classify`]).
+    pub fn kafka(context: impl Into<String>, err: rdkafka::error::KafkaError) -> Self {
+        let kind = crate::kafka::classify(&err);
+        Error::with_source(kind, format!("{}: {err}", context.into()), err)
+    }
+
+    pub fn io(context: impl Into<String>, err: std::io::Error) -> Self {
+        Error::with_source(ErrorKind::Io, format!("{}: {err}", context.into()), err)
+    }
+}
+
+/// Map a five-character SQLSTATE to an [`ErrorKind`].
+pub fn classify_sqlstate(code: &str) -> ErrorKind {
+    match code {
+        // serialization_failure, deadlock_detected, lock_not_available
+        "40001" | "40P01" | "55P03" => ErrorKind::Unavailable,
+        // admin_shutdown, crash_shutdown, cannot_connect_now
+        "57P01" | "57P02" | "57P03" => ErrorKind::Connection,
+        // query_canceled (statement_timeout)
+        "57014" => ErrorKind::Timeout,
+        // too_many_connections, out of memory/disk
+        "53300" | "53100" | "53200" => ErrorKind::Unavailable,
+        // invalid_authorization_specification, invalid_password, insufficient_privilege
+        "28000" | "28P01" | "42501" => ErrorKind::Auth,
+        // undefined_table, undefined_column, undefined_object, undefined_function
+        "42P01" | "42703" | "42704" | "42883" => ErrorKind::NotFound,
+        // object_in_use (slot active elsewhere) — someone else holds it, may free up
+        "55006" => ErrorKind::Unavailable,
+        _ => match &code[..2.min(code.len())] {
+            "08" => ErrorKind::Connection,
+            "22" | "23" => ErrorKind::Data,
+            "42" => ErrorKind::Schema,
+            "3D" => ErrorKind::NotFound,
+            "55" => ErrorKind::Environment,
+            _ => ErrorKind::Internal,
+        },
+    }
+}
+
+/// A readable message for a tokio-postgres error: the server's message and detail when there
+/// is one (the default Display says only "db error").
+fn pg_message(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                s.push_str(": ");
+                s.push_str(detail);
+            }
+            if let Some(hint) = db.hint() {
+                s.push_str(" hint: ");
+                s.push_str(hint);
+            }
+            s
+        }
+        None => {
+            let mut s = err.to_string();
+            let mut src = std::error::Error::source(err);
+            while let Some(e) = src {
+                s.push_str(": ");
+                s.push_str(&e.to_string());
+                src = e.source();
+            }
+            s
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstate_classes_map_to_kinds() {
+        assert_eq!(classify_sqlstate("40001"), ErrorKind::Unavailable);
+        assert_eq!(classify_sqlstate("40P01"), ErrorKind::Unavailable);
+        assert_eq!(classify_sqlstate("08006"), ErrorKind::Connection);
+        assert_eq!(classify_sqlstate("23505"), ErrorKind::Data);
+        assert_eq!(classify_sqlstate("22P02"), ErrorKind::Data);
+        assert_eq!(classify_sqlstate("42501"), ErrorKind::Auth);
+        assert_eq!(classify_sqlstate("42P01"), ErrorKind::NotFound);
+        assert_eq!(classify_sqlstate("3D000"), ErrorKind::NotFound);
+        assert_eq!(classify_sqlstate("XX000"), ErrorKind::Internal);
+    }
+
+    #[test]
+    fn context_prefixes_message_and_keeps_kind() {
+        let e = Error::new(ErrorKind::Timeout, "no answer").context("registry http://x");
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        assert_eq!(e.to_string(), "registry http://x: no answer");
+    }
+}

@@ -1,0 +1,301 @@
+//! Kafka clients as cutover uses them: one place that builds librdkafka configs, classifies
+//! Kafka errors into retry vs fatal, creates topics through the admin API and reads watermarks.
+//!
+//! Client settings cutover owns (users cannot override them, see `config::validate`):
+//!
+//! | client   | setting                        | why                                                    |
+//! |----------|--------------------------------|--------------------------------------------------------|
+//! | producer | `enable.idempotence=true`, `acks=all` | no duplicates or reordering from producer retries |
+//! | consumer | `enable.auto.commit=false`     | offsets are committed only after the batch is durable |
+//! | consumer | `enable.auto.offset.store=false` | nothing is stored that was not applied              |
+//!
+//! Topics are always created explicitly ([`ensure_topics`]); cutover never relies on broker
+//! auto-creation (the local broker does not do it, and production clusters should not).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::KafkaConfig;
+use crate::error::{Error, ErrorKind, Result};
+
+/// Settings shared by every client: brokers, client id, user properties.
+pub fn base_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", cfg.brokers.join(","));
+    c.set("client.id", &cfg.client_id);
+    c.set("socket.keepalive.enable", "true");
+    for (k, v) in cfg.properties.iter() {
+        c.set(k, v);
+    }
+    c
+}
+
+/// An idempotent producer config (`acks=all`, ordered retries).
+pub fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = base_config(cfg);
+    c.set("enable.idempotence", "true");
+    c.set("acks", "all");
+    set_default(&mut c, "max.in.flight.requests.per.connection", "5");
+    set_default(&mut c, "linger.ms", "5");
+    set_default(&mut c, "compression.type", "lz4");
+    // Never give up on a delivery: a message that cannot be delivered blocks the LSN from being
+    // confirmed, and backpressure stops the replication stream instead of losing data.
+    set_default(&mut c, "message.timeout.ms", "0");
+    c
+}
+
+/// A consumer config for `group_id`: manual commits, manual offset store.
+pub fn consumer_config(cfg: &KafkaConfig, group_id: &str) -> ClientConfig {
+    let mut c = base_config(cfg);
+    c.set("group.id", group_id);
+    c.set("enable.auto.commit", "false");
+    c.set("enable.auto.offset.store", "false");
+    set_default(&mut c, "auto.offset.reset", "earliest");
+    set_default(&mut c, "enable.partition.eof", "false");
+    c
+}
+
+/// Set `key` unless the user already did through `kafka.properties`.
+fn set_default(c: &mut ClientConfig, key: &str, value: &str) {
+    if c.get(key).is_none() {
+        c.set(key, value);
+    }
+}
+
+/// Classify a Kafka error for [`crate::retry::policy`].
+pub fn classify(err: &KafkaError) -> ErrorKind {
+    match err.rdkafka_error_code() {
+        Some(code) => classify_code(code),
+        None => match err {
+            KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..) => ErrorKind::Config,
+            KafkaError::Canceled => ErrorKind::Unavailable,
+            _ => ErrorKind::Internal,
+        },
+    }
+}
+
+pub fn classify_code(code: RDKafkaErrorCode) -> ErrorKind {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::BrokerTransportFailure
+        | C::AllBrokersDown
+        | C::Resolve
+        | C::NetworkException
+        | C::BrokerNotAvailable => ErrorKind::Connection,
+        C::MessageTimedOut | C::OperationTimedOut | C::RequestTimedOut | C::TimedOutQueue => {
+            ErrorKind::Timeout
+        }
+        C::QueueFull
+        | C::LeaderNotAvailable
+        | C::NotLeaderForPartition
+        | C::ReplicaNotAvailable
+        | C::NotEnoughReplicas
+        | C::NotEnoughReplicasAfterAppend
+        | C::CoordinatorLoadInProgress
+        | C::CoordinatorNotAvailable
+        | C::NotCoordinator
+        | C::RebalanceInProgress
+        | C::WaitingForCoordinator
+        | C::KafkaStorageError
+        | C::ThrottlingQuotaExceeded
+        | C::FencedLeaderEpoch
+        | C::UnknownLeaderEpoch
+        | C::OffsetNotAvailable
+        | C::PreferredLeaderNotAvailable
+        | C::Retry
+        | C::InProgress
+        | C::UnknownTopicOrPartition => ErrorKind::Unavailable,
+        C::Authentication
+        | C::SaslAuthenticationFailed
+        | C::TopicAuthorizationFailed
+        | C::GroupAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::TransactionalIdAuthorizationFailed
+        | C::UnsupportedSASLMechanism
+        | C::IllegalSASLState
+        | C::SSL => ErrorKind::Auth,
+        C::MessageSizeTooLarge
+        | C::InvalidMessage
+        | C::InvalidMessageSize
+        | C::BadMessage
+        | C::InvalidRecord
+        | C::KeySerialization
+        | C::ValueSerialization
+        | C::KeyDeserialization
+        | C::ValueDeserialization => ErrorKind::Data,
+        C::TopicAlreadyExists => ErrorKind::Conflict,
+        C::UnknownTopic | C::UnknownPartition | C::UnknownGroup | C::GroupIdNotFound => {
+            ErrorKind::NotFound
+        }
+        C::InvalidConfig
+        | C::InvalidReplicationFactor
+        | C::InvalidPartitions
+        | C::InvalidTopic
+        | C::InvalidArgument
+        | C::NotConfigured => ErrorKind::Config,
+        _ => ErrorKind::Internal,
+    }
+}
+
+/// A topic cutover wants to exist.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub configs: Vec<(String, String)>,
+}
+
+/// Create the topics that do not exist yet ("already exists" is success). Returns the names
+/// that were newly created.
+pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[TopicSpec]) -> Result<Vec<String>> {
+    if topics.is_empty() {
+        return Ok(vec![]);
+    }
+    let admin: AdminClient<DefaultClientContext> = base_config(cfg)
+        .create()
+        .map_err(|e| Error::kafka("creating Kafka admin client", e))?;
+    let timeout = Duration::from_millis(cfg.request_timeout_ms);
+    let opts = AdminOptions::new().operation_timeout(Some(timeout));
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| {
+            let mut nt = NewTopic::new(
+                &t.name,
+                t.partitions,
+                TopicReplication::Fixed(t.replication_factor),
+            );
+            for (k, v) in &t.configs {
+                nt = nt.set(k, v);
+            }
+            nt
+        })
+        .collect();
+    let results = admin
+        .create_topics(new_topics.iter(), &opts)
+        .await
+        .map_err(|e| Error::kafka("CreateTopics request", e))?;
+    let mut created = Vec::new();
+    for r in results {
+        match r {
+            Ok(name) => created.push(name),
+            Err((_name, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(Error::new(
+                    classify_code(code),
+                    format!("creating topic {name}: {code}"),
+                ))
+            }
+        }
+    }
+    if !created.is_empty() {
+        tracing::info!(topics = ?created, "created topics");
+    }
+    Ok(created)
+}
+
+/// Low and high watermarks of every partition of `topic`: partition → (low, high).
+/// Runs the blocking librdkafka calls off the async runtime.
+pub async fn watermarks(cfg: &KafkaConfig, topic: &str) -> Result<HashMap<i32, (i64, i64)>> {
+    let cfg = cfg.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = base_config(&cfg)
+            .create()
+            .map_err(|e| Error::kafka("creating Kafka metadata client", e))?;
+        let timeout = Duration::from_millis(cfg.request_timeout_ms);
+        let md = consumer
+            .fetch_metadata(Some(&topic), timeout)
+            .map_err(|e| Error::kafka(format!("metadata for topic {topic}"), e))?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("topic {topic} not found")))?;
+        if let Some(err) = t.error() {
+            let code: RDKafkaErrorCode = err.into();
+            return Err(Error::new(
+                classify_code(code),
+                format!("metadata for topic {topic}: {code}"),
+            ));
+        }
+        let mut out = HashMap::new();
+        for p in t.partitions() {
+            let wm = consumer
+                .fetch_watermarks(&topic, p.id(), timeout)
+                .map_err(|e| Error::kafka(format!("watermarks of {topic}[{}]", p.id()), e))?;
+            out.insert(p.id(), wm);
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("watermark task failed: {e}")))?
+}
+
+/// Check that the cluster answers a metadata request; returns the number of brokers seen.
+pub async fn ping(cfg: &KafkaConfig) -> Result<usize> {
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = base_config(&cfg)
+            .create()
+            .map_err(|e| Error::kafka("creating Kafka metadata client", e))?;
+        let md = consumer
+            .fetch_metadata(None, Duration::from_millis(cfg.request_timeout_ms))
+            .map_err(|e| Error::kafka(format!("metadata from {}", cfg.brokers.join(",")), e))?;
+        Ok(md.brokers().len())
+    })
+    .await
+    .map_err(|e| Error::internal(format!("metadata task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_broker_errors_retry_auth_is_fatal() {
+        use crate::retry::{policy, Decision};
+        for c in [
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::RequestTimedOut,
+            RDKafkaErrorCode::QueueFull,
+        ] {
+            assert_eq!(policy(classify_code(c)), Decision::Retry, "{c:?}");
+        }
+        assert_eq!(
+            policy(classify_code(RDKafkaErrorCode::SaslAuthenticationFailed)),
+            Decision::Fatal
+        );
+        assert_eq!(
+            policy(classify_code(RDKafkaErrorCode::MessageSizeTooLarge)),
+            Decision::Park
+        );
+        assert_eq!(
+            classify(&KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)),
+            ErrorKind::Unavailable
+        );
+    }
+
+    #[test]
+    fn managed_settings_are_present() {
+        let cfg = crate::config::Config::load_with_env(None, Vec::<(String, String)>::new())
+            .unwrap()
+            .kafka;
+        let p = producer_config(&cfg);
+        assert_eq!(p.get("enable.idempotence"), Some("true"));
+        assert_eq!(p.get("acks"), Some("all"));
+        let c = consumer_config(&cfg, "g");
+        assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("group.id"), Some("g"));
+    }
+}

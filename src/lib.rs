@@ -1,0 +1,41 @@
+//! # cutover
+//!
+//! Change-data-capture for zero-downtime database migrations: every committed change of a
+//! legacy PostgreSQL database goes to Kafka (Avro, one topic per table, keyed by primary key),
+//! and independent consumer groups apply it to the old and the new store; a back-sync carries
+//! writes made on the new store back to legacy so a rollback loses nothing.
+//!
+//! ```text
+//!                 pgoutput                 Avro + registry id            one group per sink
+//!  legacy PG ──(logical slot)──▶ capture ──▶ Kafka <prefix>.<schema>.<table> ──▶ sink "mirror"   ──▶ new PG / app
+//!      ▲        confirm LSN only            (key = primary key,          └──▶ sink "newstore" ──▶ new PG / newapp
+//!      │        after Kafka acks             per-row order)                        (mapping old → new)
+//!      │                                                                               │
+//!      └──────── back-sync sink ◀── Kafka <prefix>.back.* ◀── capture (new PG) ◀───────┘
+//!                (replication origin: never echoed)
+//! ```
+//!
+//! Invariants (each documented where it is enforced):
+//! 1. An LSN is confirmed to PostgreSQL only after Kafka acknowledged every event up to it.
+//! 2. Every event carries `(commit_lsn, seq)`, a total order; re-sent events carry the same pair.
+//! 3. A sink's progress lives in the target, in the same transaction as the rows it covers.
+//! 4. All changes of one row stay in one partition (key = primary key).
+//! 5. What cutover writes is tagged with a replication origin; captures skip their own origins.
+//! 6. Bad data is parked in a dead-letter topic, never dropped.
+//! 7. Memory is bounded by configuration, not by input.
+//!
+//! Modules: [`config`] (typed config, validation, redaction), [`error`] + [`retry`] (one
+//! error type, one retry policy), [`database`] (SQL connections), [`kafka`] (clients, topics,
+//! error classes), [`registry`] (schema-registry client and embedded server), [`observe`]
+//! (metrics, health, logging), [`cli`] (subcommands; the only wiring layer).
+
+pub mod cli;
+pub mod config;
+pub mod database;
+pub mod error;
+pub mod kafka;
+pub mod observe;
+pub mod registry;
+pub mod retry;
+
+pub use error::{Error, ErrorKind, Result};

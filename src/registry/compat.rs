@@ -1,0 +1,173 @@
+//! Compatibility levels and checks, with the semantics of Confluent's registry:
+//!
+//! | level      | a new schema must …                                        |
+//! |------------|------------------------------------------------------------|
+//! | `BACKWARD` | read data written with the latest version                  |
+//! | `FORWARD`  | write data the latest version can read                     |
+//! | `FULL`     | both                                                       |
+//! | `*_TRANSITIVE` | … the same against every earlier version, not just the latest |
+//! | `NONE`     | anything goes                                              |
+//!
+//! The reader/writer check itself is Avro schema resolution from `apache-avro`.
+
+use apache_avro::schema_compatibility::SchemaCompatibility;
+use apache_avro::Schema;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compatibility {
+    None,
+    Backward,
+    BackwardTransitive,
+    Forward,
+    ForwardTransitive,
+    Full,
+    FullTransitive,
+}
+
+impl Compatibility {
+    pub fn parse(s: &str) -> Option<Compatibility> {
+        Some(match s.to_ascii_uppercase().as_str() {
+            "NONE" => Compatibility::None,
+            "BACKWARD" => Compatibility::Backward,
+            "BACKWARD_TRANSITIVE" => Compatibility::BackwardTransitive,
+            "FORWARD" => Compatibility::Forward,
+            "FORWARD_TRANSITIVE" => Compatibility::ForwardTransitive,
+            "FULL" => Compatibility::Full,
+            "FULL_TRANSITIVE" => Compatibility::FullTransitive,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compatibility::None => "NONE",
+            Compatibility::Backward => "BACKWARD",
+            Compatibility::BackwardTransitive => "BACKWARD_TRANSITIVE",
+            Compatibility::Forward => "FORWARD",
+            Compatibility::ForwardTransitive => "FORWARD_TRANSITIVE",
+            Compatibility::Full => "FULL",
+            Compatibility::FullTransitive => "FULL_TRANSITIVE",
+        }
+    }
+
+    fn transitive(self) -> bool {
+        matches!(
+            self,
+            Compatibility::BackwardTransitive
+                | Compatibility::ForwardTransitive
+                | Compatibility::FullTransitive
+        )
+    }
+
+    /// Check `new` against the existing versions of a subject (oldest first). Returns the
+    /// reasons it is incompatible; empty means compatible.
+    pub fn check(self, new: &Schema, existing: &[&Schema]) -> Vec<String> {
+        if self == Compatibility::None || existing.is_empty() {
+            return vec![];
+        }
+        let against: Vec<(usize, &Schema)> = if self.transitive() {
+            existing.iter().copied().enumerate().collect()
+        } else {
+            vec![(existing.len() - 1, existing[existing.len() - 1])]
+        };
+        let backward = matches!(
+            self,
+            Compatibility::Backward
+                | Compatibility::BackwardTransitive
+                | Compatibility::Full
+                | Compatibility::FullTransitive
+        );
+        let forward = matches!(
+            self,
+            Compatibility::Forward
+                | Compatibility::ForwardTransitive
+                | Compatibility::Full
+                | Compatibility::FullTransitive
+        );
+        let mut reasons = Vec::new();
+        for (idx, old) in against {
+            if backward {
+                if let Err(e) = SchemaCompatibility::can_read(old, new) {
+                    reasons.push(format!(
+                        "new schema cannot read data written with version index {idx}: {e}"
+                    ));
+                }
+            }
+            if forward {
+                if let Err(e) = SchemaCompatibility::can_read(new, old) {
+                    reasons.push(format!(
+                        "version index {idx} cannot read data written with the new schema: {e}"
+                    ));
+                }
+            }
+        }
+        reasons
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(json: &str) -> Schema {
+        Schema::parse_str(json).unwrap()
+    }
+
+    const V1: &str = r#"{"type":"record","name":"r","fields":[{"name":"a","type":"long"}]}"#;
+    const V2_DEFAULT: &str = r#"{"type":"record","name":"r","fields":[{"name":"a","type":"long"},{"name":"b","type":["null","string"],"default":null}]}"#;
+    const V2_NO_DEFAULT: &str = r#"{"type":"record","name":"r","fields":[{"name":"a","type":"long"},{"name":"b","type":"string"}]}"#;
+    const V_DROPPED: &str = r#"{"type":"record","name":"r","fields":[]}"#;
+
+    #[test]
+    fn backward_allows_added_field_with_default_only() {
+        let v1 = s(V1);
+        assert!(Compatibility::Backward
+            .check(&s(V2_DEFAULT), &[&v1])
+            .is_empty());
+        assert!(!Compatibility::Backward
+            .check(&s(V2_NO_DEFAULT), &[&v1])
+            .is_empty());
+        // Dropping a field is backward compatible (the reader ignores it)...
+        assert!(Compatibility::Backward
+            .check(&s(V_DROPPED), &[&v1])
+            .is_empty());
+        // ...but not forward compatible (old readers need `a`, which has no default).
+        assert!(!Compatibility::Forward
+            .check(&s(V_DROPPED), &[&v1])
+            .is_empty());
+        assert!(!Compatibility::Full.check(&s(V_DROPPED), &[&v1]).is_empty());
+    }
+
+    #[test]
+    fn transitive_checks_every_version() {
+        // v1 has a required `b` (string), v2 drops it, v3 adds `b` back as long without default.
+        let v1 = s(V2_NO_DEFAULT);
+        let v2 = s(V1);
+        let v3 = s(
+            r#"{"type":"record","name":"r","fields":[{"name":"a","type":"long"},{"name":"b","type":"long","default":0}]}"#,
+        );
+        // Against the latest only, v3 is fine.
+        assert!(Compatibility::Backward.check(&v3, &[&v1, &v2]).is_empty());
+        // Transitively, v3 cannot read v1's string `b`.
+        assert!(!Compatibility::BackwardTransitive
+            .check(&v3, &[&v1, &v2])
+            .is_empty());
+        assert!(Compatibility::None.check(&v3, &[&v1, &v2]).is_empty());
+    }
+
+    #[test]
+    fn parse_round_trips() {
+        for l in [
+            "NONE",
+            "BACKWARD",
+            "BACKWARD_TRANSITIVE",
+            "FORWARD",
+            "FORWARD_TRANSITIVE",
+            "FULL",
+            "FULL_TRANSITIVE",
+        ] {
+            assert_eq!(Compatibility::parse(l).unwrap().as_str(), l);
+        }
+        assert!(Compatibility::parse("SIDEWAYS").is_none());
+    }
+}

@@ -1,0 +1,138 @@
+//! The one place that decides what to do with an error.
+//!
+//! ```text
+//!   Error ──kind──▶ policy() ──▶ Retry  (transient: back off with jitter, try again)
+//!                            ├─▶ Park   (poison data: dead-letter it, move on)
+//!                            └─▶ Fatal  (operator must act: stop with a clear message)
+//! ```
+//!
+//! Call sites never inspect error strings; they ask [`policy`] and obey. Backoff is
+//! exponential with full jitter (via the maintained `backon` crate), bounded by
+//! [`BackoffSettings`].
+
+use std::future::Future;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+
+use crate::error::{Error, ErrorKind};
+
+/// What to do about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Transient: retry with backoff.
+    Retry,
+    /// The record is bad and will never succeed: park it (dead-letter topic) and continue.
+    Park,
+    /// Stop: an operator must change something (config, privileges, server settings).
+    Fatal,
+}
+
+/// The retry policy, by error kind.
+pub fn policy(kind: ErrorKind) -> Decision {
+    match kind {
+        ErrorKind::Connection | ErrorKind::Unavailable | ErrorKind::Timeout => Decision::Retry,
+        ErrorKind::Data => Decision::Park,
+        ErrorKind::Config
+        | ErrorKind::Auth
+        | ErrorKind::Schema
+        | ErrorKind::Conflict
+        | ErrorKind::NotFound
+        | ErrorKind::Environment
+        | ErrorKind::Io
+        | ErrorKind::Internal => Decision::Fatal,
+    }
+}
+
+/// Exponential backoff bounds. `max_attempts = 0` means retry forever.
+#[derive(Debug, Clone, Copy)]
+pub struct BackoffSettings {
+    pub initial: Duration,
+    pub max: Duration,
+    pub max_attempts: usize,
+}
+
+impl Default for BackoffSettings {
+    fn default() -> Self {
+        BackoffSettings {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+            max_attempts: 0,
+        }
+    }
+}
+
+/// Run `op` until it succeeds or fails with an error the policy does not retry.
+/// Every retry is logged with the error and the delay chosen.
+pub async fn with_backoff<T, F, Fut>(
+    what: &str,
+    settings: BackoffSettings,
+    op: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let mut builder = ExponentialBuilder::default()
+        .with_min_delay(settings.initial)
+        .with_max_delay(settings.max)
+        .with_jitter();
+    builder = if settings.max_attempts == 0 {
+        builder.without_max_times()
+    } else {
+        builder.with_max_times(settings.max_attempts)
+    };
+    op.retry(builder)
+        .when(|e: &Error| policy(e.kind()) == Decision::Retry)
+        .notify(|e: &Error, delay: Duration| {
+            tracing::warn!(what, error = %e, kind = %e.kind(), delay_ms = delay.as_millis() as u64, "retrying");
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn transient_kinds_retry_data_parks_rest_fatal() {
+        assert_eq!(policy(ErrorKind::Connection), Decision::Retry);
+        assert_eq!(policy(ErrorKind::Unavailable), Decision::Retry);
+        assert_eq!(policy(ErrorKind::Timeout), Decision::Retry);
+        assert_eq!(policy(ErrorKind::Data), Decision::Park);
+        assert_eq!(policy(ErrorKind::Auth), Decision::Fatal);
+        assert_eq!(policy(ErrorKind::Config), Decision::Fatal);
+    }
+
+    #[tokio::test]
+    async fn retries_transient_until_success_and_stops_on_fatal() {
+        let calls = AtomicUsize::new(0);
+        let settings = BackoffSettings {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(5),
+            max_attempts: 10,
+        };
+        let out = with_backoff("t", settings, || async {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            if n < 3 {
+                Err(Error::new(ErrorKind::Connection, "down"))
+            } else {
+                Ok(n)
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(out, 3);
+
+        let fatal_calls = AtomicUsize::new(0);
+        let err = with_backoff("t", settings, || async {
+            fatal_calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(Error::new(ErrorKind::Auth, "denied"))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Auth);
+        assert_eq!(fatal_calls.load(Ordering::SeqCst), 1);
+    }
+}
