@@ -56,8 +56,8 @@ pub async fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
+            // Logging is always initialised by then (with defaults if the config was bad).
             tracing::error!(kind = %e.kind(), "{e}");
-            eprintln!("error: {e}");
             exit_code(&e)
         }
     }

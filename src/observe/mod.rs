@@ -122,14 +122,14 @@ pub fn router(handle: PrometheusHandle, readiness: Readiness) -> Router {
         .with_state(ObserveState { handle, readiness })
 }
 
-/// Bind `addr` and serve the observability endpoints until `shutdown` completes.
-/// Also spawns the recorder's upkeep (histogram maintenance) task.
+/// Bind `addr` (port 0 picks a free one) and serve the observability endpoints until
+/// `shutdown` completes; returns the bound address. Also spawns the recorder's upkeep (histogram maintenance) task.
 pub async fn serve(
     addr: std::net::SocketAddr,
     handle: PrometheusHandle,
     readiness: Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<tokio::task::JoinHandle<()>> {
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         Error::with_source(
             ErrorKind::Io,
@@ -150,12 +150,13 @@ pub async fn serve(
         }
     });
     let app = router(handle, readiness);
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
         {
             tracing::error!(error = %e, "observe endpoint failed");
         }
-    }))
+    });
+    Ok((local, task))
 }

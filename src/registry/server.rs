@@ -92,16 +92,23 @@ fn parse_request(body: &Bytes) -> Result<SchemaRequest, ApiResponse> {
     Ok(req)
 }
 
+/// Boolean query flags. Clients spell them `true`, `True`, `1`…; anything else is false.
+/// Unknown parameters (`normalize`, `format`, `subject`, …) are ignored.
 #[derive(Deserialize, Default)]
 struct Flags {
     #[serde(default)]
-    deleted: Option<bool>,
+    deleted: Option<String>,
     #[serde(default)]
-    permanent: Option<bool>,
+    permanent: Option<String>,
     #[serde(default)]
-    verbose: Option<bool>,
+    verbose: Option<String>,
     #[serde(rename = "defaultToGlobal", default)]
-    default_to_global: Option<bool>,
+    default_to_global: Option<String>,
+}
+
+fn flag(v: &Option<String>) -> bool {
+    v.as_deref()
+        .is_some_and(|s| s.eq_ignore_ascii_case("true") || s == "1")
 }
 
 fn version_json(v: super::store::VersionInfo) -> Value {
@@ -118,7 +125,7 @@ async fn root() -> ApiResponse {
 }
 
 async fn list_subjects(State(st): Shared, Query(f): Query<Flags>) -> ApiResponse {
-    ok(json!(st.subjects(f.deleted.unwrap_or(false))))
+    ok(json!(st.subjects(flag(&f.deleted))))
 }
 
 async fn list_versions(
@@ -126,9 +133,7 @@ async fn list_versions(
     Path(subject): Path<String>,
     Query(f): Query<Flags>,
 ) -> ApiResult {
-    Ok(ok(
-        json!(st.versions(&subject, f.deleted.unwrap_or(false))?),
-    ))
+    Ok(ok(json!(st.versions(&subject, flag(&f.deleted))?)))
 }
 
 async fn register(State(st): Shared, Path(subject): Path<String>, body: Bytes) -> ApiResult {
@@ -169,9 +174,7 @@ async fn delete_subject(
     Path(subject): Path<String>,
     Query(f): Query<Flags>,
 ) -> ApiResult {
-    Ok(ok(json!(
-        st.delete_subject(&subject, f.permanent.unwrap_or(false))?
-    )))
+    Ok(ok(json!(st.delete_subject(&subject, flag(&f.permanent))?)))
 }
 
 async fn delete_version(
@@ -183,7 +186,7 @@ async fn delete_version(
     Ok(ok(json!(st.delete_version(
         &subject,
         v,
-        f.permanent.unwrap_or(false)
+        flag(&f.permanent)
     )?)))
 }
 
@@ -238,7 +241,7 @@ async fn compat_version(
     let req = parse_request(&body)?;
     let v = VersionRef::parse(&version)?;
     let reasons = st.check_compatibility(&subject, Some(v), &req.schema)?;
-    Ok(compat_answer(reasons, f.verbose.unwrap_or(false)))
+    Ok(compat_answer(reasons, flag(&f.verbose)))
 }
 
 async fn compat_all(
@@ -249,7 +252,7 @@ async fn compat_all(
 ) -> ApiResult {
     let req = parse_request(&body)?;
     let reasons = st.check_compatibility(&subject, None, &req.schema)?;
-    Ok(compat_answer(reasons, f.verbose.unwrap_or(false)))
+    Ok(compat_answer(reasons, flag(&f.verbose)))
 }
 
 #[derive(Deserialize)]
@@ -282,7 +285,7 @@ async fn get_subject_config(
 ) -> ApiResult {
     match st.subject_compatibility(&subject) {
         Some(l) => Ok(ok(json!({"compatibilityLevel": l.as_str()}))),
-        None if f.default_to_global.unwrap_or(false) => Ok(ok(
+        None if flag(&f.default_to_global) => Ok(ok(
             json!({"compatibilityLevel": st.global_compatibility().as_str()}),
         )),
         None => Err(StoreError::SubjectConfigNotFound(subject).into()),

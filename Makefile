@@ -1,0 +1,51 @@
+# cutover — developer entry points. Everything a fresh machine needs is installed by
+# deploy/local/bootstrap.sh (called by the targets that need it).
+SHELL := /bin/bash
+STACK := deploy/local/stack.sh
+
+.PHONY: help bootstrap up down status restart-broker destroy build test test-only lint fmt clean
+
+help:
+	@echo "make up        start the local stack (2x PostgreSQL, Tansu broker, schema registry)"
+	@echo "make down      stop it (data kept);  make destroy  stop and delete its data"
+	@echo "make status    show what runs where"
+	@echo "make test      start the stack if needed, then lint + unit + integration tests"
+	@echo "make lint      cargo fmt --check and clippy -D warnings"
+
+bootstrap:
+	@bash deploy/local/bootstrap.sh
+
+up: bootstrap
+	@cargo build --quiet --bin cutover
+	@bash $(STACK) up
+
+down:
+	@bash $(STACK) down
+
+status:
+	@bash $(STACK) status
+
+restart-broker:
+	@bash $(STACK) restart-broker
+
+destroy:
+	@bash $(STACK) destroy
+
+build:
+	cargo build --all-targets
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+# The README's test command: stack up (idempotent), lint, then every test with nextest.
+test: up lint test-only
+
+test-only:
+	cargo nextest run --all-targets --profile ci
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean
