@@ -29,10 +29,13 @@
 //! error classes), [`registry`] (schema-registry client and embedded server), [`observe`]
 //! (metrics, health, logging), [`cli`] (subcommands; the only wiring layer).
 
+pub mod capture;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod database;
 pub mod error;
+pub mod event;
 pub mod kafka;
 pub mod observe;
 pub mod registry;

@@ -1,0 +1,2 @@
+//! Capture: committed changes of the legacy database → Kafka.
+pub mod pgoutput;
