@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand. This is the only layer that wires components
 //! together; everything below it is usable as a library.
 
+mod capture;
 mod check_config;
 mod registry;
 
@@ -36,6 +37,8 @@ pub struct Cli {
 pub enum Command {
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig(check_config::Args),
+    /// Stream committed changes of the source database to Kafka.
+    Capture(capture::Args),
     /// Serve the embedded Confluent-compatible schema registry.
     Registry(registry::Args),
 }
@@ -52,6 +55,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::CheckConfig(ref args) => check_config::run(&cli, args).await,
         Command::Registry(ref args) => registry::run(&cli, args).await,
+        Command::Capture(ref args) => capture::run(&cli, args).await,
     };
     match result {
         Ok(code) => code,

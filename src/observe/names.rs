@@ -22,6 +22,28 @@ pub const UP: &str = "cutover_up";
 pub const REGISTRY_REGISTRATIONS_TOTAL: &str = "cutover_registry_registrations_total";
 pub const LABEL_OUTCOME: &str = "outcome";
 
+// ---- capture ----
+pub const LABEL_TABLE: &str = "table";
+pub const LABEL_OP: &str = "op";
+/// Counter, labels: table, op ∈ {c,u,d,t}.
+pub const CAPTURE_EVENTS_TOTAL: &str = "cutover_capture_events_total";
+/// Counter (bytes of encoded values), label: table.
+pub const CAPTURE_BYTES_TOTAL: &str = "cutover_capture_bytes_total";
+/// Counter of source transactions seen.
+pub const CAPTURE_TRANSACTIONS_TOTAL: &str = "cutover_capture_transactions_total";
+/// Gauge: now − commit time of the last fully acknowledged transaction.
+pub const CAPTURE_LAG_SECONDS: &str = "cutover_capture_lag_seconds";
+/// Gauge: the LSN last confirmed to PostgreSQL (as a number).
+pub const CAPTURE_CONFIRMED_LSN: &str = "cutover_capture_confirmed_lsn";
+/// Gauge: WAL the slot retains (pg_current_wal_lsn() − restart_lsn).
+pub const CAPTURE_SLOT_WAL_RETAINED_BYTES: &str = "cutover_capture_slot_wal_retained_bytes";
+/// Gauge: 1 if the slot is active.
+pub const CAPTURE_SLOT_ACTIVE: &str = "cutover_capture_slot_active";
+/// Gauge: messages in the producer queue, not yet acknowledged.
+pub const CAPTURE_PRODUCER_QUEUE_MESSAGES: &str = "cutover_capture_producer_queue_messages";
+/// Counter of failed deliveries.
+pub const CAPTURE_PRODUCER_ERRORS_TOTAL: &str = "cutover_capture_producer_errors_total";
+
 /// Histogram buckets for latencies in seconds: 1 ms … 60 s.
 pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -37,6 +59,30 @@ pub fn describe_all() {
         UP,
         "1 while the cutover process runs; label command is the subcommand."
     );
+    metrics::describe_counter!(
+        CAPTURE_EVENTS_TOTAL,
+        "Change events published, by table and op."
+    );
+    metrics::describe_counter!(
+        CAPTURE_BYTES_TOTAL,
+        "Bytes of encoded event values published, by table."
+    );
+    metrics::describe_counter!(CAPTURE_TRANSACTIONS_TOTAL, "Source transactions captured.");
+    metrics::describe_gauge!(
+        CAPTURE_LAG_SECONDS,
+        "Seconds between now and the commit time of the last fully acknowledged transaction."
+    );
+    metrics::describe_gauge!(CAPTURE_CONFIRMED_LSN, "LSN last confirmed to PostgreSQL.");
+    metrics::describe_gauge!(
+        CAPTURE_SLOT_WAL_RETAINED_BYTES,
+        "WAL bytes retained by the replication slot."
+    );
+    metrics::describe_gauge!(CAPTURE_SLOT_ACTIVE, "1 if the replication slot is active.");
+    metrics::describe_gauge!(
+        CAPTURE_PRODUCER_QUEUE_MESSAGES,
+        "Messages produced and not yet acknowledged by Kafka."
+    );
+    metrics::describe_counter!(CAPTURE_PRODUCER_ERRORS_TOTAL, "Failed Kafka deliveries.");
     metrics::describe_counter!(
         REGISTRY_REGISTRATIONS_TOTAL,
         "Schema registrations handled by the embedded registry, by outcome."

@@ -1,6 +1,7 @@
 pub mod support;
 
 mod broker_restart;
+mod capture;
 mod cli;
 mod compose;
 mod kafka_broker;

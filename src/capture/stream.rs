@@ -1,0 +1,656 @@
+//! The capture loop: replication stream → events → Kafka, and the LSN confirmation that makes
+//! it lossless.
+//!
+//! ```text
+//!  slot ─▶ Begin ─▶ Relation/Insert/Update/Delete/Truncate ─▶ Commit(end_lsn)
+//!             │               │ produce (tracker.pending += 1)        │ seal tracker
+//!             ▼               ▼                                        ▼
+//!        TxnTracker ◀── delivery callbacks (pending -= 1) ◀── Kafka acks (acks=all, idempotent)
+//!             │
+//!   acker: pops trackers strictly in commit order; when the oldest is sealed and pending == 0,
+//!          confirm its end_lsn ──▶ standby status update (flush LSN) ──▶ the server may recycle WAL
+//! ```
+//!
+//! Invariant: an LSN is confirmed only after Kafka acknowledged every event of every
+//! transaction up to it. A crash at any point re-sends at most the unconfirmed tail, with the
+//! same `(commit_lsn, seq)`, so consumers drop the duplicates. Memory is bounded: the producer
+//! queue is bounded (`queue.buffering.max.messages`), a full queue makes the loop wait
+//! (backpressure reaches the walsender through TCP), and a transaction costs one tracker however
+//! large it is.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use tokio::sync::{mpsc, watch, Notify};
+
+use super::pgoutput::{self, Datum, Message, OldKind, Relation};
+use super::setup::{self, Catalog};
+use crate::codec::{self, Cell, ColumnSpec, SourceInfo, TableSchema};
+use crate::config::Config;
+use crate::database::Endpoint;
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::{Lsn, Op, TableId, PG_EPOCH_OFFSET_MICROS};
+use crate::kafka::{self, TopicSpec};
+use crate::observe::names;
+use crate::registry::RegistryClient;
+
+/// Prefix of the logical messages the heartbeat writes.
+pub const HEARTBEAT_PREFIX: &str = "cutover.heartbeat";
+
+/// Per-transaction delivery accounting.
+pub struct TxnTracker {
+    /// Messages produced and not yet acknowledged, plus 1 until the transaction is sealed.
+    pending: AtomicUsize,
+    end_lsn: AtomicU64,
+    commit_ts_us: AtomicU64,
+    failed: Mutex<Option<String>>,
+    done: Notify,
+}
+
+impl TxnTracker {
+    fn new() -> Arc<Self> {
+        Arc::new(TxnTracker {
+            pending: AtomicUsize::new(1),
+            end_lsn: AtomicU64::new(0),
+            commit_ts_us: AtomicU64::new(0),
+            failed: Mutex::new(None),
+            done: Notify::new(),
+        })
+    }
+    fn release(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_one();
+        }
+    }
+}
+
+/// librdkafka context: delivery reports settle trackers.
+pub struct AckContext;
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Arc<TxnTracker>;
+    fn delivery(&self, result: &DeliveryResult<'_>, tracker: Arc<TxnTracker>) {
+        if let Err((e, _)) = result {
+            metrics::counter!(names::CAPTURE_PRODUCER_ERRORS_TOTAL).increment(1);
+            let mut f = tracker.failed.lock().unwrap_or_else(|p| p.into_inner());
+            f.get_or_insert_with(|| e.to_string());
+        }
+        tracker.release();
+    }
+}
+
+struct TableState {
+    schema: Arc<TableSchema>,
+    topic: String,
+    partitions: i32,
+    key_id: u32,
+    value_id: u32,
+}
+
+struct Txn {
+    xid: u32,
+    commit_ts_us: i64,
+    final_lsn: Lsn,
+    seq: u64,
+    origin: Option<String>,
+    tracker: Arc<TxnTracker>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn source_endpoint(cfg: &Config) -> Endpoint {
+    Endpoint {
+        field: "source.url".into(),
+        url: cfg.source.url.clone(),
+        password: cfg.source.password.clone(),
+        connect_timeout: Duration::from_secs(cfg.source.connect_timeout_secs),
+    }
+}
+
+/// Topic name for a table: `<prefix>.<schema>.<table>`; characters Kafka does not allow in
+/// topic names become `_`.
+pub fn topic_for(prefix: &str, table: &TableId) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    format!("{prefix}.{}.{}", clean(&table.schema), clean(&table.name))
+}
+
+/// The capture process.
+pub struct Capture {
+    cfg: Config,
+    sql: tokio_postgres::Client,
+    registry: RegistryClient,
+    producer: ThreadedProducer<AckContext>,
+    catalog: Catalog,
+    relations: HashMap<u32, TableState>,
+    db: String,
+}
+
+impl Capture {
+    /// Connect, check the server, ensure publication and slot. Returns the slot's LSN.
+    pub async fn prepare(cfg: &Config) -> Result<(Capture, Lsn)> {
+        let ep = source_endpoint(cfg);
+        let sql = ep.connect().await?;
+        setup::check_server(&sql).await?;
+        setup::ensure_publication(&sql, &cfg.source).await?;
+        let start = setup::ensure_slot(&sql, &cfg.source.slot).await?;
+        let db: String = sql
+            .query_one("SELECT current_database()", &[])
+            .await
+            .map_err(|e| Error::postgres("current_database()", e))?
+            .get(0);
+        let mut pc = kafka::producer_config(&cfg.kafka);
+        pc.set("queue.buffering.max.messages", "100000");
+        pc.set("queue.buffering.max.kbytes", "65536");
+        let producer: ThreadedProducer<AckContext> = pc
+            .create_with_context(AckContext)
+            .map_err(|e| Error::kafka("creating producer", e))?;
+        Ok((
+            Capture {
+                cfg: cfg.clone(),
+                sql,
+                registry: RegistryClient::new(&cfg.registry)?,
+                producer,
+                catalog: Catalog::default(),
+                relations: HashMap::new(),
+                db,
+            },
+            start,
+        ))
+    }
+
+    fn replication_config(&self, start: Lsn) -> Result<pgwire_replication::ReplicationConfig> {
+        let pg = source_endpoint(&self.cfg).pg_config()?;
+        let host = match pg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => return Err(Error::config("source.url: no host")),
+        };
+        let port = pg.get_ports().first().copied().unwrap_or(5432);
+        let password = pg
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default();
+        Ok(pgwire_replication::ReplicationConfig::new(
+            host,
+            pg.get_user().unwrap_or("postgres"),
+            password,
+            pg.get_dbname().unwrap_or("postgres"),
+            self.cfg.source.slot.clone(),
+            self.cfg.source.publication.clone(),
+        )
+        .with_port(port)
+        .with_start_lsn(pgwire_replication::Lsn::from_u64(start.0))
+        .with_status_interval(Duration::from_secs(self.cfg.source.status_interval_secs))
+        .with_application_name("cutover-capture")
+        // Deterministic text output for the codec.
+        .with_options("-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601 -c extra_float_digits=3 -c bytea_output=hex"))
+    }
+
+    /// Stream until `shutdown` resolves or a fatal error occurs.
+    pub async fn run(mut self, start: Lsn, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+        let mut repl =
+            pgwire_replication::ReplicationClient::connect(self.replication_config(start)?)
+                .await
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Connection,
+                        format!("source replication connection: {e}"),
+                    )
+                })?;
+        tracing::info!(slot = %self.cfg.source.slot, start = %start, "capture streaming");
+
+        // Acker: confirms end LSNs strictly in commit order, only when fully acknowledged.
+        let (track_tx, mut track_rx) = mpsc::channel::<Arc<TxnTracker>>(10_000);
+        let (confirm_tx, mut confirm_rx) = watch::channel::<(Lsn, Option<String>)>((start, None));
+        let acker = tokio::spawn(async move {
+            while let Some(t) = track_rx.recv().await {
+                while t.pending.load(Ordering::Acquire) != 0 {
+                    t.done.notified().await;
+                }
+                let failed = t.failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let lsn = Lsn(t.end_lsn.load(Ordering::Acquire));
+                if failed.is_some() {
+                    let _ = confirm_tx.send((lsn, failed));
+                    return;
+                }
+                let commit_us = t.commit_ts_us.load(Ordering::Acquire) as i64;
+                let lag = (now_ms() * 1000 - commit_us).max(0) as f64 / 1e6;
+                metrics::gauge!(names::CAPTURE_LAG_SECONDS).set(lag);
+                metrics::gauge!(names::CAPTURE_CONFIRMED_LSN).set(lsn.0 as f64);
+                let _ = confirm_tx.send((lsn, None));
+            }
+        });
+
+        let heartbeat = spawn_heartbeat(&self.cfg);
+        let mut txn: Option<Txn> = None;
+        let result: Result<()> = loop {
+            tokio::select! {
+                changed = confirm_rx.changed() => {
+                    if changed.is_err() { continue; }
+                    let (lsn, failed) = confirm_rx.borrow_and_update().clone();
+                    if let Some(e) = failed {
+                        break Err(Error::new(ErrorKind::Unavailable, format!("Kafka refused an event; not confirming past {lsn}: {e}")));
+                    }
+                    repl.update_applied_lsn(pgwire_replication::Lsn::from_u64(lsn.0));
+                }
+                _ = shutdown.changed() => {
+                    tracing::info!("capture stopping");
+                    break Ok(());
+                }
+                ev = repl.recv() => {
+                    let ev = match ev {
+                        Ok(Some(ev)) => ev,
+                        Ok(None) => break Err(Error::new(ErrorKind::Connection, "replication stream ended")),
+                        Err(e) => break Err(Error::new(ErrorKind::Connection, format!("replication stream: {e}"))),
+                    };
+                    if let Err(e) = self.handle(ev, &mut txn, &track_tx).await {
+                        break Err(e);
+                    }
+                }
+            }
+        };
+        heartbeat.abort();
+        // Let in-flight deliveries finish so the final confirmation covers them.
+        let _ = tokio::task::block_in_place(|| self.producer.flush(Duration::from_secs(30)));
+        drop(track_tx);
+        let _ = tokio::time::timeout(Duration::from_secs(30), acker).await;
+        let (lsn, failed) = confirm_rx.borrow().clone();
+        if failed.is_none() {
+            repl.update_applied_lsn(pgwire_replication::Lsn::from_u64(lsn.0));
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), repl.shutdown()).await;
+        tracing::info!(confirmed = %lsn, "capture stopped");
+        result
+    }
+
+    async fn handle(
+        &mut self,
+        ev: pgwire_replication::ReplicationEvent,
+        txn: &mut Option<Txn>,
+        track_tx: &mpsc::Sender<Arc<TxnTracker>>,
+    ) -> Result<()> {
+        use pgwire_replication::ReplicationEvent as E;
+        match ev {
+            E::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => {
+                *txn = Some(Txn {
+                    xid,
+                    commit_ts_us: commit_time_micros + PG_EPOCH_OFFSET_MICROS,
+                    final_lsn: Lsn(final_lsn.as_u64()),
+                    seq: 0,
+                    origin: None,
+                    tracker: TxnTracker::new(),
+                });
+            }
+            E::Commit { end_lsn, .. } => {
+                let t = txn
+                    .take()
+                    .ok_or_else(|| Error::internal("Commit without Begin"))?;
+                t.tracker.end_lsn.store(end_lsn.as_u64(), Ordering::Release);
+                t.tracker
+                    .commit_ts_us
+                    .store(t.commit_ts_us as u64, Ordering::Release);
+                metrics::counter!(names::CAPTURE_TRANSACTIONS_TOTAL).increment(1);
+                t.tracker.release();
+                track_tx
+                    .send(t.tracker)
+                    .await
+                    .map_err(|_| Error::internal("acker stopped"))?;
+            }
+            E::XLogData {
+                data, wal_start, ..
+            } => {
+                self.handle_message(&data, wal_start.as_u64(), txn).await?;
+            }
+            E::Message { .. } | E::KeepAlive { .. } | E::StoppedAt { .. } => {}
+        }
+        metrics::gauge!(names::CAPTURE_PRODUCER_QUEUE_MESSAGES)
+            .set(self.producer.in_flight_count() as f64);
+        Ok(())
+    }
+
+    async fn handle_message(
+        &mut self,
+        data: &Bytes,
+        wal_start: u64,
+        txn: &mut Option<Txn>,
+    ) -> Result<()> {
+        let msg = pgoutput::decode(data)
+            .map_err(|e| e.context(format!("WAL position {}", Lsn(wal_start))))?;
+        match msg {
+            Message::Relation(rel) => self.on_relation(rel).await?,
+            Message::Origin { name, .. } => {
+                if let Some(t) = txn.as_mut() {
+                    t.origin = Some(name);
+                }
+            }
+            Message::Insert { rel_id, new } => {
+                let t = txn
+                    .as_mut()
+                    .ok_or_else(|| Error::internal("Insert outside a transaction"))?;
+                let after = self.cells(rel_id, &new)?;
+                self.emit(rel_id, t, Op::Create, None, Some(after), wal_start)
+                    .await?;
+            }
+            Message::Update { rel_id, old, new } => {
+                let t = txn
+                    .as_mut()
+                    .ok_or_else(|| Error::internal("Update outside a transaction"))?;
+                let after = self.cells(rel_id, &new)?;
+                let before = match &old {
+                    Some((_, tuple)) => Some(self.cells(rel_id, tuple)?),
+                    None => None,
+                };
+                let key_changed = match (&old, &before) {
+                    (Some((OldKind::Key, _)) | Some((OldKind::Full, _)), Some(b)) => {
+                        let st = self.state(rel_id)?;
+                        st.schema.encode_key(b).ok() != st.schema.encode_key(&after).ok()
+                    }
+                    _ => false,
+                };
+                if key_changed {
+                    // A key change moves the row to another partition: delete the old key in
+                    // its partition, create the new key in its own — per-row order holds.
+                    self.emit(rel_id, t, Op::Delete, before, None, wal_start)
+                        .await?;
+                    self.emit(rel_id, t, Op::Create, None, Some(after), wal_start)
+                        .await?;
+                } else {
+                    let before = if matches!(old, Some((OldKind::Full, _))) {
+                        before
+                    } else {
+                        None
+                    };
+                    self.emit(rel_id, t, Op::Update, before, Some(after), wal_start)
+                        .await?;
+                }
+            }
+            Message::Delete { rel_id, old } => {
+                let t = txn
+                    .as_mut()
+                    .ok_or_else(|| Error::internal("Delete outside a transaction"))?;
+                let before = self.cells(rel_id, &old.1)?;
+                self.emit(rel_id, t, Op::Delete, Some(before), None, wal_start)
+                    .await?;
+            }
+            Message::Truncate { rel_ids, .. } => {
+                let t = txn
+                    .as_mut()
+                    .ok_or_else(|| Error::internal("Truncate outside a transaction"))?;
+                for rel_id in rel_ids {
+                    if self.relations.contains_key(&rel_id) {
+                        self.emit(rel_id, t, Op::Truncate, None, None, wal_start)
+                            .await?;
+                    }
+                }
+            }
+            Message::Begin { .. }
+            | Message::Commit { .. }
+            | Message::Type { .. }
+            | Message::Message { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn state(&self, rel_id: u32) -> Result<&TableState> {
+        self.relations.get(&rel_id).ok_or_else(|| {
+            Error::internal(format!(
+                "change for relation {rel_id} before its Relation message"
+            ))
+        })
+    }
+
+    fn cells(&self, rel_id: u32, tuple: &[Datum]) -> Result<Vec<Cell>> {
+        let st = self.state(rel_id)?;
+        let mut out = Vec::with_capacity(tuple.len());
+        for (d, col) in tuple.iter().zip(&st.schema.columns) {
+            out.push(match d {
+                Datum::Null => Cell::Null,
+                Datum::UnchangedToast => Cell::Unchanged,
+                Datum::Text(b) | Datum::Binary(b) => {
+                    let text = std::str::from_utf8(b).map_err(|e| {
+                        Error::new(
+                            ErrorKind::Data,
+                            format!("{}.{}: value is not UTF-8: {e}", st.schema.table, col.name),
+                        )
+                    })?;
+                    Cell::Value(
+                        codec::types::text_to_avro(&col.kind, text)
+                            .map_err(|e| e.context(format!("{}.{}", st.schema.table, col.name)))?,
+                    )
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    async fn on_relation(&mut self, rel: Relation) -> Result<()> {
+        let table = TableId::new(rel.namespace.clone(), rel.name.clone());
+        let configured = self.cfg.source.key_columns.get(&table.to_string()).cloned();
+        let pk = match &configured {
+            Some(cols) => cols.clone(),
+            None => self.catalog.primary_key(&self.sql, rel.id).await?,
+        };
+        let full = rel.replica_identity == b'f';
+        if pk.is_empty() && !full {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("table {table} has no primary key: configure source.key_columns.\"{table}\" or ALTER TABLE {table} REPLICA IDENTITY FULL (then every column is the key)"),
+            ));
+        }
+        let mut columns = Vec::with_capacity(rel.columns.len());
+        for c in &rel.columns {
+            let kind = self
+                .catalog
+                .kind(&self.sql, c.type_oid, c.type_modifier)
+                .await?;
+            let key = if pk.is_empty() {
+                true
+            } else {
+                pk.contains(&c.name)
+            };
+            columns.push(ColumnSpec {
+                name: c.name.clone(),
+                kind,
+                key,
+            });
+        }
+        if let Some(cols) = &configured {
+            for k in cols {
+                if !rel.columns.iter().any(|c| &c.name == k) {
+                    return Err(Error::config(format!(
+                        "source.key_columns.\"{table}\": column {k} does not exist"
+                    )));
+                }
+            }
+        }
+        let topic = topic_for(&self.cfg.topic_prefix, &table);
+        if let Some(existing) = self.relations.get(&rel.id) {
+            if existing.schema.columns == columns && existing.topic == topic {
+                return Ok(());
+            }
+        }
+        let schema = codec::derive(&table, columns, &topic)?;
+        // Register before the first event that uses this version.
+        let key_id = self
+            .registry
+            .register(&format!("{topic}-key"), &schema.key_json)
+            .await?;
+        let value_id = self
+            .registry
+            .register(&format!("{topic}-value"), &schema.value_json)
+            .await?;
+        kafka::ensure_topics(
+            &self.cfg.kafka,
+            &[TopicSpec {
+                name: topic.clone(),
+                partitions: self.cfg.kafka.partitions,
+                replication_factor: self.cfg.kafka.replication_factor,
+                configs: vec![],
+            }],
+        )
+        .await?;
+        let partitions = kafka::watermarks(&self.cfg.kafka, &topic).await?.len() as i32;
+        tracing::info!(table = %table, topic, key_id, value_id, "relation schema registered");
+        self.relations.insert(
+            rel.id,
+            TableState {
+                schema: Arc::new(schema),
+                topic,
+                partitions: partitions.max(1),
+                key_id,
+                value_id,
+            },
+        );
+        Ok(())
+    }
+
+    async fn emit(
+        &mut self,
+        rel_id: u32,
+        t: &mut Txn,
+        op: Op,
+        before: Option<Vec<Cell>>,
+        after: Option<Vec<Cell>>,
+        wal_start: u64,
+    ) -> Result<()> {
+        let st = self.state(rel_id)?;
+        let source = SourceInfo {
+            pipeline: &self.cfg.name,
+            db: &self.db,
+            txid: Some(t.xid),
+            lsn: Some(wal_start),
+            commit_lsn: t.final_lsn.0,
+            seq: t.seq,
+            commit_ts_us: t.commit_ts_us,
+            origin: t.origin.as_deref(),
+            snapshot: false,
+        };
+        t.seq += 1;
+        let value = codec::wire(
+            st.value_id,
+            &st.schema
+                .encode_value(op, before.as_deref(), after.as_deref(), &source, now_ms())?,
+        );
+        let key_cells = after.as_deref().or(before.as_deref());
+        let key = match key_cells {
+            Some(c) => Some(codec::wire(st.key_id, &st.schema.encode_key(c)?)),
+            None => None,
+        };
+        let table = st.schema.table.to_string();
+        metrics::counter!(names::CAPTURE_EVENTS_TOTAL, names::LABEL_TABLE => table.clone(), names::LABEL_OP => op.code()).increment(1);
+        metrics::counter!(names::CAPTURE_BYTES_TOTAL, names::LABEL_TABLE => table)
+            .increment(value.len() as u64);
+        let topic = st.topic.clone();
+        match key {
+            Some(k) => {
+                self.produce(&topic, Some(&k), &value, None, &t.tracker)
+                    .await
+            }
+            // Truncate: one copy per partition, so it is ordered with every row's changes.
+            None => {
+                for p in 0..st.partitions {
+                    self.produce(&topic, None, &value, Some(p), &t.tracker)
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn produce(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        partition: Option<i32>,
+        tracker: &Arc<TxnTracker>,
+    ) -> Result<()> {
+        tracker.pending.fetch_add(1, Ordering::AcqRel);
+        let mut record = BaseRecord::with_opaque_to(topic, tracker.clone()).payload(value);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
+                    // Backpressure: wait for deliveries to drain the bounded queue.
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((e, _)) => {
+                    tracker.release();
+                    return Err(Error::kafka(format!("producing to {topic}"), e));
+                }
+            }
+        }
+    }
+}
+
+/// Periodically write a transactional logical message on the source, so the slot advances
+/// even when captured tables are idle, and export the slot's WAL retention.
+fn spawn_heartbeat(cfg: &Config) -> tokio::task::JoinHandle<()> {
+    let cfg = cfg.clone();
+    tokio::spawn(async move {
+        let every = Duration::from_secs(cfg.source.heartbeat_interval_secs);
+        let mut client = None;
+        loop {
+            tokio::time::sleep(every).await;
+            if client.is_none() {
+                client = source_endpoint(&cfg).connect().await.ok();
+            }
+            let Some(c) = client.as_ref() else { continue };
+            let hb = c
+                .execute(
+                    "SELECT pg_logical_emit_message(true, $1, now()::text)",
+                    &[&HEARTBEAT_PREFIX],
+                )
+                .await;
+            if let Err(e) = hb {
+                tracing::warn!(error = %e, "heartbeat failed");
+                client = None;
+                continue;
+            }
+            if let Ok(Some((bytes, active))) = setup::slot_retained_bytes(c, &cfg.source.slot).await
+            {
+                metrics::gauge!(names::CAPTURE_SLOT_WAL_RETAINED_BYTES).set(bytes as f64);
+                metrics::gauge!(names::CAPTURE_SLOT_ACTIVE).set(if active { 1.0 } else { 0.0 });
+            }
+        }
+    })
+}
