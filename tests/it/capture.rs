@@ -277,3 +277,258 @@ async fn multi_table_transaction_keeps_commit_order_and_slot_is_confirmed() {
     p.stop().await;
     cleanup(&cfg).await;
 }
+
+/// Read every message of `topic` up to its high watermarks, decoded with the writer schemas
+/// from the registry: (commit_lsn, seq, op, row id).
+async fn read_all(cfg: &Config, topic: &str) -> Vec<(i64, i64, String, i64)> {
+    use apache_avro::types::Value as AV;
+    use futures::StreamExt;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+    let wm = cutover::kafka::watermarks(&cfg.kafka, topic).await.unwrap();
+    let total: i64 = wm.values().map(|(lo, hi)| hi - lo).sum();
+    let reg = cutover::registry::RegistryClient::new(&cfg.registry).unwrap();
+    let consumer: StreamConsumer = cutover::kafka::consumer_config(&cfg.kafka, &unique("read"))
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let mut stream = consumer.stream();
+    while (out.len() as i64) < total {
+        let m = tokio::time::timeout(Duration::from_secs(60), stream.next())
+            .await
+            .expect("messages")
+            .unwrap()
+            .unwrap();
+        let (id, datum) = cutover::codec::unwire(m.payload().unwrap()).unwrap();
+        let schema = apache_avro::Schema::parse_str(&reg.schema_by_id(id).await.unwrap()).unwrap();
+        let AV::Record(f) = apache_avro::from_avro_datum(&schema, &mut &datum[..], None).unwrap()
+        else {
+            panic!()
+        };
+        let get =
+            |r: &Vec<(String, AV)>, n: &str| r.iter().find(|(k, _)| k == n).unwrap().1.clone();
+        let AV::Record(src) = get(&f, "source") else {
+            panic!()
+        };
+        let AV::Long(lsn) = get(&src, "commit_lsn") else {
+            panic!()
+        };
+        let AV::Long(seq) = get(&src, "seq") else {
+            panic!()
+        };
+        let AV::String(op) = get(&f, "op") else {
+            panic!()
+        };
+        let row = match (get(&f, "after"), get(&f, "before")) {
+            (AV::Union(1, r), _) | (_, AV::Union(1, r)) => *r,
+            _ => panic!("no row"),
+        };
+        let AV::Record(row) = row else { panic!() };
+        let id = match get(&row, "id") {
+            AV::Union(1, v) => match *v {
+                AV::Int(i) => i as i64,
+                AV::Long(i) => i,
+                _ => panic!(),
+            },
+            _ => panic!(),
+        };
+        out.push((lsn, seq, op, id));
+    }
+    drop(stream);
+    out
+}
+
+fn capture_process(cfg: &Config, table: &str) -> std::process::Child {
+    std::process::Command::new(super::support::cutover_bin())
+        .arg("capture")
+        .env("CUTOVER__SOURCE__SLOT", &cfg.source.slot)
+        .env("CUTOVER__SOURCE__PUBLICATION", &cfg.source.publication)
+        .env("CUTOVER__SOURCE__SCHEMAS", "")
+        .env("CUTOVER__SOURCE__TABLES", format!("public.{table}"))
+        .env("CUTOVER__SOURCE__HEARTBEAT_INTERVAL_SECS", "1")
+        .env("CUTOVER__SOURCE__STATUS_INTERVAL_SECS", "1")
+        .env("CUTOVER__TOPIC_PREFIX", &cfg.topic_prefix)
+        .env("CUTOVER__KAFKA__PARTITIONS", "2")
+        .env("CUTOVER__OBSERVE__LISTEN", "")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn confirmed_lsn(c: &tokio_postgres::Client, slot: &str) -> u64 {
+    let lsn: Option<String> = c
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    lsn.and_then(|l| cutover::event::Lsn::parse(&l))
+        .map(|l| l.0)
+        .unwrap_or(0)
+}
+
+async fn wait_confirmed_past(c: &tokio_postgres::Client, slot: &str, lsn: u64, secs: u64) -> bool {
+    for _ in 0..secs * 4 {
+        if confirmed_lsn(c, slot).await > lsn {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_transaction_loses_nothing_and_duplicates_are_recognisable() {
+    let table = unique("crash");
+    let cfg = test_config(&[&table]);
+    let c = sql(&cfg).await;
+    c.batch_execute(&format!(
+        "CREATE TABLE \"{table}\" (id int PRIMARY KEY, pad text)"
+    ))
+    .await
+    .unwrap();
+    // Slot and publication first, so the writes below are captured from the start.
+    drop(Capture::prepare(&cfg).await.unwrap());
+    let topic = topic_for(&cfg.topic_prefix, &TableId::new("public", &table));
+
+    let mut child = capture_process(&cfg, &table);
+    // One big transaction (50k rows) and 200 small ones.
+    c.batch_execute(&format!(
+        "INSERT INTO \"{table}\" SELECT g, repeat('x', 100) FROM generate_series(1, 50000) g"
+    ))
+    .await
+    .unwrap();
+    for i in 50_001..50_201 {
+        c.execute(
+            &format!("INSERT INTO \"{table}\" VALUES ($1, 'small')"),
+            &[&i],
+        )
+        .await
+        .unwrap();
+    }
+    let end: String = c
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let end = cutover::event::Lsn::parse(&end).unwrap().0;
+    // Kill while events are flowing (some, not all, published).
+    for _ in 0..400 {
+        let n: i64 = cutover::kafka::watermarks(&cfg.kafka, &topic)
+            .await
+            .map(|w| w.values().map(|(_, h)| h).sum())
+            .unwrap_or(0);
+        if n > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at_kill = confirmed_lsn(&c, &cfg.source.slot).await;
+    assert!(
+        at_kill < end,
+        "capture finished before the kill; test proves nothing"
+    );
+
+    let mut child = capture_process(&cfg, &table);
+    assert!(
+        wait_confirmed_past(&c, &cfg.source.slot, end, 120).await,
+        "capture did not catch up"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let events = read_all(&cfg, &topic).await;
+    let unique_events: std::collections::HashMap<(i64, i64), i64> =
+        events.iter().map(|(l, s, _, id)| ((*l, *s), *id)).collect();
+    // Every (commit_lsn, seq) names one row, however often it was sent.
+    for (l, s, _, id) in &events {
+        assert_eq!(
+            unique_events[&(*l, *s)],
+            *id,
+            "same (commit_lsn, seq) with different rows"
+        );
+    }
+    let ids: std::collections::BTreeSet<i64> = unique_events.values().copied().collect();
+    assert_eq!(ids.len(), 50_200, "lost rows");
+    assert_eq!(unique_events.len(), 50_200);
+    assert!(ids.iter().copied().eq(1..=50_200));
+    cleanup(&cfg).await;
+    c.batch_execute(&format!("DROP TABLE \"{table}\""))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_captured_table_still_advances_the_slot() {
+    let table = unique("idle");
+    let other = unique("other");
+    let cfg = test_config(&[&table]);
+    let c = sql(&cfg).await;
+    c.batch_execute(&format!(
+        "CREATE TABLE \"{table}\" (id int PRIMARY KEY); CREATE TABLE \"{other}\" (id int PRIMARY KEY, v text);"
+    ))
+    .await
+    .unwrap();
+    let p = start(&cfg).await;
+    let before = confirmed_lsn(&c, &cfg.source.slot).await;
+    // Other WAL traffic, none of it on the captured table.
+    c.batch_execute(&format!(
+        "INSERT INTO \"{other}\" SELECT g, repeat('y', 200) FROM generate_series(1, 5000) g"
+    ))
+    .await
+    .unwrap();
+    let after_writes: String = c
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let after_writes = cutover::event::Lsn::parse(&after_writes).unwrap().0;
+    assert!(
+        wait_confirmed_past(&c, &cfg.source.slot, after_writes, 30).await,
+        "slot stuck at {before} while other WAL was written"
+    );
+    p.stop().await;
+    cleanup(&cfg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_and_drop_column_register_new_versions_before_use() {
+    let table = unique("ddl");
+    let cfg = test_config(&[&table]);
+    let c = sql(&cfg).await;
+    c.batch_execute(&format!(
+        "CREATE TABLE \"{table}\" (id int PRIMARY KEY, a text)"
+    ))
+    .await
+    .unwrap();
+    let p = start(&cfg).await;
+    c.batch_execute(&format!(
+        "INSERT INTO \"{table}\" VALUES (1, 'one');
+         ALTER TABLE \"{table}\" ADD COLUMN b int;
+         INSERT INTO \"{table}\" VALUES (2, 'two', 22);
+         ALTER TABLE \"{table}\" DROP COLUMN a;
+         INSERT INTO \"{table}\" (id, b) VALUES (3, 33);"
+    ))
+    .await
+    .unwrap();
+    let topic = topic_for(&cfg.topic_prefix, &TableId::new("public", &table));
+    let msgs = ordered(consume(&cfg, &topic, 3));
+    p.stop().await;
+    cleanup(&cfg).await;
+    assert_eq!(msgs[0]["value"]["after"]["a"], "one");
+    assert!(msgs[0]["value"]["after"].get("b").is_none());
+    assert_eq!(msgs[1]["value"]["after"]["b"], 22);
+    assert_eq!(msgs[2]["value"]["after"]["b"], 33);
+    assert!(msgs[2]["value"]["after"].get("a").is_none());
+    let reg = cutover::registry::RegistryClient::new(&cfg.registry).unwrap();
+    assert_eq!(
+        reg.versions(&format!("{topic}-value")).await.unwrap(),
+        vec![1, 2, 3]
+    );
+}
