@@ -360,41 +360,13 @@ impl Store {
     }
 
     pub fn versions(&self, subject: &str, include_deleted: bool) -> StoreResult<Vec<u32>> {
-        let guard = self.lock();
-        let vs = guard
-            .0
-            .subjects
-            .get(subject)
-            .ok_or_else(|| StoreError::SubjectNotFound(subject.into()))?;
-        let out: Vec<u32> = vs
-            .iter()
-            .filter(|v| include_deleted || !v.deleted)
-            .map(|v| v.version)
-            .collect();
-        if out.is_empty() {
-            return Err(StoreError::SubjectNotFound(subject.into()));
-        }
-        Ok(out)
+        version_numbers(&self.lock().0, subject, include_deleted)
     }
 
     pub fn version(&self, subject: &str, v: VersionRef) -> StoreResult<VersionInfo> {
         let guard = self.lock();
         let state = &guard.0;
-        let live = live_versions(state, subject);
-        if live.is_empty() {
-            return Err(StoreError::SubjectNotFound(subject.into()));
-        }
-        let found = match v {
-            VersionRef::Latest => live.last().copied(),
-            VersionRef::Number(n) => live.iter().find(|x| x.version == n).copied(),
-        };
-        let sv = found.ok_or_else(|| StoreError::VersionNotFound {
-            subject: subject.into(),
-            version: match v {
-                VersionRef::Latest => "latest".into(),
-                VersionRef::Number(n) => n.to_string(),
-            },
-        })?;
+        let sv = resolve(&live_versions(state, subject), subject, v)?;
         Ok(info(state, subject, &sv))
     }
 
@@ -422,17 +394,7 @@ impl Store {
                 .map(|v| &state.schemas[(v.id - 1) as usize].parsed)
                 .collect(),
             Some(vr) => {
-                if live.is_empty() {
-                    return Err(StoreError::SubjectNotFound(subject.into()));
-                }
-                let sv = match vr {
-                    VersionRef::Latest => live.last().copied(),
-                    VersionRef::Number(n) => live.iter().find(|x| x.version == n).copied(),
-                }
-                .ok_or_else(|| StoreError::VersionNotFound {
-                    subject: subject.into(),
-                    version: format!("{vr:?}"),
-                })?;
+                let sv = resolve(&live, subject, vr)?;
                 vec![&state.schemas[(sv.id - 1) as usize].parsed]
             }
         };
@@ -513,20 +475,9 @@ impl Store {
     pub fn delete_subject(&self, subject: &str, permanent: bool) -> StoreResult<Vec<u32>> {
         let mut guard = self.lock();
         let (state, file) = &mut *guard;
-        let vs = state
-            .subjects
-            .get(subject)
-            .ok_or_else(|| StoreError::SubjectNotFound(subject.into()))?;
-        let targets: Vec<u32> = vs
-            .iter()
-            .filter(|v| permanent || !v.deleted)
-            .map(|v| v.version)
-            .collect();
-        if targets.is_empty() {
-            return Err(StoreError::SubjectNotFound(subject.into()));
-        }
+        let targets = version_numbers(state, subject, permanent)?;
         if permanent {
-            if let Some(v) = vs.iter().find(|v| !v.deleted) {
+            if let Some(v) = live_versions(state, subject).first() {
                 return Err(StoreError::NotSoftDeleted {
                     subject: subject.into(),
                     version: v.version,
@@ -544,6 +495,43 @@ impl Store {
         Self::commit(state, file, records)?;
         Ok(targets)
     }
+}
+
+/// Version numbers of a subject (soft-deleted ones too if asked); a subject with none is
+/// "not found", as in Confluent's registry.
+fn version_numbers(state: &State, subject: &str, include_deleted: bool) -> StoreResult<Vec<u32>> {
+    let out: Vec<u32> = state
+        .subjects
+        .get(subject)
+        .map(|vs| {
+            vs.iter()
+                .filter(|v| include_deleted || !v.deleted)
+                .map(|v| v.version)
+                .collect()
+        })
+        .unwrap_or_default();
+    if out.is_empty() {
+        return Err(StoreError::SubjectNotFound(subject.into()));
+    }
+    Ok(out)
+}
+
+/// Resolve `latest` or a number among the live versions of a subject.
+fn resolve(live: &[SubjectVersion], subject: &str, v: VersionRef) -> StoreResult<SubjectVersion> {
+    if live.is_empty() {
+        return Err(StoreError::SubjectNotFound(subject.into()));
+    }
+    match v {
+        VersionRef::Latest => live.last().copied(),
+        VersionRef::Number(n) => live.iter().find(|x| x.version == n).copied(),
+    }
+    .ok_or_else(|| StoreError::VersionNotFound {
+        subject: subject.into(),
+        version: match v {
+            VersionRef::Latest => "latest".into(),
+            VersionRef::Number(n) => n.to_string(),
+        },
+    })
 }
 
 fn live_versions(state: &State, subject: &str) -> Vec<SubjectVersion> {
