@@ -18,7 +18,7 @@ pub const BUILD_INFO: &str = "cutover_build_info";
 pub const UP: &str = "cutover_up";
 
 // ---- embedded registry ----
-/// Counter, label: outcome ∈ {registered, existing, incompatible, invalid}.
+/// Counter, label: outcome ∈ {ok, incompatible, invalid, error}.
 pub const REGISTRY_REGISTRATIONS_TOTAL: &str = "cutover_registry_registrations_total";
 pub const LABEL_OUTCOME: &str = "outcome";
 

@@ -31,6 +31,7 @@ use serde_json::{json, Value};
 
 use super::compat::Compatibility;
 use super::store::{Store, StoreError, VersionRef};
+use crate::observe::names;
 
 pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
@@ -138,7 +139,16 @@ async fn list_versions(
 
 async fn register(State(st): Shared, Path(subject): Path<String>, body: Bytes) -> ApiResult {
     let req = parse_request(&body)?;
-    let (id, version) = st.register(&subject, &req.schema)?;
+    let result = st.register(&subject, &req.schema);
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(StoreError::Incompatible(_)) => "incompatible",
+        Err(StoreError::InvalidSchema(_)) => "invalid",
+        Err(_) => "error",
+    };
+    metrics::counter!(names::REGISTRY_REGISTRATIONS_TOTAL, names::LABEL_OUTCOME => outcome)
+        .increment(1);
+    let (id, version) = result?;
     tracing::info!(subject, id, version, "schema registered");
     Ok(ok(
         json!({"id": id, "subject": subject, "version": version}),

@@ -68,6 +68,13 @@ async fn cleanup(cfg: &Config) {
             cfg.source.publication
         ))
         .await;
+    // Leave the shared `app` database as we found it (the default config captures all of it).
+    for t in &cfg.source.tables {
+        let (s, n) = t.split_once('.').unwrap();
+        c.batch_execute(&format!("DROP TABLE IF EXISTS \"{s}\".\"{n}\" CASCADE"))
+            .await
+            .unwrap();
+    }
 }
 
 fn consume(cfg: &Config, topic: &str, count: usize) -> Vec<Value> {
@@ -143,6 +150,9 @@ async fn every_type_and_op_reaches_kafka_readable_by_a_stock_consumer() {
     let msgs = consume(&cfg, &topic, 8);
     p.stop().await;
     cleanup(&cfg).await;
+    c.batch_execute(&format!("DROP TYPE mood_{table}"))
+        .await
+        .unwrap();
 
     let truncates: Vec<&Value> = msgs.iter().filter(|m| m["value"]["op"] == "t").collect();
     assert_eq!(truncates.len(), 2, "one truncate per partition");
@@ -459,9 +469,6 @@ async fn sigkill_mid_transaction_loses_nothing_and_duplicates_are_recognisable()
     assert_eq!(unique_events.len(), 50_200);
     assert!(ids.iter().copied().eq(1..=50_200));
     cleanup(&cfg).await;
-    c.batch_execute(&format!("DROP TABLE \"{table}\""))
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,6 +502,9 @@ async fn idle_captured_table_still_advances_the_slot() {
     );
     p.stop().await;
     cleanup(&cfg).await;
+    c.batch_execute(&format!("DROP TABLE \"{other}\""))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,4 +541,34 @@ async fn add_and_drop_column_register_new_versions_before_use() {
         reg.versions(&format!("{topic}-value")).await.unwrap(),
         vec![1, 2, 3]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unicode_table_and_column_names_and_data_survive() {
+    let table = format!("bestellung_ä_注文_{}", unique("u"));
+    let cfg = test_config(&[&table]);
+    let c = sql(&cfg).await;
+    c.batch_execute(&format!(
+        "CREATE TABLE \"{table}\" (\"schlüssel\" int PRIMARY KEY, \"größe ✓\" text)"
+    ))
+    .await
+    .unwrap();
+    let p = start(&cfg).await;
+    let text = "Ünïcødé 🚀 \u{0}".replace('\u{0}', "ø"); // PostgreSQL text has no NUL
+    c.execute(&format!("INSERT INTO \"{table}\" VALUES (1, $1)"), &[&text])
+        .await
+        .unwrap();
+    let topic = topic_for(&cfg.topic_prefix, &TableId::new("public", &table));
+    assert!(topic.is_ascii(), "{topic}");
+    let msgs = consume(&cfg, &topic, 1);
+    p.stop().await;
+    cleanup(&cfg).await;
+    let v = &msgs[0]["value"];
+    assert_eq!(v["source"]["table"], table.as_str());
+    assert_eq!(v["after"]["gr__e__"], text.as_str());
+    assert_eq!(msgs[0]["key"]["schl_ssel"], 1);
+    // The exact column names travel in the schema as pg_name.
+    let reg = cutover::registry::RegistryClient::new(&cfg.registry).unwrap();
+    let schema = reg.latest(&format!("{topic}-value")).await.unwrap().schema;
+    assert!(schema.contains("\"pg_name\":\"größe ✓\""), "{schema}");
 }
