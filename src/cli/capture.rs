@@ -9,6 +9,7 @@ use crate::capture::Capture;
 use crate::error::Result;
 use crate::observe;
 use crate::retry::{self, BackoffSettings, Decision};
+use backon::BackoffBuilder;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {}
@@ -26,10 +27,19 @@ pub async fn run(cli: &Cli, _args: &Args) -> Result<ExitCode> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let backoff = BackoffSettings::default();
-    let mut attempt = 0u32;
+    let settings = BackoffSettings::default();
+    let new_backoff = || {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(settings.initial)
+            .with_max_delay(settings.max)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut delays = new_backoff();
     loop {
         readiness.set("source", false);
+        let started = std::time::Instant::now();
         let result = async {
             let (capture, start) = Capture::prepare(&cfg).await?;
             readiness.set("source", true);
@@ -39,25 +49,14 @@ pub async fn run(cli: &Cli, _args: &Args) -> Result<ExitCode> {
         match result {
             Ok(()) => return Ok(ExitCode::SUCCESS),
             Err(e) if retry::policy(e.kind()) == Decision::Retry && !*stop_rx.borrow() => {
-                attempt += 1;
-                let delay = backoff
-                    .initial
-                    .saturating_mul(2u32.saturating_pow(attempt.min(16)))
-                    .min(backoff.max);
-                let jitter = delay.mul_f64(rand_fraction());
-                tracing::warn!(error = %e, attempt, delay_ms = jitter.as_millis() as u64, "capture failed, reconnecting");
-                tokio::time::sleep(jitter).await;
+                if started.elapsed() > std::time::Duration::from_secs(60) {
+                    delays = new_backoff(); // it ran fine for a while: start backing off afresh
+                }
+                let delay = delays.next().unwrap_or(settings.max);
+                tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "capture failed, reconnecting");
+                tokio::time::sleep(delay).await;
             }
             Err(e) => return Err(e),
         }
     }
-}
-
-/// A fraction in [0.5, 1.0) from the clock: full jitter without another dependency.
-fn rand_fraction() -> f64 {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    0.5 + (n % 1000) as f64 / 2000.0
 }
