@@ -301,22 +301,35 @@ const UNIX_EPOCH_DATE: NaiveDate = match NaiveDate::from_ymd_opt(1970, 1, 1) {
     None => panic!("valid date"),
 };
 
+/// PostgreSQL prints years before 1 AD with a ` BC` suffix: split it off.
+fn split_bc(s: &str) -> (&str, bool) {
+    match s.strip_suffix(" BC") {
+        Some(d) => (d, true),
+        None => (s, false),
+    }
+}
+
+/// Move a parsed date or timestamp to its BC year if needed (year 1 BC is ISO year 0).
+fn with_era<T: chrono::Datelike>(v: T, bc: bool) -> std::result::Result<T, String> {
+    if !bc {
+        return Ok(v);
+    }
+    let year = 1 - v.year();
+    v.with_year(year)
+        .ok_or_else(|| "BC date out of range".to_string())
+}
+
 fn parse_date(s: &str) -> std::result::Result<i32, String> {
     match s {
         "infinity" => return Ok(i32::MAX),
         "-infinity" => return Ok(i32::MIN),
         _ => {}
     }
-    let (s, bc) = match s.strip_suffix(" BC") {
-        Some(d) => (d, true),
-        None => (s, false),
-    };
-    let mut d = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|e| e.to_string())?;
-    if bc {
-        use chrono::Datelike;
-        // Year 1 BC is ISO year 0.
-        d = d.with_year(1 - d.year()).ok_or("BC date out of range")?;
-    }
+    let (s, bc) = split_bc(s);
+    let d = with_era(
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|e| e.to_string())?,
+        bc,
+    )?;
     Ok((d - UNIX_EPOCH_DATE).num_days() as i32)
 }
 
@@ -336,10 +349,7 @@ fn parse_timestamp(s: &str, tz: bool) -> std::result::Result<i64, String> {
         "-infinity" => return Ok(i64::MIN),
         _ => {}
     }
-    let (s, bc) = match s.strip_suffix(" BC") {
-        Some(d) => (d, true),
-        None => (s, false),
-    };
+    let (s, bc) = split_bc(s);
     let (naive, offset_secs) = if tz {
         // "2024-01-02 03:04:05.123456+00" or "+05:30" or "+05:30:15"
         let idx = s
@@ -359,14 +369,10 @@ fn parse_timestamp(s: &str, tz: bool) -> std::result::Result<i64, String> {
     } else {
         (s, 0)
     };
-    let mut dt =
-        NaiveDateTime::parse_from_str(naive, "%Y-%m-%d %H:%M:%S%.f").map_err(|e| e.to_string())?;
-    if bc {
-        use chrono::Datelike;
-        dt = dt
-            .with_year(1 - dt.year())
-            .ok_or("BC timestamp out of range")?;
-    }
+    let dt = with_era(
+        NaiveDateTime::parse_from_str(naive, "%Y-%m-%d %H:%M:%S%.f").map_err(|e| e.to_string())?,
+        bc,
+    )?;
     let micros = dt.and_utc().timestamp_micros();
     Ok(micros - offset_secs * 1_000_000)
 }
@@ -491,6 +497,10 @@ mod tests {
         assert_eq!(parse_date("1970-01-02").unwrap(), 1);
         assert_eq!(parse_date("infinity").unwrap(), i32::MAX);
         assert!(parse_date("0001-01-01 BC").unwrap() < parse_date("0001-01-01").unwrap());
+        assert!(
+            parse_timestamp("0044-03-15 12:00:00+00 BC", true).unwrap()
+                < parse_timestamp("0001-01-01 00:00:00+00", true).unwrap()
+        );
         assert_eq!(parse_time("00:00:01.5").unwrap(), 1_500_000);
         assert_eq!(
             parse_timestamp("1970-01-01 00:00:01", false).unwrap(),
