@@ -30,48 +30,133 @@ pub async fn check_server(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// Create the publication if missing ("already exists" is success).
-pub async fn ensure_publication(client: &Client, cfg: &SourceConfig) -> Result<bool> {
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&cfg.publication],
-        )
-        .await
-        .map_err(|e| Error::postgres("looking up publication", e))?
-        .is_some();
-    if exists {
-        return Ok(false);
-    }
+/// What the publication should cover: `(schemas, tables)` as sorted `schema`/`schema.table`.
+fn wanted(cfg: &SourceConfig) -> (Vec<String>, Vec<String>) {
+    let mut schemas = cfg.schemas.clone();
+    schemas.sort();
+    schemas.dedup();
+    let mut tables: Vec<String> = cfg
+        .tables
+        .iter()
+        .map(|t| match t.split_once('.') {
+            Some(_) => t.clone(),
+            None => format!("public.{t}"),
+        })
+        .collect();
+    tables.sort();
+    tables.dedup();
+    (schemas, tables)
+}
+
+fn publication_targets(schemas: &[String], tables: &[String]) -> String {
     let mut targets = Vec::new();
-    if !cfg.schemas.is_empty() {
-        let schemas: Vec<String> = cfg.schemas.iter().map(|s| quote_ident(s)).collect();
-        targets.push(format!("TABLES IN SCHEMA {}", schemas.join(", ")));
+    if !schemas.is_empty() {
+        let s: Vec<String> = schemas.iter().map(|s| quote_ident(s)).collect();
+        targets.push(format!("TABLES IN SCHEMA {}", s.join(", ")));
     }
-    if !cfg.tables.is_empty() {
-        let tables: Vec<String> = cfg
-            .tables
+    if !tables.is_empty() {
+        let t: Vec<String> = tables
             .iter()
             .map(|t| {
                 let (s, n) = t.split_once('.').unwrap_or(("public", t));
                 format!("{}.{}", quote_ident(s), quote_ident(n))
             })
             .collect();
-        targets.push(format!("TABLE {}", tables.join(", ")));
+        targets.push(format!("TABLE {}", t.join(", ")));
     }
-    let sql = format!(
-        "CREATE PUBLICATION {} FOR {}",
-        quote_ident(&cfg.publication),
-        targets.join(", ")
-    );
-    match client.batch_execute(&sql).await {
-        Ok(()) => {
-            tracing::info!(publication = %cfg.publication, "created publication");
-            Ok(true)
+    targets.join(", ")
+}
+
+/// What the publication covers now (explicit schemas and tables), or `None` if it is missing.
+async fn current_publication(
+    client: &Client,
+    name: &str,
+) -> Result<Option<(Vec<String>, Vec<String>)>> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT oid, puballtables FROM pg_publication WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| Error::postgres("looking up publication", e))?
+    else {
+        return Ok(None);
+    };
+    let oid: u32 = row.get(0);
+    if row.get::<_, bool>(1) {
+        return Err(Error::new(ErrorKind::Environment, format!("source.publication: {name} is FOR ALL TABLES; cutover manages its publication itself: choose another name or drop it")));
+    }
+    let schemas = client
+        .query(
+            "SELECT n.nspname::text FROM pg_publication_namespace pn JOIN pg_namespace n ON n.oid = pn.pnnspid WHERE pn.pnpubid = $1 ORDER BY 1",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| Error::postgres("reading publication schemas", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let tables = client
+        .query(
+            "SELECT n.nspname || '.' || c.relname FROM pg_publication_rel pr JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE pr.prpubid = $1 ORDER BY 1",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| Error::postgres("reading publication tables", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(Some((schemas, tables)))
+}
+
+/// What [`ensure_publication`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicationChange {
+    Unchanged,
+    Created,
+    /// It existed with other schemas/tables than configured and was set to the configured ones.
+    Reconciled,
+}
+
+/// Create the publication if missing ("already exists" is success); if it exists but covers
+/// other schemas or tables than `source.schemas`/`source.tables`, set it to the configured
+/// ones (`ALTER PUBLICATION ... SET`), so a config change takes effect on the next start.
+pub async fn ensure_publication(client: &Client, cfg: &SourceConfig) -> Result<PublicationChange> {
+    let (schemas, tables) = wanted(cfg);
+    let targets = publication_targets(&schemas, &tables);
+    let name = quote_ident(&cfg.publication);
+    let hint = "the source role needs CREATE on the database and ownership of the tables (or superuser for TABLES IN SCHEMA)";
+    match current_publication(client, &cfg.publication).await? {
+        Some(current) if current == (schemas.clone(), tables.clone()) => {
+            Ok(PublicationChange::Unchanged)
         }
-        Err(e) if e.code().map(|c| c.code()) == Some("42710") => Ok(false),
-        Err(e) => Err(Error::postgres(format!("creating publication {}", cfg.publication), e)
-            .context("the source role needs CREATE on the database and ownership of the tables (or superuser for TABLES IN SCHEMA)")),
+        Some(current) => {
+            client
+                .batch_execute(&format!("ALTER PUBLICATION {name} SET {targets}"))
+                .await
+                .map_err(|e| {
+                    Error::postgres(format!("updating publication {}", cfg.publication), e)
+                        .context(hint)
+                })?;
+            tracing::info!(publication = %cfg.publication, was = ?current, now = ?(schemas, tables), "publication reconciled with config");
+            Ok(PublicationChange::Reconciled)
+        }
+        None => match client
+            .batch_execute(&format!("CREATE PUBLICATION {name} FOR {targets}"))
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(publication = %cfg.publication, "created publication");
+                Ok(PublicationChange::Created)
+            }
+            Err(e) if e.code().map(|c| c.code()) == Some("42710") => {
+                Ok(PublicationChange::Unchanged)
+            }
+            Err(e) => Err(
+                Error::postgres(format!("creating publication {}", cfg.publication), e)
+                    .context(hint),
+            ),
+        },
     }
 }
 

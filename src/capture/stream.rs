@@ -136,6 +136,18 @@ pub fn topic_for(prefix: &str, table: &TableId) -> String {
     format!("{prefix}.{}.{}", clean(&table.schema), clean(&table.name))
 }
 
+/// The capture dead-letter topic: rows the codec cannot represent.
+pub fn capture_dlq_topic(prefix: &str) -> String {
+    format!("{prefix}.dlq.capture")
+}
+
+fn header<'a>(key: &'a str, value: &'a str) -> rdkafka::message::Header<'a, &'a str> {
+    rdkafka::message::Header {
+        key,
+        value: Some(value),
+    }
+}
+
 /// The capture process.
 pub struct Capture {
     cfg: Config,
@@ -145,6 +157,8 @@ pub struct Capture {
     catalog: Catalog,
     relations: HashMap<u32, TableState>,
     db: String,
+    /// The capture dead-letter topic, once created.
+    dlq_topic: Option<String>,
 }
 
 impl Capture {
@@ -175,6 +189,7 @@ impl Capture {
                 catalog: Catalog::default(),
                 relations: HashMap::new(),
                 db,
+                dlq_topic: None,
             },
             start,
         ))
@@ -344,30 +359,74 @@ impl Capture {
         let msg = pgoutput::decode(data)
             .map_err(|e| e.context(format!("WAL position {}", Lsn(wal_start))))?;
         match msg {
+            Message::Insert { rel_id, .. }
+            | Message::Update { rel_id, .. }
+            | Message::Delete { rel_id, .. } => {
+                let t = txn
+                    .as_mut()
+                    .ok_or_else(|| Error::internal("row change outside a transaction"))?;
+                match self.on_row(&msg, t, wal_start).await {
+                    Err(e) if e.kind() == ErrorKind::Data => {
+                        self.dead_letter(rel_id, &msg, t, wal_start, &e).await?
+                    }
+                    other => other?,
+                }
+            }
+            other => self.on_other(other, txn, wal_start).await?,
+        }
+        Ok(())
+    }
+
+    async fn on_other(
+        &mut self,
+        msg: Message,
+        txn: &mut Option<Txn>,
+        wal_start: u64,
+    ) -> Result<()> {
+        match msg {
             Message::Relation(rel) => self.on_relation(rel).await?,
             Message::Origin { name, .. } => {
                 if let Some(t) = txn.as_mut() {
                     t.origin = Some(name);
                 }
             }
-            Message::Insert { rel_id, new } => {
+            Message::Insert { .. } | Message::Update { .. } | Message::Delete { .. } => {}
+            Message::Truncate { rel_ids, .. } => {
                 let t = txn
                     .as_mut()
-                    .ok_or_else(|| Error::internal("Insert outside a transaction"))?;
-                let after = self.cells(rel_id, &new)?;
+                    .ok_or_else(|| Error::internal("Truncate outside a transaction"))?;
+                for rel_id in rel_ids {
+                    if self.relations.contains_key(&rel_id) {
+                        self.emit(rel_id, t, Op::Truncate, None, None, wal_start)
+                            .await?;
+                    }
+                }
+            }
+            Message::Begin { .. }
+            | Message::Commit { .. }
+            | Message::Type { .. }
+            | Message::Message { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Insert, update or delete → event(s). An error of kind `Data` means the row cannot be
+    /// represented (e.g. NaN in `numeric(p,s)`); the caller dead-letters it.
+    async fn on_row(&mut self, msg: &Message, t: &mut Txn, wal_start: u64) -> Result<()> {
+        match msg {
+            Message::Insert { rel_id, new } => {
+                let (rel_id, after) = (*rel_id, self.cells(*rel_id, new)?);
                 self.emit(rel_id, t, Op::Create, None, Some(after), wal_start)
                     .await?;
             }
             Message::Update { rel_id, old, new } => {
-                let t = txn
-                    .as_mut()
-                    .ok_or_else(|| Error::internal("Update outside a transaction"))?;
-                let after = self.cells(rel_id, &new)?;
+                let rel_id = *rel_id;
+                let after = self.cells(rel_id, new)?;
                 let before = match &old {
                     Some((_, tuple)) => Some(self.cells(rel_id, tuple)?),
                     None => None,
                 };
-                let key_changed = match (&old, &before) {
+                let key_changed = match (old, &before) {
                     (Some((OldKind::Key, _)) | Some((OldKind::Full, _)), Some(b)) => {
                         let st = self.state(rel_id)?;
                         st.schema.encode_key(b).ok() != st.schema.encode_key(&after).ok()
@@ -392,30 +451,92 @@ impl Capture {
                 }
             }
             Message::Delete { rel_id, old } => {
-                let t = txn
-                    .as_mut()
-                    .ok_or_else(|| Error::internal("Delete outside a transaction"))?;
-                let before = self.cells(rel_id, &old.1)?;
-                self.emit(rel_id, t, Op::Delete, Some(before), None, wal_start)
+                let before = self.cells(*rel_id, &old.1)?;
+                self.emit(*rel_id, t, Op::Delete, Some(before), None, wal_start)
                     .await?;
             }
-            Message::Truncate { rel_ids, .. } => {
-                let t = txn
-                    .as_mut()
-                    .ok_or_else(|| Error::internal("Truncate outside a transaction"))?;
-                for rel_id in rel_ids {
-                    if self.relations.contains_key(&rel_id) {
-                        self.emit(rel_id, t, Op::Truncate, None, None, wal_start)
-                            .await?;
-                    }
-                }
-            }
-            Message::Begin { .. }
-            | Message::Commit { .. }
-            | Message::Type { .. }
-            | Message::Message { .. } => {}
+            _ => {}
         }
         Ok(())
+    }
+
+    /// A row change the codec cannot represent goes, as raw text, to `<prefix>.dlq.capture`
+    /// with headers naming the error and position; it is tracked like any event, so the LSN is
+    /// not confirmed before the dead letter is durable. The stream goes on.
+    async fn dead_letter(
+        &mut self,
+        rel_id: u32,
+        msg: &Message,
+        t: &mut Txn,
+        wal_start: u64,
+        error: &Error,
+    ) -> Result<()> {
+        let topic = match &self.dlq_topic {
+            Some(topic) => topic.clone(),
+            None => {
+                let topic = capture_dlq_topic(&self.cfg.topic_prefix);
+                kafka::ensure_topics(
+                    &self.cfg.kafka,
+                    &[TopicSpec {
+                        name: topic.clone(),
+                        partitions: 1,
+                        replication_factor: self.cfg.kafka.replication_factor,
+                        configs: vec![],
+                    }],
+                )
+                .await?;
+                self.dlq_topic = Some(topic.clone());
+                topic
+            }
+        };
+        let st = self.state(rel_id)?;
+        let raw = |tuple: &[Datum]| -> serde_json::Value {
+            let mut row = serde_json::Map::new();
+            for (d, col) in tuple.iter().zip(&st.schema.columns) {
+                let v = match d {
+                    Datum::Null => serde_json::Value::Null,
+                    Datum::UnchangedToast => serde_json::json!({"unchanged_toast": true}),
+                    Datum::Text(b) | Datum::Binary(b) => {
+                        serde_json::Value::String(String::from_utf8_lossy(b).into_owned())
+                    }
+                };
+                row.insert(col.name.clone(), v);
+            }
+            serde_json::Value::Object(row)
+        };
+        let (op, before, after) = match msg {
+            Message::Insert { new, .. } => (Op::Create, None, Some(raw(new))),
+            Message::Update { old, new, .. } => {
+                (Op::Update, old.as_ref().map(|o| raw(&o.1)), Some(raw(new)))
+            }
+            Message::Delete { old, .. } => (Op::Delete, Some(raw(&old.1)), None),
+            _ => return Err(Error::internal("dead_letter on a non-row message")),
+        };
+        let table = st.schema.table.to_string();
+        let body = serde_json::json!({
+            "table": table, "op": op.code(), "before": before, "after": after,
+            "commit_lsn": t.final_lsn.0, "seq": t.seq, "lsn": wal_start, "txid": t.xid,
+            "error": error.to_string(),
+        });
+        t.seq += 1;
+        tracing::error!(table = %table, commit_lsn = %t.final_lsn, error = %error, dlq = %topic, "row cannot be encoded: sent to the capture dead-letter topic");
+        metrics::counter!(names::CAPTURE_DLQ_EVENTS_TOTAL, names::LABEL_TABLE => table.clone())
+            .increment(1);
+        let headers = rdkafka::message::OwnedHeaders::new()
+            .insert(header("cutover.error", &error.to_string()))
+            .insert(header("cutover.error.kind", error.kind().as_str()))
+            .insert(header("cutover.table", &table))
+            .insert(header("cutover.commit_lsn", &t.final_lsn.to_string()));
+        let value = serde_json::to_vec(&body).map_err(|e| Error::internal(e.to_string()))?;
+        self.produce_with(
+            &topic,
+            Some(table.as_bytes()),
+            &value,
+            None,
+            Some(headers),
+            &t.tracker,
+        )
+        .await
     }
 
     fn state(&self, rel_id: u32) -> Result<&TableState> {
@@ -592,8 +713,24 @@ impl Capture {
         partition: Option<i32>,
         tracker: &Arc<TxnTracker>,
     ) -> Result<()> {
+        self.produce_with(topic, key, value, partition, None, tracker)
+            .await
+    }
+
+    async fn produce_with(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        partition: Option<i32>,
+        headers: Option<rdkafka::message::OwnedHeaders>,
+        tracker: &Arc<TxnTracker>,
+    ) -> Result<()> {
         tracker.pending.fetch_add(1, Ordering::AcqRel);
         let mut record = BaseRecord::with_opaque_to(topic, tracker.clone()).payload(value);
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
         if let Some(k) = key {
             record = record.key(k);
         }

@@ -254,6 +254,12 @@ impl Config {
                     "must be 1-200 characters of a-z, A-Z, 0-9, '_', '-'",
                 );
             }
+            if sink.name == "capture" {
+                e.push(
+                    format!("{p}.name"),
+                    "\"capture\" is reserved (the capture dead-letter topic is <prefix>.dlq.capture)",
+                );
+            }
             if !seen.insert(sink.name.as_str()) {
                 e.push(
                     format!("{p}.name"),

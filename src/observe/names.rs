@@ -41,6 +41,8 @@ pub const CAPTURE_SLOT_WAL_RETAINED_BYTES: &str = "cutover_capture_slot_wal_reta
 pub const CAPTURE_SLOT_ACTIVE: &str = "cutover_capture_slot_active";
 /// Gauge: messages in the producer queue, not yet acknowledged.
 pub const CAPTURE_PRODUCER_QUEUE_MESSAGES: &str = "cutover_capture_producer_queue_messages";
+/// Counter of rows sent to the capture dead-letter topic, label: table.
+pub const CAPTURE_DLQ_EVENTS_TOTAL: &str = "cutover_capture_dlq_events_total";
 /// Counter of failed deliveries.
 pub const CAPTURE_PRODUCER_ERRORS_TOTAL: &str = "cutover_capture_producer_errors_total";
 
@@ -83,6 +85,10 @@ pub fn describe_all() {
         "Messages produced and not yet acknowledged by Kafka."
     );
     metrics::describe_counter!(CAPTURE_PRODUCER_ERRORS_TOTAL, "Failed Kafka deliveries.");
+    metrics::describe_counter!(
+        CAPTURE_DLQ_EVENTS_TOTAL,
+        "Rows the codec cannot represent, sent to the capture dead-letter topic, by table."
+    );
     metrics::describe_counter!(
         REGISTRY_REGISTRATIONS_TOTAL,
         "Schema registrations handled by the embedded registry, by outcome."

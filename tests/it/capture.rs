@@ -12,12 +12,12 @@ use cutover::config::Config;
 use cutover::database::Endpoint;
 use cutover::event::TableId;
 
-struct Pipeline {
+pub(super) struct Pipeline {
     stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<cutover::Result<()>>,
+    pub(super) task: tokio::task::JoinHandle<cutover::Result<()>>,
 }
 
-fn test_config(tables: &[&str]) -> Config {
+pub(super) fn test_config(tables: &[&str]) -> Config {
     let mut cfg = local_config();
     let id = unique("cap");
     cfg.source.slot = id.clone();
@@ -31,7 +31,7 @@ fn test_config(tables: &[&str]) -> Config {
     cfg
 }
 
-async fn sql(cfg: &Config) -> tokio_postgres::Client {
+pub(super) async fn sql(cfg: &Config) -> tokio_postgres::Client {
     Endpoint {
         field: "source.url".into(),
         url: cfg.source.url.clone(),
@@ -43,7 +43,7 @@ async fn sql(cfg: &Config) -> tokio_postgres::Client {
     .unwrap()
 }
 
-async fn start(cfg: &Config) -> Pipeline {
+pub(super) async fn start(cfg: &Config) -> Pipeline {
     let (capture, lsn) = Capture::prepare(cfg).await.unwrap();
     let (stop, rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(capture.run(lsn, rx));
@@ -51,13 +51,13 @@ async fn start(cfg: &Config) -> Pipeline {
 }
 
 impl Pipeline {
-    async fn stop(self) {
+    pub(super) async fn stop(self) {
         let _ = self.stop.send(true);
         self.task.await.unwrap().unwrap();
     }
 }
 
-async fn cleanup(cfg: &Config) {
+pub(super) async fn cleanup(cfg: &Config) {
     let c = sql(cfg).await;
     let _ = c
         .execute("SELECT pg_drop_replication_slot($1)", &[&cfg.source.slot])
@@ -77,7 +77,7 @@ async fn cleanup(cfg: &Config) {
     }
 }
 
-fn consume(cfg: &Config, topic: &str, count: usize) -> Vec<Value> {
+pub(super) fn consume(cfg: &Config, topic: &str, count: usize) -> Vec<Value> {
     let out = Command::new(python())
         .arg(root().join("tests/python/consume_avro.py"))
         .args([
@@ -290,7 +290,7 @@ async fn multi_table_transaction_keeps_commit_order_and_slot_is_confirmed() {
 
 /// Read every message of `topic` up to its high watermarks, decoded with the writer schemas
 /// from the registry: (commit_lsn, seq, op, row id).
-async fn read_all(cfg: &Config, topic: &str) -> Vec<(i64, i64, String, i64)> {
+pub(super) async fn read_all(cfg: &Config, topic: &str) -> Vec<(i64, i64, String, i64)> {
     use apache_avro::types::Value as AV;
     use futures::StreamExt;
     use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -367,7 +367,7 @@ fn capture_process(cfg: &Config, table: &str) -> std::process::Child {
         .unwrap()
 }
 
-async fn confirmed_lsn(c: &tokio_postgres::Client, slot: &str) -> u64 {
+pub(super) async fn confirmed_lsn(c: &tokio_postgres::Client, slot: &str) -> u64 {
     let lsn: Option<String> = c
         .query_one(
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
@@ -381,7 +381,12 @@ async fn confirmed_lsn(c: &tokio_postgres::Client, slot: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn wait_confirmed_past(c: &tokio_postgres::Client, slot: &str, lsn: u64, secs: u64) -> bool {
+pub(super) async fn wait_confirmed_past(
+    c: &tokio_postgres::Client,
+    slot: &str,
+    lsn: u64,
+    secs: u64,
+) -> bool {
     for _ in 0..secs * 4 {
         if confirmed_lsn(c, slot).await > lsn {
             return true;

@@ -206,3 +206,134 @@ impl TestRegistry {
         }
     }
 }
+
+fn pg_bindir() -> PathBuf {
+    for d in ["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin"] {
+        if Path::new(d).join("initdb").exists() {
+            return PathBuf::from(d);
+        }
+    }
+    let out = Command::new("pg_config").arg("--bindir").output().unwrap();
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+/// Run a PostgreSQL server binary as `postgres` when we are root (initdb refuses root).
+fn pg_command(bin: &str) -> Command {
+    let path = pg_bindir().join(bin);
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+/// A PostgreSQL cluster of the test's own (initdb in a temp dir, a free port, trust auth), so a
+/// test can restart it or run it with other settings without disturbing the shared stack.
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivatePostgres {
+    /// `settings` are `-c` options, e.g. `["wal_level=logical"]`.
+    pub fn start(settings: &[&str]) -> PrivatePostgres {
+        let dir = tempfile::tempdir().unwrap();
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        let data = dir.path().join("data");
+        let out = pg_command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb: {out:?}");
+        let mut conf = String::from(
+            "listen_addresses = '127.0.0.1'\nunix_socket_directories = ''\nfsync = off\nmax_wal_senders = 4\nmax_replication_slots = 4\n",
+        );
+        for s in settings {
+            conf.push_str(s);
+            conf.push('\n');
+        }
+        let auto = data.join("postgresql.auto.conf");
+        let mut existing = std::fs::read_to_string(&auto).unwrap_or_default();
+        existing.push_str(&conf);
+        std::fs::write(&auto, existing).unwrap();
+        let pg = PrivatePostgres {
+            port: free_port(),
+            dir,
+        };
+        pg.ctl_start();
+        pg
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn ctl_start(&self) {
+        let out = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.dir.path().join("pg.log"))
+            .args([
+                "-o",
+                &format!("-p {}", self.port),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl start: {out:?}");
+    }
+
+    fn ctl_stop(&self, mode: &str) {
+        let _ = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", mode, "-w", "-t", "60", "stop"])
+            .output();
+    }
+
+    /// Immediate stop (like a crash) and start again on the same port.
+    pub fn restart(&self) {
+        self.ctl_stop("immediate");
+        self.ctl_start();
+    }
+
+    /// A libpq URL for database `db`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.ctl_stop("immediate");
+    }
+}

@@ -1,0 +1,431 @@
+//! Capture under faults and edge cases: unchanged TOAST values, tables without a primary key,
+//! rows the codec cannot represent (dead-letter), a source that restarts, and the fatal
+//! environment errors (wal_level, invalidated slot). Source restarts and odd settings run on a
+//! private PostgreSQL cluster so the shared stack is never disturbed.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use super::capture::{cleanup, consume, read_all, sql, start, test_config};
+use super::support::{cutover_bin, free_port, unique, PrivatePostgres};
+use cutover::capture::setup::{ensure_publication, PublicationChange};
+use cutover::capture::{stream::capture_dlq_topic, topic_for, Capture};
+use cutover::config::{Config, DbUrl};
+use cutover::error::ErrorKind;
+use cutover::event::TableId;
+
+fn topic(cfg: &Config, table: &str) -> String {
+    topic_for(&cfg.topic_prefix, &TableId::new("public", table))
+}
+
+/// Raw messages of `topic` (key, payload, headers), up to its high watermarks.
+async fn read_raw(cfg: &Config, topic: &str) -> Vec<(Vec<u8>, Vec<(String, String)>)> {
+    use futures::StreamExt;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Headers;
+    use rdkafka::Message;
+    let wm = cutover::kafka::watermarks(&cfg.kafka, topic).await.unwrap();
+    let total: i64 = wm.values().map(|(lo, hi)| hi - lo).sum();
+    let consumer: StreamConsumer = cutover::kafka::consumer_config(&cfg.kafka, &unique("raw"))
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let mut stream = consumer.stream();
+    while (out.len() as i64) < total {
+        let m = tokio::time::timeout(Duration::from_secs(60), stream.next())
+            .await
+            .expect("messages")
+            .unwrap()
+            .unwrap();
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push((m.payload().unwrap_or_default().to_vec(), headers));
+    }
+    drop(stream);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_toast_column_is_marked_and_never_sent_as_data() {
+    let table = unique("toast");
+    let cfg = test_config(&[&table]);
+    let c = sql(&cfg).await;
+    c.batch_execute(&format!(
+        "CREATE TABLE \"{table}\" (id int PRIMARY KEY, n int, big text);
+         ALTER TABLE \"{table}\" ALTER COLUMN big SET STORAGE EXTERNAL;"
+    ))
+    .await
+    .unwrap();
+    let p = start(&cfg).await;
+    // 20 kB, stored out of line (EXTERNAL: no compression), so an UPDATE of `n` does not resend it.
+    c.batch_execute(&format!(
+        "INSERT INTO \"{table}\" VALUES (1, 0, repeat('x', 20000));
+         UPDATE \"{table}\" SET n = 1 WHERE id = 1;"
+    ))
+    .await
+    .unwrap();
+    let events = consume(&cfg, &topic(&cfg, &table), 2);
+    p.stop().await;
+    let insert = events.iter().find(|e| e["value"]["op"] == "c").unwrap();
+    let update = events.iter().find(|e| e["value"]["op"] == "u").unwrap();
+    assert_eq!(
+        insert["value"]["after"]["big"].as_str().map(str::len),
+        Some(20000)
+    );
+    assert_eq!(insert["value"]["unchanged_toast"], serde_json::json!([]));
+    assert_eq!(update["value"]["after"]["n"], 1);
+    assert!(update["value"]["after"]["big"].is_null(), "{update}");
+    assert_eq!(
+        update["value"]["unchanged_toast"],
+        serde_json::json!(["big"])
+    );
+    cleanup(&cfg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_without_primary_key_is_refused_unless_key_columns_are_configured() {
+    let table = unique("nopk");
+    let cfg = test_config(&[&table]);
+    let c = sql(&cfg).await;
+    c.batch_execute(&format!("CREATE TABLE \"{table}\" (code text, n int)"))
+        .await
+        .unwrap();
+    let p = start(&cfg).await;
+    c.batch_execute(&format!("INSERT INTO \"{table}\" VALUES ('a', 1)"))
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(30), p.task)
+        .await
+        .expect("capture stops")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    let msg = err.to_string();
+    assert!(msg.contains("has no primary key"), "{msg}");
+    assert!(msg.contains("source.key_columns"), "{msg}");
+    assert!(msg.contains("REPLICA IDENTITY FULL"), "{msg}");
+
+    // With key columns configured the same slot resumes and the row arrives, keyed by `code`.
+    let mut keyed = cfg.clone();
+    keyed
+        .source
+        .key_columns
+        .insert(format!("public.{table}"), vec!["code".into()]);
+    let p = start(&keyed).await;
+    let events = consume(&keyed, &topic(&keyed, &table), 1);
+    p.stop().await;
+    assert_eq!(events[0]["key"]["code"], "a", "{}", events[0]);
+    assert_eq!(events[0]["value"]["after"]["n"], 1);
+    cleanup(&cfg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrepresentable_row_goes_to_the_capture_dead_letter_topic_and_the_stream_goes_on() {
+    let table = unique("poison");
+    let cfg = test_config(&[&table]);
+    let c = sql(&cfg).await;
+    c.batch_execute(&format!(
+        "CREATE TABLE \"{table}\" (id int PRIMARY KEY, amount numeric(10,2))"
+    ))
+    .await
+    .unwrap();
+    let p = start(&cfg).await;
+    // Avro's decimal has no NaN; PostgreSQL's numeric(p,s) has.
+    c.batch_execute(&format!(
+        "INSERT INTO \"{table}\" VALUES (1, 1.50);
+         INSERT INTO \"{table}\" VALUES (2, 'NaN');
+         INSERT INTO \"{table}\" VALUES (3, 3.25);"
+    ))
+    .await
+    .unwrap();
+    let events = consume(&cfg, &topic(&cfg, &table), 2);
+    p.stop().await;
+    let ids: Vec<i64> = events
+        .iter()
+        .map(|e| e["value"]["after"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.iter().copied().collect::<BTreeSet<_>>(), [1, 3].into());
+
+    let dead = read_raw(&cfg, &capture_dlq_topic(&cfg.topic_prefix)).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let (payload, headers) = &dead[0];
+    let body: serde_json::Value = serde_json::from_slice(payload).unwrap();
+    assert_eq!(body["table"], format!("public.{table}"));
+    assert_eq!(body["op"], "c");
+    assert_eq!(body["after"]["amount"], "NaN");
+    assert_eq!(body["after"]["id"], "2");
+    let header = |k: &str| {
+        headers
+            .iter()
+            .find(|(hk, _)| hk == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert!(
+        header("cutover.error").unwrap().contains("amount"),
+        "{headers:?}"
+    );
+    assert_eq!(header("cutover.error.kind").as_deref(), Some("data"));
+    assert_eq!(header("cutover.table"), Some(format!("public.{table}")));
+    // The dead letter keeps its place in the total order: ids 1 and 3 have seq 0 and 2.
+    let seqs: BTreeSet<i64> = events
+        .iter()
+        .map(|e| e["value"]["source"]["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(body["seq"], 1);
+    assert!(!seqs.contains(&1));
+    cleanup(&cfg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publication_follows_the_configured_tables() {
+    let (a, b) = (unique("puba"), unique("pubb"));
+    let mut cfg = test_config(&[&a]);
+    let c = sql(&cfg).await;
+    c.batch_execute(&format!(
+        "CREATE TABLE \"{a}\" (id int PRIMARY KEY); CREATE TABLE \"{b}\" (id int PRIMARY KEY);"
+    ))
+    .await
+    .unwrap();
+    let published = |pubname: String| {
+        let c = &c;
+        async move {
+            c.query(
+                "SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1",
+                &[&pubname],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        ensure_publication(&c, &cfg.source).await.unwrap(),
+        PublicationChange::Created
+    );
+    assert_eq!(
+        ensure_publication(&c, &cfg.source).await.unwrap(),
+        PublicationChange::Unchanged
+    );
+    cfg.source.tables.push(format!("public.{b}"));
+    assert_eq!(
+        ensure_publication(&c, &cfg.source).await.unwrap(),
+        PublicationChange::Reconciled
+    );
+    let mut both = vec![a.clone(), b.clone()];
+    both.sort();
+    assert_eq!(published(cfg.source.publication.clone()).await, both);
+    cfg.source.tables.remove(0);
+    assert_eq!(
+        ensure_publication(&c, &cfg.source).await.unwrap(),
+        PublicationChange::Reconciled
+    );
+    assert_eq!(published(cfg.source.publication.clone()).await, vec![b]);
+    cfg.source.tables.push(format!("public.{a}"));
+    cleanup(&cfg).await;
+}
+
+fn private_config(pg: &PrivatePostgres, table: &str) -> Config {
+    let mut cfg = test_config(&[table]);
+    cfg.source.url = DbUrl::new(pg.url("postgres"));
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_level_replica_is_a_fatal_error_that_says_what_to_do() {
+    let pg = PrivatePostgres::start(&["wal_level = replica"]);
+    let cfg = private_config(&pg, "t");
+    let err = Capture::prepare(&cfg).await.err().expect("refused");
+    assert_eq!(err.kind(), ErrorKind::Environment);
+    assert_eq!(
+        cutover::retry::policy(err.kind()),
+        cutover::retry::Decision::Fatal
+    );
+    assert!(err.to_string().contains("wal_level = logical"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidated_slot_is_a_fatal_error_that_says_what_to_do() {
+    let pg = PrivatePostgres::start(&[
+        "wal_level = logical",
+        "max_slot_wal_keep_size = 1MB",
+        "min_wal_size = 32MB",
+    ]);
+    let cfg = private_config(&pg, "w");
+    let c = sql(&cfg).await;
+    c.batch_execute("CREATE TABLE w (id int PRIMARY KEY, pad text)")
+        .await
+        .unwrap();
+    drop(Capture::prepare(&cfg).await.unwrap()); // creates the slot, never reads it
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        c.batch_execute(
+            "INSERT INTO w SELECT g, repeat('p', 200) FROM generate_series(1, 5000) g
+               ON CONFLICT (id) DO UPDATE SET pad = excluded.pad;
+             SELECT pg_switch_wal(); CHECKPOINT;",
+        )
+        .await
+        .unwrap();
+        let status: Option<String> = c
+            .query_one(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+                &[&cfg.source.slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if status.as_deref() == Some("lost") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slot never invalidated: {status:?}"
+        );
+    }
+    let err = Capture::prepare(&cfg).await.err().expect("refused");
+    assert_eq!(err.kind(), ErrorKind::Environment);
+    let msg = err.to_string();
+    assert!(msg.contains("invalidated"), "{msg}");
+    assert!(msg.contains("recreate it and backfill"), "{msg}");
+}
+
+async fn scrape(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Distinct ids on the topic, polled until `want` are there (or the deadline passes).
+async fn wait_ids(cfg: &Config, topic: &str, want: usize) -> BTreeSet<i64> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        // The topic appears with the table's first event.
+        if cutover::kafka::watermarks(&cfg.kafka, topic).await.is_err() {
+            assert!(Instant::now() < deadline, "topic {topic} never appeared");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let ids: BTreeSet<i64> = read_all(cfg, topic).await.iter().map(|e| e.3).collect();
+        if ids.len() >= want || Instant::now() > deadline {
+            return ids;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_reconnects_after_the_source_restarts_and_exports_its_metrics() {
+    let pg = PrivatePostgres::start(&["wal_level = logical"]);
+    let table = "orders";
+    let cfg = private_config(&pg, table);
+    let c = sql(&cfg).await;
+    c.batch_execute("CREATE TABLE orders (id int PRIMARY KEY, pad text)")
+        .await
+        .unwrap();
+    let metrics_port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = std::process::Command::new(cutover_bin())
+        .arg("capture")
+        .env("CUTOVER__SOURCE__URL", pg.url("postgres"))
+        .env("CUTOVER__SOURCE__SLOT", &cfg.source.slot)
+        .env("CUTOVER__SOURCE__PUBLICATION", &cfg.source.publication)
+        .env("CUTOVER__SOURCE__SCHEMAS", "")
+        .env("CUTOVER__SOURCE__TABLES", "public.orders")
+        .env("CUTOVER__SOURCE__HEARTBEAT_INTERVAL_SECS", "1")
+        .env("CUTOVER__SOURCE__STATUS_INTERVAL_SECS", "1")
+        .env("CUTOVER__TOPIC_PREFIX", &cfg.topic_prefix)
+        .env("CUTOVER__KAFKA__PARTITIONS", "2")
+        .env(
+            "CUTOVER__OBSERVE__LISTEN",
+            format!("127.0.0.1:{metrics_port}"),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let topic = topic(&cfg, table);
+    // Changes count from the slot's creation: wait until the capture streams.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+            &[&cfg.source.slot],
+        )
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "capture never started: {}",
+            std::fs::read_to_string(log.path()).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.batch_execute("INSERT INTO orders SELECT g, 'a' FROM generate_series(1, 100) g")
+        .await
+        .unwrap();
+    assert_eq!(wait_ids(&cfg, &topic, 100).await.len(), 100);
+
+    pg.restart(); // immediate stop: the walsender dies like on a crash
+    let c = sql(&cfg).await;
+    c.batch_execute("INSERT INTO orders SELECT g, 'b' FROM generate_series(101, 200) g")
+        .await
+        .unwrap();
+    let ids = wait_ids(&cfg, &topic, 200).await;
+    let logs = std::fs::read_to_string(log.path()).unwrap();
+    assert_eq!(ids, (1..=200).collect(), "logs:\n{logs}");
+    assert!(logs.contains("reconnecting"), "{logs}");
+
+    // Every capture metric the issue names is exported, with sane values.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = scrape(metrics_port).await;
+        if text.contains("cutover_capture_slot_wal_retained_bytes") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    for name in [
+        "cutover_capture_events_total{table=\"public.orders\",op=\"c\"}",
+        "cutover_capture_bytes_total{table=\"public.orders\"}",
+        "cutover_capture_transactions_total",
+        "cutover_capture_lag_seconds",
+        "cutover_capture_confirmed_lsn",
+        "cutover_capture_slot_wal_retained_bytes",
+        "cutover_capture_slot_active",
+        "cutover_capture_producer_queue_messages",
+        "cutover_up{command=\"capture\"} 1",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+    }
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    assert!(value("cutover_capture_events_total{table=\"public.orders\",op=\"c\"}") >= 100.0);
+    assert!(value("cutover_capture_transactions_total") >= 1.0);
+    let lag = value("cutover_capture_lag_seconds");
+    assert!((0.0..600.0).contains(&lag), "lag {lag}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
