@@ -29,6 +29,7 @@
 //! error classes), [`registry`] (schema-registry client and embedded server), [`observe`]
 //! (metrics, health, logging), [`cli`] (subcommands; the only wiring layer).
 
+pub mod apply;
 pub mod capture;
 pub mod cli;
 pub mod codec;

@@ -235,6 +235,7 @@ pub async fn slot_retained_bytes(client: &Client, slot: &str) -> Result<Option<(
 #[derive(Default)]
 pub struct Catalog {
     kinds: HashMap<(u32, i32), PgKind>,
+    names: HashMap<(u32, i32), String>,
 }
 
 impl Catalog {
@@ -271,6 +272,20 @@ impl Catalog {
         };
         self.kinds.insert((oid, typmod), kind.clone());
         Ok(kind)
+    }
+
+    /// PostgreSQL's display name of a type with modifier (`format_type`), e.g. `numeric(10,2)`.
+    pub async fn type_name(&mut self, client: &Client, oid: u32, typmod: i32) -> Result<String> {
+        if let Some(n) = self.names.get(&(oid, typmod)) {
+            return Ok(n.clone());
+        }
+        let name: String = client
+            .query_one("SELECT format_type($1, $2)", &[&oid, &typmod])
+            .await
+            .map_err(|e| Error::postgres(format!("format_type({oid}, {typmod})"), e))?
+            .get(0);
+        self.names.insert((oid, typmod), name.clone());
+        Ok(name)
     }
 
     /// Primary-key column names of relation `oid`, in key order.

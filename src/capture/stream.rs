@@ -596,10 +596,15 @@ impl Capture {
             } else {
                 pk.contains(&c.name)
             };
+            let pg_type = self
+                .catalog
+                .type_name(&self.sql, c.type_oid, c.type_modifier)
+                .await?;
             columns.push(ColumnSpec {
                 name: c.name.clone(),
                 kind,
                 key,
+                pg_type: Some(pg_type),
             });
         }
         if let Some(cols) = &configured {

@@ -2,32 +2,58 @@
 //! Connection loss reconnects with exponential backoff and jitter; configuration and
 //! environment problems (slot invalidated, wal_level, privileges) stop with a clear error.
 
+use std::future::Future;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use super::{load_config, shutdown_signal, Cli};
 use crate::capture::Capture;
+use crate::config::Config;
 use crate::error::Result;
-use crate::observe;
+use crate::observe::{self, Readiness};
 use crate::retry::{self, BackoffSettings, Decision};
 use backon::BackoffBuilder;
+use tokio::sync::watch;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
-pub async fn run(cli: &Cli, _args: &Args) -> Result<ExitCode> {
-    let cfg = load_config(cli)?;
-    let readiness = observe::Readiness::new();
+/// Start the observe server (if configured) for `command`; returns the readiness handle.
+pub(super) async fn observe(cfg: &Config, command: &'static str) -> Result<Readiness> {
+    let readiness = Readiness::new();
     if let Some(addr) = cfg.observe_addr() {
         let handle = observe::install_recorder()?;
-        metrics::gauge!(observe::names::UP, observe::names::LABEL_COMMAND => "capture").set(1.0);
+        metrics::gauge!(observe::names::UP, observe::names::LABEL_COMMAND => command).set(1.0);
         observe::serve(addr, handle, readiness.clone(), shutdown_signal()).await?;
     }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    Ok(readiness)
+}
+
+/// A watch that flips to `true` on SIGTERM/SIGINT.
+pub(super) fn stop_on_signal() -> watch::Receiver<bool> {
+    let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let settings = BackoffSettings::default();
+    stop_rx
+}
+
+/// Run `attempt` until it returns Ok or a non-transient error, reconnecting with exponential
+/// backoff and jitter (reset after a minute of healthy running).
+pub(super) async fn with_reconnect<F, Fut>(
+    what: &str,
+    stop: watch::Receiver<bool>,
+    mut attempt: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let settings = BackoffSettings {
+        initial: Duration::from_millis(500),
+        ..BackoffSettings::default()
+    };
     let new_backoff = || {
         backon::ExponentialBuilder::default()
             .with_min_delay(settings.initial)
@@ -38,25 +64,41 @@ pub async fn run(cli: &Cli, _args: &Args) -> Result<ExitCode> {
     };
     let mut delays = new_backoff();
     loop {
-        readiness.set("source", false);
         let started = std::time::Instant::now();
-        let result = async {
-            let (capture, start) = Capture::prepare(&cfg).await?;
-            readiness.set("source", true);
-            capture.run(start, stop_rx.clone()).await
-        }
-        .await;
-        match result {
-            Ok(()) => return Ok(ExitCode::SUCCESS),
-            Err(e) if retry::policy(e.kind()) == Decision::Retry && !*stop_rx.borrow() => {
-                if started.elapsed() > std::time::Duration::from_secs(60) {
-                    delays = new_backoff(); // it ran fine for a while: start backing off afresh
+        match attempt().await {
+            Ok(()) => return Ok(()),
+            Err(e) if retry::policy(e.kind()) == Decision::Retry && !*stop.borrow() => {
+                if started.elapsed() > Duration::from_secs(60) {
+                    delays = new_backoff();
                 }
                 let delay = delays.next().unwrap_or(settings.max);
-                tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "capture failed, reconnecting");
+                tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "{what} failed, reconnecting");
                 tokio::time::sleep(delay).await;
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The capture pipeline with reconnects, until `stop` flips or a fatal error.
+pub(super) async fn capture_loop(
+    cfg: &Config,
+    readiness: &Readiness,
+    stop: watch::Receiver<bool>,
+) -> Result<()> {
+    with_reconnect("capture", stop.clone(), || async {
+        readiness.set("source", false);
+        let (capture, start) = Capture::prepare(cfg).await?;
+        readiness.set("source", true);
+        capture.run(start, stop.clone()).await
+    })
+    .await
+}
+
+pub async fn run(cli: &Cli, _args: &Args) -> Result<ExitCode> {
+    let cfg = load_config(cli)?;
+    let readiness = observe(&cfg, "capture").await?;
+    let stop = stop_on_signal();
+    capture_loop(&cfg, &readiness, stop).await?;
+    Ok(ExitCode::SUCCESS)
 }

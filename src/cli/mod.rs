@@ -1,9 +1,11 @@
 //! The command line: one file per subcommand. This is the only layer that wires components
 //! together; everything below it is usable as a library.
 
+mod apply;
 mod capture;
 mod check_config;
 mod registry;
+mod run_all;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +43,10 @@ pub enum Command {
     Capture(capture::Args),
     /// Serve the embedded Confluent-compatible schema registry.
     Registry(registry::Args),
+    /// Apply the captured topics to one sink's target store.
+    Apply(apply::Args),
+    /// Run capture and every sink in one process.
+    Run(run_all::Args),
 }
 
 /// Exit codes: 0 success, 1 runtime failure, 2 configuration error.
@@ -56,6 +62,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::CheckConfig(ref args) => check_config::run(&cli, args).await,
         Command::Registry(ref args) => registry::run(&cli, args).await,
         Command::Capture(ref args) => capture::run(&cli, args).await,
+        Command::Apply(ref args) => apply::run(&cli, args).await,
+        Command::Run(ref args) => run_all::run(&cli, args).await,
     };
     match result {
         Ok(code) => code,

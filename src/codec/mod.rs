@@ -36,6 +36,9 @@ pub struct ColumnSpec {
     pub kind: PgKind,
     /// Part of the event key (primary key or configured key columns).
     pub key: bool,
+    /// PostgreSQL's name for the type (`format_type`, e.g. `numeric(10,2)`, `jsonb`), carried
+    /// as the field attribute `pg_type` so identity sinks can create faithful tables.
+    pub pg_type: Option<String>,
 }
 
 /// The Avro view of one table version.
@@ -103,6 +106,9 @@ fn field(col: &ColumnSpec, avro: &str, nullable: bool) -> serde_json::Value {
     };
     if avro != col.name {
         f["pg_name"] = json!(col.name);
+    }
+    if let Some(t) = &col.pg_type {
+        f["pg_type"] = json!(t);
     }
     f
 }
@@ -348,16 +354,19 @@ mod tests {
                 name: "id".into(),
                 kind: PgKind::Long,
                 key: true,
+                pg_type: None,
             },
             ColumnSpec {
                 name: "prénom".into(),
                 kind: PgKind::Text,
                 key: false,
+                pg_type: None,
             },
             ColumnSpec {
                 name: "prnom".into(),
                 kind: PgKind::Text,
                 key: false,
+                pg_type: None,
             },
             ColumnSpec {
                 name: "1st".into(),
@@ -389,11 +398,13 @@ mod tests {
                 name: "a-b".into(),
                 kind: PgKind::Text,
                 key: true,
+                pg_type: None,
             },
             ColumnSpec {
                 name: "a_b".into(),
                 kind: PgKind::Text,
                 key: false,
+                pg_type: None,
             },
         ];
         let s = derive(&TableId::new("s", "t"), c, "p.s.t").unwrap();
@@ -406,6 +417,7 @@ mod tests {
             name: "a".into(),
             kind: PgKind::Text,
             key: false,
+            pg_type: None,
         }];
         let e = derive(&TableId::new("s", "t"), c, "p.s.t").unwrap_err();
         assert!(e.to_string().contains("source.key_columns"), "{e}");

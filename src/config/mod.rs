@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use crate::apply::config::{RouteConfig, TableMapping, TruncatePolicy, Unmapped};
 pub use secret::{is_secret_property, redact_conninfo, DbUrl, Secret, REDACTED};
 pub use validate::{FieldError, ValidationErrors};
 
@@ -174,6 +175,37 @@ pub struct SinkConfig {
     pub group_id: Option<String>,
     #[serde(default = "default_connect_timeout_secs")]
     pub connect_timeout_secs: u64,
+    /// A batch (one target transaction) closes at this many events …
+    #[serde(default = "default_batch_max_rows")]
+    pub batch_max_rows: usize,
+    /// … or this many bytes of Kafka payload …
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: usize,
+    /// … or this long after its first event.
+    #[serde(default = "default_batch_max_ms")]
+    pub batch_max_ms: u64,
+    #[serde(default)]
+    pub truncate: TruncatePolicy,
+    #[serde(default)]
+    pub unmapped_tables: Unmapped,
+    /// Create missing target tables for identity-mapped tables (and add new columns).
+    #[serde(default = "default_true")]
+    pub create_tables: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<TableMapping>,
+}
+
+fn default_batch_max_rows() -> usize {
+    5_000
+}
+fn default_batch_max_bytes() -> usize {
+    16 << 20
+}
+fn default_batch_max_ms() -> u64 {
+    100
+}
+fn default_true() -> bool {
+    true
 }
 
 fn default_topic_prefix() -> String {

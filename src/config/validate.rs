@@ -270,6 +270,55 @@ impl Config {
             if sink.connect_timeout_secs == 0 {
                 e.push(format!("{p}.connect_timeout_secs"), "must be at least 1");
             }
+            if sink.batch_max_rows == 0 {
+                e.push(format!("{p}.batch_max_rows"), "must be at least 1");
+            }
+            if sink.batch_max_bytes < 1024 {
+                e.push(format!("{p}.batch_max_bytes"), "must be at least 1024");
+            }
+            if sink.batch_max_ms == 0 {
+                e.push(format!("{p}.batch_max_ms"), "must be at least 1");
+            }
+            let mut sources = HashSet::new();
+            for (j, t) in sink.tables.iter().enumerate() {
+                let tp = format!("{p}.tables[{j}]");
+                let qualified = |s: &str| s.split_once('.').is_some_and(|(a, b)| !a.is_empty() && !b.is_empty());
+                if !qualified(&t.source) {
+                    e.push(format!("{tp}.source"), "must be schema.table");
+                } else if !sources.insert(t.source.as_str()) {
+                    e.push(format!("{tp}.source"), format!("{} is mapped twice", t.source));
+                }
+                if let Some(target) = &t.target {
+                    if !qualified(target) {
+                        e.push(format!("{tp}.target"), "must be schema.table");
+                    }
+                }
+                for (col, expr) in &t.computed {
+                    if let Err(msg) = crate::apply::expr::Expr::parse(expr) {
+                        e.push(format!("{tp}.computed.{col}"), msg);
+                    }
+                }
+                if let Some(f) = &t.filter {
+                    if let Err(msg) = crate::apply::expr::Expr::parse(f) {
+                        e.push(format!("{tp}.filter"), msg);
+                    }
+                }
+                if let Some(r) = &t.route {
+                    if r.targets.is_empty() {
+                        e.push(format!("{tp}.route.targets"), "must not be empty");
+                    }
+                    for (v, target) in &r.targets {
+                        if !qualified(target) {
+                            e.push(format!("{tp}.route.targets.{v}"), "must be schema.table");
+                        }
+                    }
+                }
+                for c in &t.drop {
+                    if t.rename.contains_key(c) {
+                        e.push(format!("{tp}.drop"), format!("{c} is both dropped and renamed"));
+                    }
+                }
+            }
         }
 
         if e.0.is_empty() {

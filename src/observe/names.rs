@@ -46,6 +46,32 @@ pub const CAPTURE_DLQ_EVENTS_TOTAL: &str = "cutover_capture_dlq_events_total";
 /// Counter of failed deliveries.
 pub const CAPTURE_PRODUCER_ERRORS_TOTAL: &str = "cutover_capture_producer_errors_total";
 
+// ---- sinks (apply) ----
+pub const LABEL_SINK: &str = "sink";
+pub const LABEL_KIND: &str = "kind";
+pub const LABEL_TOPIC: &str = "topic";
+pub const LABEL_PARTITION: &str = "partition";
+/// Counter, labels: sink, table, op.
+pub const SINK_EVENTS_APPLIED_TOTAL: &str = "cutover_sink_events_applied_total";
+/// Histogram of events per batch, label: sink.
+pub const SINK_BATCH_EVENTS: &str = "cutover_sink_batch_events";
+/// Histogram of batch apply time (decode → COMMIT), label: sink.
+pub const SINK_BATCH_DURATION_SECONDS: &str = "cutover_sink_batch_duration_seconds";
+/// Histogram of source commit → applied in the target, label: sink.
+pub const SINK_LATENCY_SECONDS: &str = "cutover_sink_latency_seconds";
+/// Counter of events skipped because they were already applied, label: sink.
+pub const SINK_DUPLICATES_SKIPPED_TOTAL: &str = "cutover_sink_duplicates_skipped_total";
+/// Counter of events sent to the sink's dead-letter topic, label: sink.
+pub const SINK_DLQ_EVENTS_TOTAL: &str = "cutover_sink_dlq_events_total";
+/// Counter of batch retries, labels: sink, kind.
+pub const SINK_RETRIES_TOTAL: &str = "cutover_sink_retries_total";
+/// Counter of errors, labels: sink, kind.
+pub const SINK_ERRORS_TOTAL: &str = "cutover_sink_errors_total";
+/// Gauge: high watermark − next offset, labels: sink, topic, partition.
+pub const SINK_LAG_MESSAGES: &str = "cutover_sink_lag_messages";
+/// Gauge: source commit time (Unix seconds) of the newest applied event, label: sink.
+pub const SINK_LAST_APPLIED_COMMIT_SECONDS: &str = "cutover_sink_last_applied_commit_seconds";
+
 /// Histogram buckets for latencies in seconds: 1 ms … 60 s.
 pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -88,6 +114,36 @@ pub fn describe_all() {
     metrics::describe_counter!(
         CAPTURE_DLQ_EVENTS_TOTAL,
         "Rows the codec cannot represent, sent to the capture dead-letter topic, by table."
+    );
+    metrics::describe_counter!(
+        SINK_EVENTS_APPLIED_TOTAL,
+        "Events applied to the sink's target, by table and op."
+    );
+    metrics::describe_histogram!(SINK_BATCH_EVENTS, "Events per applied batch.");
+    metrics::describe_histogram!(
+        SINK_BATCH_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to apply one batch, decode to COMMIT."
+    );
+    metrics::describe_histogram!(
+        SINK_LATENCY_SECONDS,
+        metrics::Unit::Seconds,
+        "End-to-end latency: source commit to applied in the target."
+    );
+    metrics::describe_counter!(
+        SINK_DUPLICATES_SKIPPED_TOTAL,
+        "Events skipped because the target already had them (re-sent or re-read)."
+    );
+    metrics::describe_counter!(SINK_DLQ_EVENTS_TOTAL, "Events sent to the sink's dead-letter topic.");
+    metrics::describe_counter!(SINK_RETRIES_TOTAL, "Batch retries after transient errors, by kind.");
+    metrics::describe_counter!(SINK_ERRORS_TOTAL, "Sink errors, by kind.");
+    metrics::describe_gauge!(
+        SINK_LAG_MESSAGES,
+        "Messages not yet applied: high watermark minus next offset, per partition."
+    );
+    metrics::describe_gauge!(
+        SINK_LAST_APPLIED_COMMIT_SECONDS,
+        "Source commit time (Unix seconds) of the newest applied event."
     );
     metrics::describe_counter!(
         REGISTRY_REGISTRATIONS_TOTAL,

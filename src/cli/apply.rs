@@ -1,0 +1,42 @@
+//! `cutover apply --sink NAME`: consume the captured topics into one sink's target store
+//! until SIGTERM/SIGINT (the batch in flight is finished and committed first).
+
+use std::process::ExitCode;
+
+use super::capture::{observe, stop_on_signal, with_reconnect};
+use super::{load_config, Cli};
+use crate::apply::Sink;
+use crate::config::Config;
+use crate::error::Result;
+use crate::observe::Readiness;
+use tokio::sync::watch;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The sink to run (a `[[sinks]]` name).
+    #[arg(long)]
+    pub sink: String,
+}
+
+/// One sink with reconnects, until `stop` flips or a fatal error.
+pub(super) async fn sink_loop(
+    cfg: &Config,
+    name: &str,
+    readiness: &Readiness,
+    stop: watch::Receiver<bool>,
+) -> Result<()> {
+    with_reconnect(&format!("sink {name}"), stop.clone(), || async {
+        let sink = Sink::start(cfg, name, readiness.clone()).await?;
+        sink.run(stop.clone()).await
+    })
+    .await
+}
+
+pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
+    let cfg = load_config(cli)?;
+    cfg.sink(&args.sink)?;
+    let readiness = observe(&cfg, "apply").await?;
+    let stop = stop_on_signal();
+    sink_loop(&cfg, &args.sink, &readiness, stop).await?;
+    Ok(ExitCode::SUCCESS)
+}
