@@ -115,11 +115,12 @@ impl Decoder {
         let record = if key {
             Some(&json)
         } else {
+            // The row record is defined inline at its first use (`before`); `after` names it.
             json["fields"].as_array().and_then(|fs| {
                 fs.iter()
-                    .find(|f| f["name"] == "after")
-                    .and_then(|f| f["type"].as_array())
-                    .and_then(|u| u.iter().find(|t| t.is_object()))
+                    .filter(|f| f["name"] == "before" || f["name"] == "after")
+                    .filter_map(|f| f["type"].as_array())
+                    .find_map(|u| u.iter().find(|t| t.is_object()))
             })
         };
         let fields = match record.and_then(|r| r["fields"].as_array()) {

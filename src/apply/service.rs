@@ -46,36 +46,43 @@ pub fn dlq_topic(prefix: &str, sink: &str) -> String {
     format!("{prefix}.dlq.{sink}")
 }
 
-/// librdkafka subscription patterns for the captured topics of `cfg`.
-pub fn subscriptions(cfg: &Config) -> Vec<String> {
-    let esc = |s: &str| {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                    c.to_string()
-                } else {
-                    format!("\\{c}")
-                }
-            })
-            .collect::<String>()
-    };
-    let mut subs: Vec<String> = cfg
+/// The captured topics of `cfg`, by name: the configured tables, plus every table of the
+/// configured schemas that capture has registered a value schema for (capture registers
+/// before it produces, so a new table's topic is known before its first event).
+///
+/// Explicit names rather than a regex subscription: a regex makes librdkafka ask for the
+/// metadata of every topic in the cluster on each refresh, which is slow on big clusters (and
+/// on the local broker took up to 40 s with a few hundred topics, stalling fetches).
+pub async fn captured_topics(cfg: &Config, registry: &RegistryClient) -> Result<Vec<String>> {
+    let mut topics: Vec<String> = cfg
+        .source
+        .tables
+        .iter()
+        .map(|t| crate::capture::topic_for(&cfg.topic_prefix, &table_id(t)))
+        .collect();
+    let prefixes: Vec<String> = cfg
         .source
         .schemas
         .iter()
         .map(|s| {
             let topic = crate::capture::topic_for(&cfg.topic_prefix, &TableId::new(s, "x"));
-            let base = topic.strip_suffix(".x").unwrap_or(&topic);
-            format!("^{}\\.[^.]+$", esc(base))
+            topic.strip_suffix('x').unwrap_or(&topic).to_string()
         })
         .collect();
-    subs.extend(
-        cfg.source
-            .tables
-            .iter()
-            .map(|t| crate::capture::topic_for(&cfg.topic_prefix, &table_id(t))),
-    );
-    subs
+    if !prefixes.is_empty() {
+        for subject in registry.subjects().await? {
+            let Some(topic) = subject.strip_suffix("-value") else { continue };
+            if prefixes
+                .iter()
+                .any(|p| topic.strip_prefix(p.as_str()).is_some_and(|t| !t.is_empty() && !t.contains('.')))
+            {
+                topics.push(topic.to_string());
+            }
+        }
+    }
+    topics.sort();
+    topics.dedup();
+    Ok(topics)
 }
 
 /// Rebalance notifications for the loop (it re-checks stored progress of new partitions).
@@ -133,7 +140,9 @@ pub struct Sink {
     dlq_topic: String,
     decoder: Decoder,
     client: Arc<tokio_postgres::Client>,
-    lag_updated: Instant,
+    /// Next offset per partition after the last durable batch, read by the lag reporter.
+    positions: Arc<Mutex<HashMap<(String, i32), i64>>>,
+    lag_task: tokio::task::JoinHandle<()>,
     statements: Statements,
     mappings: HashMap<TableId, Mapping>,
     /// Source tables whose mapping was checked against this schema id (by Arc pointer).
@@ -142,6 +151,9 @@ pub struct Sink {
     truncates: HashMap<String, (i64, i64)>,
     fresh: HashSet<(String, i32)>,
     readiness: Readiness,
+    registry: RegistryClient,
+    topics: Vec<String>,
+    topics_checked: Instant,
 }
 
 fn endpoint(sink: &SinkConfig, i: usize) -> Endpoint {
@@ -217,14 +229,10 @@ impl Sink {
         let consumer: StreamConsumer<SinkContext> = cc
             .create_with_context(SinkContext::default())
             .map_err(|e| Error::kafka("creating sink consumer", e))?;
-        let subs = subscriptions(cfg);
-        let refs: Vec<&str> = subs.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&refs)
-            .map_err(|e| Error::kafka(format!("subscribing to {subs:?}"), e))?;
+        let positions = Arc::new(Mutex::new(HashMap::new()));
         readiness.set(&format!("sink.{name}.kafka"), true);
-        tracing::info!(sink = name, group, topics = ?subs, "sink started");
-        Ok(Sink {
+        tracing::info!(sink = name, group, "sink started");
+        let mut sink = Sink {
             cfg: cfg.clone(),
             sink,
             consumer,
@@ -232,7 +240,8 @@ impl Sink {
             dlq_topic,
             decoder: Decoder::new(RegistryClient::new(&cfg.registry)?),
             client: Arc::new(client),
-            lag_updated: Instant::now() - Duration::from_secs(60),
+            lag_task: spawn_lag_reporter(cfg, name, positions.clone()),
+            positions,
             statements: Statements::default(),
             mappings,
             checked: HashSet::new(),
@@ -240,7 +249,28 @@ impl Sink {
             truncates,
             fresh: HashSet::new(),
             readiness,
-        })
+            registry: RegistryClient::new(&cfg.registry)?,
+            topics: vec![],
+            topics_checked: Instant::now(),
+        };
+        sink.refresh_topics().await?;
+        Ok(sink)
+    }
+
+    /// Subscribe to the captured topics (again, if a new table appeared).
+    async fn refresh_topics(&mut self) -> Result<()> {
+        self.topics_checked = Instant::now();
+        let topics = captured_topics(&self.cfg, &self.registry).await?;
+        if topics == self.topics || topics.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        self.consumer
+            .subscribe(&refs)
+            .map_err(|e| Error::kafka(format!("subscribing to {topics:?}"), e))?;
+        tracing::info!(sink = %self.sink.name, topics = ?topics, "subscribed");
+        self.topics = topics;
+        Ok(())
     }
 
     /// Run until `shutdown` flips: the batch in flight is finished and committed first.
@@ -249,6 +279,11 @@ impl Sink {
         let result = loop {
             if *shutdown.borrow() {
                 break Ok(());
+            }
+            if self.topics_checked.elapsed() >= Duration::from_secs(5) {
+                if let Err(e) = self.refresh_topics().await {
+                    tracing::warn!(sink = %name, error = %e, "cannot list captured topics");
+                }
             }
             let batch = match self.collect(&mut shutdown).await {
                 Ok(b) => b,
@@ -261,6 +296,7 @@ impl Sink {
                 break Err(e);
             }
         };
+        self.lag_task.abort();
         // Leave the group cleanly (the consumer's drop closes it).
         self.readiness.set(&format!("sink.{name}.kafka"), false);
         tracing::info!(sink = %name, "sink stopped");
@@ -278,6 +314,8 @@ impl Sink {
                 None => tokio::select! {
                     m = stream.next() => m,
                     _ = shutdown.changed() => return Ok(batch),
+                    // Idle: come back to look for new tables.
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => return Ok(batch),
                 },
                 Some(d) => match tokio::time::timeout_at(d, stream.next()).await {
                     Ok(m) => m,
@@ -355,6 +393,7 @@ impl Sink {
     }
 
     async fn process(&mut self, batch: Vec<OwnedMessage>) -> Result<()> {
+        tracing::debug!(sink = %self.sink.name, messages = batch.len(), "batch collected");
         let batch = self.reconcile_assignment(batch).await?;
         if batch.is_empty() {
             return Ok(());
@@ -372,6 +411,7 @@ impl Sink {
             };
             items.push(Item { msg, event, dead });
         }
+        tracing::debug!(sink = %self.sink.name, events = items.len(), "batch decoded");
         let started = Instant::now();
         let mut delays = retry::BackoffSettings::default();
         delays.max = Duration::from_secs(10);
@@ -405,6 +445,7 @@ impl Sink {
         metrics::counter!(names::SINK_DLQ_EVENTS_TOTAL, names::LABEL_SINK => sink.clone())
             .increment(outcome.dead_lettered as u64);
         self.commit_offsets(&items);
+        tracing::debug!(sink = %sink, events = items.len(), ms = started.elapsed().as_millis() as u64, ?outcome, "batch committed");
         Ok(())
     }
 
@@ -429,7 +470,7 @@ impl Sink {
         }
     }
 
-    fn commit_offsets(&mut self, items: &[Item]) {
+    fn commit_offsets(&self, items: &[Item]) {
         let mut next: HashMap<(String, i32), i64> = HashMap::new();
         for it in items {
             let e = next
@@ -438,23 +479,12 @@ impl Sink {
             *e = (*e).max(it.msg.offset() + 1);
         }
         let mut tpl = TopicPartitionList::new();
-        let refresh_lag = self.lag_updated.elapsed() > Duration::from_secs(5);
-        if refresh_lag {
-            self.lag_updated = Instant::now();
-        }
+        let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         for ((t, p), o) in &next {
             let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
-            if refresh_lag {
-                let c = &self.consumer;
-                let wm = tokio::task::block_in_place(|| {
-                    c.fetch_watermarks(t, *p, Duration::from_secs(2))
-                });
-                if let Ok((_, hi)) = wm {
-                    metrics::gauge!(names::SINK_LAG_MESSAGES, names::LABEL_SINK => self.sink.name.clone(), names::LABEL_TOPIC => t.clone(), names::LABEL_PARTITION => p.to_string())
-                        .set((hi - o).max(0) as f64);
-                }
-            }
+            positions.insert((t.clone(), *p), *o);
         }
+        drop(positions);
         // Progress is already durable in the target; this commit only feeds lag tooling.
         if let Err(e) = self.consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async) {
             tracing::debug!(error = %e, "offset commit failed (partition revoked?)");
@@ -868,6 +898,32 @@ impl Sink {
             }
         }
     }
+}
+
+/// Every 5 s: lag = high watermark − next offset, per partition this sink has applied, read
+/// through a client of its own (a consumer's connection is busy with long fetches).
+fn spawn_lag_reporter(
+    cfg: &Config,
+    sink: &str,
+    positions: Arc<Mutex<HashMap<(String, i32), i64>>>,
+) -> tokio::task::JoinHandle<()> {
+    let (kafka_cfg, sink) = (cfg.kafka.clone(), sink.to_string());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let snapshot = positions.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let topics: HashSet<&String> = snapshot.keys().map(|(t, _)| t).collect();
+            for t in topics {
+                let Ok(wm) = kafka::watermarks(&kafka_cfg, t).await else { continue };
+                for (p, (_, hi)) in wm {
+                    if let Some(next) = snapshot.get(&(t.clone(), p)) {
+                        metrics::gauge!(names::SINK_LAG_MESSAGES, names::LABEL_SINK => sink.clone(), names::LABEL_TOPIC => t.clone(), names::LABEL_PARTITION => p.to_string())
+                            .set((hi - next).max(0) as f64);
+                    }
+                }
+            }
+        }
+    })
 }
 
 async fn savepoint(tx: &tokio_postgres::Client, sql: &str) -> Result<()> {

@@ -195,7 +195,7 @@ pub async fn describe(client: &Client, t: &TableId) -> Result<Option<TargetTable
     let rows = client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
-                    coalesce(array_position(i.indkey::int2[], a.attnum), 0)
+                    coalesce((SELECT k.ord::int FROM unnest(i.indkey) WITH ORDINALITY AS k(n, ord) WHERE k.n = a.attnum), 0)
              FROM pg_attribute a
              LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped

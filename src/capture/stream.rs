@@ -297,7 +297,10 @@ impl Capture {
             repl.update_applied_lsn(pgwire_replication::Lsn::from_u64(lsn.0));
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), repl.shutdown()).await;
-        tracing::info!(confirmed = %lsn, "capture stopped");
+        match &result {
+            Ok(()) => tracing::info!(confirmed = %lsn, "capture stopped"),
+            Err(e) => tracing::error!(confirmed = %lsn, error = %e, "capture failed"),
+        }
         result
     }
 

@@ -375,6 +375,7 @@ mod tests {
                     scale: 2,
                 },
                 key: false,
+                pg_type: None,
             },
         ]
     }
@@ -468,5 +469,46 @@ mod tests {
             Value::Record(vec![("id".into(), Value::Long(7))])
         );
         assert!(s.encode_key(&[Cell::Null]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod evolution_tests {
+    use super::*;
+
+    fn col(name: &str, kind: PgKind, key: bool) -> ColumnSpec {
+        ColumnSpec {
+            name: name.into(),
+            kind,
+            key,
+            pg_type: None,
+        }
+    }
+
+    fn compatible(v1: Vec<ColumnSpec>, added: ColumnSpec) -> Vec<String> {
+        let t = TableId::new("s", "products");
+        let mut v2 = v1.clone();
+        v2.push(added);
+        let a = derive(&t, v1, "p.s.products").unwrap();
+        let b = derive(&t, v2, "p.s.products").unwrap();
+        crate::registry::Compatibility::Backward.check(&b.value_schema, &[&a.value_schema])
+    }
+
+    #[test]
+    fn adding_a_column_is_backward_compatible() {
+        let dec = |p, s| PgKind::Decimal {
+            precision: p,
+            scale: s,
+        };
+        let cases = [
+            (vec![col("id", PgKind::Int, true), col("a", PgKind::Text, false)], col("b", PgKind::Int, false)),
+            (vec![col("id", PgKind::Int, true), col("a", PgKind::Text, false)], col("b", dec(4, 2), false)),
+            (vec![col("sku", PgKind::Text, true), col("a", PgKind::Text, false)], col("b", PgKind::Int, false)),
+            (vec![col("id", PgKind::Int, true), col("p", dec(10, 2), false)], col("b", PgKind::Int, false)),
+        ];
+        for (i, (v1, added)) in cases.into_iter().enumerate() {
+            let r = compatible(v1, added);
+            assert!(r.is_empty(), "case {i}: {r:?}");
+        }
     }
 }

@@ -85,7 +85,19 @@ impl Compatibility {
                 | Compatibility::FullTransitive
         );
         let mut reasons = Vec::new();
+        let (new_plain, new_dec) = without_decimals(new);
         for (idx, old) in against {
+            let (old_plain, old_dec) = without_decimals(old);
+            for (path, scale) in &new_dec {
+                if let Some(old_scale) = old_dec.get(path) {
+                    if old_scale != scale {
+                        reasons.push(format!(
+                            "{path}: decimal scale changed from {old_scale} to {scale} (version index {idx})"
+                        ));
+                    }
+                }
+            }
+            let (old, new) = (&old_plain, &new_plain);
             if backward {
                 if let Err(e) = SchemaCompatibility::can_read(old, new) {
                     reasons.push(format!(
@@ -103,6 +115,43 @@ impl Compatibility {
         }
         reasons
     }
+}
+
+/// apache-avro 0.20's resolution check does not handle the `decimal` logical type (it answers
+/// "inconclusive" for any schema containing one). Decimals resolve like their underlying
+/// `bytes`/`fixed` as long as the scale is unchanged, so: strip the logical type for the
+/// structural check and compare scales by field path separately.
+fn without_decimals(schema: &Schema) -> (Schema, std::collections::BTreeMap<String, u64>) {
+    fn walk(v: &mut serde_json::Value, path: &str, out: &mut std::collections::BTreeMap<String, u64>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if m.get("logicalType").and_then(|l| l.as_str()) == Some("decimal") {
+                    out.insert(path.to_string(), m.get("scale").and_then(|s| s.as_u64()).unwrap_or(0));
+                    m.remove("logicalType");
+                    m.remove("precision");
+                    m.remove("scale");
+                }
+                let here = match m.get("name").and_then(|n| n.as_str()) {
+                    Some(n) => format!("{path}.{n}"),
+                    None => path.to_string(),
+                };
+                for (k, child) in m.iter_mut() {
+                    if k == "fields" || k == "type" || k == "items" || k == "values" {
+                        walk(child, &here, out);
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|c| walk(c, path, out)),
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(mut json) = serde_json::to_value(schema) else {
+        return (schema.clone(), out);
+    };
+    walk(&mut json, "", &mut out);
+    let plain = Schema::parse(&json).unwrap_or_else(|_| schema.clone());
+    (plain, out)
 }
 
 #[cfg(test)]

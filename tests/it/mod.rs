@@ -1,5 +1,6 @@
 pub mod support;
 
+mod apply;
 mod broker_restart;
 mod capture;
 mod capture_faults;

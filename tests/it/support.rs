@@ -337,3 +337,14 @@ impl Drop for PrivatePostgres {
         self.ctl_stop("immediate");
     }
 }
+
+/// Route library logs to the test's output (shown on failure); filter with RUST_LOG.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
