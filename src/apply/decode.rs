@@ -205,7 +205,11 @@ impl Decoder {
         let Some(Value::Record(src)) = get("source") else {
             return Err(data_err("event has no source"));
         };
-        let sget = |n: &str| src.iter().find(|(k, _)| k == n).map(|(_, v)| unwrap_union(v));
+        let sget = |n: &str| {
+            src.iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| unwrap_union(v))
+        };
         let long = |n: &str| match sget(n) {
             Some(Value::Long(l)) => Ok(*l),
             _ => Err(data_err(format!("source.{n} missing"))),

@@ -96,7 +96,11 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
                     }
                 }
             }
-            out.push(if c == '\'' { Tok::Str(v) } else { Tok::Ident(v) });
+            out.push(if c == '\'' {
+                Tok::Str(v)
+            } else {
+                Tok::Ident(v)
+            });
         } else if c.is_ascii_digit() {
             let st = i;
             while i < cs.len() && (cs[i].is_ascii_digit() || cs[i] == '.') {
@@ -310,7 +314,10 @@ impl Expr {
         };
         let e = p.or()?;
         if p.pos != p.toks.len() {
-            return Err(format!("unexpected {:?} after the expression", p.toks[p.pos]));
+            return Err(format!(
+                "unexpected {:?} after the expression",
+                p.toks[p.pos]
+            ));
         }
         Ok(e)
     }
@@ -344,14 +351,19 @@ impl Expr {
     }
 
     /// Evaluate against a row (`col` → text value or NULL).
-    pub fn eval(&self, col: &dyn Fn(&str) -> Option<Option<String>>) -> Result<Option<String>, String> {
+    pub fn eval(
+        &self,
+        col: &dyn Fn(&str) -> Option<Option<String>>,
+    ) -> Result<Option<String>, String> {
         Ok(match self {
             Expr::Col(c) => col(c).ok_or_else(|| format!("unknown column {c}"))?,
             Expr::Lit(v) => v.clone(),
             Expr::Not(e) => truth(&e.eval(col)?).map(|b| bool_text(!b)),
             Expr::IsNull(e, neg) => Some(bool_text(e.eval(col)?.is_none() != *neg)),
             Expr::In(e, items, neg) => {
-                let Some(v) = e.eval(col)? else { return Ok(None) };
+                let Some(v) = e.eval(col)? else {
+                    return Ok(None);
+                };
                 let mut found = false;
                 for i in items {
                     if let Some(x) = i.eval(col)? {
@@ -389,7 +401,8 @@ impl Expr {
                             BinOp::Concat => Some(format!("{x}{y}")),
                             _ => {
                                 let n = |s: &str| {
-                                    s.parse::<f64>().map_err(|_| format!("{s:?} is not a number"))
+                                    s.parse::<f64>()
+                                        .map_err(|_| format!("{s:?} is not a number"))
                                 };
                                 let (p, q) = (n(&x)?, n(&y)?);
                                 let r = match op {
@@ -428,10 +441,15 @@ impl Expr {
                         let Some(s) = &vals[0] else { return Ok(None) };
                         let int = |v: &Option<String>| -> Result<Option<i64>, String> {
                             v.as_ref()
-                                .map(|t| t.parse::<i64>().map_err(|_| format!("{t:?} is not an integer")))
+                                .map(|t| {
+                                    t.parse::<i64>()
+                                        .map_err(|_| format!("{t:?} is not an integer"))
+                                })
                                 .transpose()
                         };
-                        let Some(start) = int(&vals[1])? else { return Ok(None) };
+                        let Some(start) = int(&vals[1])? else {
+                            return Ok(None);
+                        };
                         let len = match vals.get(2) {
                             Some(v) => match int(v)? {
                                 Some(l) => Some(l.max(0) as usize),
@@ -527,11 +545,17 @@ mod tests {
 
     #[test]
     fn errors_say_what_is_wrong() {
-        assert!(Expr::parse("frobnicate(a)").unwrap_err().contains("unknown function"));
+        assert!(Expr::parse("frobnicate(a)")
+            .unwrap_err()
+            .contains("unknown function"));
         assert!(Expr::parse("a = ").is_err());
         assert!(Expr::parse("'open").unwrap_err().contains("unterminated"));
-        assert!(Expr::parse("lower(a, b)").unwrap_err().contains("arguments"));
-        assert!(Expr::parse("a b").unwrap_err().contains("after the expression"));
+        assert!(Expr::parse("lower(a, b)")
+            .unwrap_err()
+            .contains("arguments"));
+        assert!(Expr::parse("a b")
+            .unwrap_err()
+            .contains("after the expression"));
         let e = Expr::parse("a + 1").unwrap();
         assert!(e
             .eval(&|_| Some(Some("x".into())))

@@ -165,8 +165,8 @@ impl Mapping {
         }
         let named = self
             .rename
-            .iter()
-            .map(|(_, c)| ("rename", c))
+            .values()
+            .map(|c| ("rename", c))
             .chain(self.constants.keys().map(|c| ("constants", c)))
             .chain(self.defaults.keys().map(|c| ("defaults", c)))
             .chain(self.computed.iter().map(|(c, _)| ("computed", c)))
@@ -188,10 +188,18 @@ impl Mapping {
         let at = self.at();
         let cols: BTreeSet<&str> = ev.fields.fields.iter().map(|f| f.name.as_str()).collect();
         let mut referenced: Vec<(String, String)> = vec![];
-        referenced.extend(self.rename.keys().map(|c| ("rename".to_string(), c.clone())));
+        referenced.extend(
+            self.rename
+                .keys()
+                .map(|c| ("rename".to_string(), c.clone())),
+        );
         referenced.extend(self.drop.iter().map(|c| ("drop".to_string(), c.clone())));
         for (c, e) in &self.computed {
-            referenced.extend(e.columns().into_iter().map(|x| (format!("computed.{c}"), x)));
+            referenced.extend(
+                e.columns()
+                    .into_iter()
+                    .map(|x| (format!("computed.{c}"), x)),
+            );
         }
         if let Some(f) = &self.filter {
             referenced.extend(f.columns().into_iter().map(|x| ("filter".to_string(), x)));
@@ -210,7 +218,10 @@ impl Mapping {
         if ev.op != crate::event::Op::Truncate {
             for k in target_key {
                 let fed = self.constants.contains_key(k)
-                    || ev.key_columns.iter().any(|sk| self.target_name(sk) == Some(k));
+                    || ev
+                        .key_columns
+                        .iter()
+                        .any(|sk| self.target_name(sk) == Some(k));
                 if !fed {
                     return Err(cfg_err(format!(
                         "{at}: target key column {k} is not mapped from a key column of {} (key: {})",
@@ -256,7 +267,9 @@ impl Mapping {
                             .map(|c| {
                                 (
                                     c.clone(),
-                                    key.iter().find(|(n, _)| n == c).and_then(|(_, v)| v.clone()),
+                                    key.iter()
+                                        .find(|(n, _)| n == c)
+                                        .and_then(|(_, v)| v.clone()),
                                 )
                             })
                             .collect(),

@@ -71,11 +71,14 @@ pub async fn captured_topics(cfg: &Config, registry: &RegistryClient) -> Result<
         .collect();
     if !prefixes.is_empty() {
         for subject in registry.subjects().await? {
-            let Some(topic) = subject.strip_suffix("-value") else { continue };
-            if prefixes
-                .iter()
-                .any(|p| topic.strip_prefix(p.as_str()).is_some_and(|t| !t.is_empty() && !t.contains('.')))
-            {
+            let Some(topic) = subject.strip_suffix("-value") else {
+                continue;
+            };
+            if prefixes.iter().any(|p| {
+                topic
+                    .strip_prefix(p.as_str())
+                    .is_some_and(|t| !t.is_empty() && !t.contains('.'))
+            }) {
                 topics.push(topic.to_string());
             }
         }
@@ -103,7 +106,9 @@ impl ConsumerContext for SinkContext {
                 }
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
             }
-            Rebalance::Revoke(tpl) => tracing::info!(partitions = tpl.count(), "partitions revoked"),
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions revoked")
+            }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }
@@ -122,6 +127,10 @@ enum Folded {
     Upsert(BTreeMap<String, Option<String>>),
     Delete(Vec<(String, Option<String>)>),
 }
+
+/// Folded writes of a batch segment: (target table, target key) → the write and the items it
+/// stands for.
+type Pending = BTreeMap<(TableId, Vec<Option<String>>), (Folded, Vec<usize>)>;
 
 /// What one batch did (for metrics and tests).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -225,6 +234,9 @@ impl Sink {
             .clone()
             .unwrap_or_else(|| sink.group_id(&cfg.name));
         let mut cc = kafka::consumer_config(&cfg.kafka, &group);
+        if let Some(id) = &sink.instance_id {
+            cc.set("group.instance.id", id);
+        }
         cc.set("topic.metadata.refresh.interval.ms", "5000");
         let consumer: StreamConsumer<SinkContext> = cc
             .create_with_context(SinkContext::default())
@@ -328,7 +340,8 @@ impl Sink {
                     bytes += m.payload_len();
                     batch.push(m.detach());
                     deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_wait);
-                    if batch.len() >= self.sink.batch_max_rows || bytes >= self.sink.batch_max_bytes {
+                    if batch.len() >= self.sink.batch_max_rows || bytes >= self.sink.batch_max_bytes
+                    {
                         return Ok(batch);
                     }
                 }
@@ -352,7 +365,10 @@ impl Sink {
     /// Seek newly assigned partitions back to the stored position when Kafka's committed
     /// offset is ahead of it (e.g. after a progress reset by `replay`). Returns the messages
     /// still to process.
-    async fn reconcile_assignment(&mut self, batch: Vec<OwnedMessage>) -> Result<Vec<OwnedMessage>> {
+    async fn reconcile_assignment(
+        &mut self,
+        batch: Vec<OwnedMessage>,
+    ) -> Result<Vec<OwnedMessage>> {
         let newly: Vec<(String, i32)> = std::mem::take(
             &mut *self
                 .consumer
@@ -379,7 +395,12 @@ impl Sink {
                         tracing::info!(topic = %tp.0, partition = tp.1, from = m.offset(), to = p.next_offset, "seeking back to stored progress");
                         let c = &self.consumer;
                         tokio::task::block_in_place(|| {
-                            c.seek(&tp.0, tp.1, Offset::Offset(p.next_offset), Duration::from_secs(10))
+                            c.seek(
+                                &tp.0,
+                                tp.1,
+                                Offset::Offset(p.next_offset),
+                                Duration::from_secs(10),
+                            )
                         })
                         .map_err(|e| Error::kafka("seeking to stored progress", e))?;
                         seeked.insert(tp);
@@ -413,8 +434,10 @@ impl Sink {
         }
         tracing::debug!(sink = %self.sink.name, events = items.len(), "batch decoded");
         let started = Instant::now();
-        let mut delays = retry::BackoffSettings::default();
-        delays.max = Duration::from_secs(10);
+        let delays = retry::BackoffSettings {
+            max: Duration::from_secs(10),
+            ..Default::default()
+        };
         let mut attempt = 0u32;
         let outcome = loop {
             match self.apply(&mut items).await {
@@ -460,11 +483,13 @@ impl Sink {
             Ok(c) => {
                 self.client = Arc::new(c);
                 self.statements.clear();
-                self.readiness.set(&format!("sink.{}.target", self.sink.name), true);
+                self.readiness
+                    .set(&format!("sink.{}.target", self.sink.name), true);
                 tracing::info!(sink = %self.sink.name, "target reconnected");
             }
             Err(e) => {
-                self.readiness.set(&format!("sink.{}.target", self.sink.name), false);
+                self.readiness
+                    .set(&format!("sink.{}.target", self.sink.name), false);
                 tracing::warn!(sink = %self.sink.name, error = %e, "target reconnect failed");
             }
         }
@@ -486,7 +511,10 @@ impl Sink {
         }
         drop(positions);
         // Progress is already durable in the target; this commit only feeds lag tooling.
-        if let Err(e) = self.consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async) {
+        if let Err(e) = self
+            .consumer
+            .commit(&tpl, rdkafka::consumer::CommitMode::Async)
+        {
             tracing::debug!(error = %e, "offset commit failed (partition revoked?)");
         }
     }
@@ -506,8 +534,13 @@ impl Sink {
             let existing = target::describe(&self.client, &ev.table).await?;
             match existing {
                 None if self.sink.create_tables => {
-                    target::create_table(&self.client, &ev.table, &ev.fields.fields, &ev.key_columns)
-                        .await?;
+                    target::create_table(
+                        &self.client,
+                        &ev.table,
+                        &ev.fields.fields,
+                        &ev.key_columns,
+                    )
+                    .await?;
                 }
                 None => {
                     return Err(Error::config(format!(
@@ -539,7 +572,11 @@ impl Sink {
         }
         if ev.op != Op::Truncate {
             for t in mapping.targets() {
-                let key = self.catalogs.get(&t).map(|c| c.key.clone()).unwrap_or_default();
+                let key = self
+                    .catalogs
+                    .get(&t)
+                    .map(|c| c.key.clone())
+                    .unwrap_or_default();
                 mapping.check_source(ev, &key)?;
             }
             self.checked.insert(key);
@@ -587,7 +624,13 @@ impl Sink {
 
         // 1. Per partition, in offset order: drop what is already applied.
         let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_by_key(|&i| (items[i].msg.topic().to_string(), items[i].msg.partition(), items[i].msg.offset()));
+        order.sort_by_key(|&i| {
+            (
+                items[i].msg.topic().to_string(),
+                items[i].msg.partition(),
+                items[i].msg.offset(),
+            )
+        });
         let mut live = vec![];
         for i in order {
             let it = &items[i];
@@ -610,7 +653,11 @@ impl Sink {
             *p = Progress {
                 next_offset: it.msg.offset() + 1,
                 commit_lsn: lsn.max(p.commit_lsn),
-                seq: if lsn > p.commit_lsn { seq } else { seq.max(p.seq) },
+                seq: if lsn > p.commit_lsn {
+                    seq
+                } else {
+                    seq.max(p.seq)
+                },
             };
             live.push(i);
         }
@@ -623,13 +670,15 @@ impl Sink {
                 .unwrap_or((i64::MAX, 0))
         });
 
-        let mut pending: BTreeMap<(TableId, Vec<Option<String>>), (Folded, Vec<usize>)> = BTreeMap::new();
+        let mut pending: Pending = BTreeMap::new();
         let mut applied_truncates: HashSet<(String, i64, i64)> = HashSet::new();
         for &i in &live {
             if items[i].dead.is_some() {
                 continue;
             }
-            let Some(ev) = items[i].event.clone() else { continue };
+            let Some(ev) = items[i].event.clone() else {
+                continue;
+            };
             let Some(mapping) = plans[i].clone() else {
                 outcome.skipped += 1;
                 continue;
@@ -647,10 +696,13 @@ impl Sink {
                 }
                 self.flush(tx, &mut pending, items, &mut outcome).await?;
                 if self.sink.truncate == TruncatePolicy::Apply {
-                    let targets: Vec<String> = mapping.targets().iter().map(target::qualified).collect();
+                    let targets: Vec<String> =
+                        mapping.targets().iter().map(target::qualified).collect();
                     tx.batch_execute(&format!("TRUNCATE {}", targets.join(", ")))
                         .await
-                        .map_err(|e| Error::postgres(format!("truncating {}", targets.join(", ")), e))?;
+                        .map_err(|e| {
+                            Error::postgres(format!("truncating {}", targets.join(", ")), e)
+                        })?;
                     outcome.applied += 1;
                 } else {
                     outcome.skipped += 1;
@@ -663,7 +715,11 @@ impl Sink {
                 .targets()
                 .into_iter()
                 .map(|t| {
-                    let k = self.catalogs.get(&t).map(|c| c.key.clone()).unwrap_or_default();
+                    let k = self
+                        .catalogs
+                        .get(&t)
+                        .map(|c| c.key.clone())
+                        .unwrap_or_default();
                     (t, k)
                 })
                 .collect();
@@ -763,7 +819,7 @@ impl Sink {
     async fn flush(
         &mut self,
         tx: &tokio_postgres::Client,
-        pending: &mut BTreeMap<(TableId, Vec<Option<String>>), (Folded, Vec<usize>)>,
+        pending: &mut Pending,
         items: &mut [Item],
         outcome: &mut BatchOutcome,
     ) -> Result<()> {
@@ -833,7 +889,11 @@ impl Sink {
                 match op {
                     Folded::Delete(key) => {
                         for (j, k) in tt.key.iter().enumerate() {
-                            deletes[j].push(key.iter().find(|(n, _)| n == k).and_then(|(_, v)| v.clone()));
+                            deletes[j].push(
+                                key.iter()
+                                    .find(|(n, _)| n == k)
+                                    .and_then(|(_, v)| v.clone()),
+                            );
                         }
                     }
                     Folded::Upsert(cols) => {
@@ -859,7 +919,9 @@ impl Sink {
                 self.statements.delete(tx, &tt, &deletes).await?;
             }
             for (cols, values) in groups {
-                self.statements.upsert(tx, &tt, &cast, &cols, &values).await?;
+                self.statements
+                    .upsert(tx, &tt, &cast, &cols, &values)
+                    .await?;
             }
         }
         Ok(())
@@ -875,12 +937,30 @@ impl Sink {
         let partition = msg.partition().to_string();
         let offset = msg.offset().to_string();
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "cutover.error", value: Some(error.as_str()) })
-            .insert(Header { key: "cutover.error.kind", value: Some(err.kind().as_str()) })
-            .insert(Header { key: "cutover.sink", value: Some(self.sink.name.as_str()) })
-            .insert(Header { key: "cutover.topic", value: Some(msg.topic()) })
-            .insert(Header { key: "cutover.partition", value: Some(partition.as_str()) })
-            .insert(Header { key: "cutover.offset", value: Some(offset.as_str()) });
+            .insert(Header {
+                key: "cutover.error",
+                value: Some(error.as_str()),
+            })
+            .insert(Header {
+                key: "cutover.error.kind",
+                value: Some(err.kind().as_str()),
+            })
+            .insert(Header {
+                key: "cutover.sink",
+                value: Some(self.sink.name.as_str()),
+            })
+            .insert(Header {
+                key: "cutover.topic",
+                value: Some(msg.topic()),
+            })
+            .insert(Header {
+                key: "cutover.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "cutover.offset",
+                value: Some(offset.as_str()),
+            });
         let empty: &[u8] = &[];
         let record = FutureRecord::to(&self.dlq_topic)
             .headers(headers)
@@ -893,7 +973,10 @@ impl Sink {
                 Ok(f) => match f.await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err((e, _))) => Err(Error::kafka("producing a dead letter", e)),
-                    Err(_) => Err(Error::new(ErrorKind::Unavailable, "dead-letter delivery canceled")),
+                    Err(_) => Err(Error::new(
+                        ErrorKind::Unavailable,
+                        "dead-letter delivery canceled",
+                    )),
                 },
             }
         }
@@ -914,7 +997,9 @@ fn spawn_lag_reporter(
             let snapshot = positions.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let topics: HashSet<&String> = snapshot.keys().map(|(t, _)| t).collect();
             for t in topics {
-                let Ok(wm) = kafka::watermarks(&kafka_cfg, t).await else { continue };
+                let Ok(wm) = kafka::watermarks(&kafka_cfg, t).await else {
+                    continue;
+                };
                 for (p, (_, hi)) in wm {
                     if let Some(next) = snapshot.get(&(t.clone(), p)) {
                         metrics::gauge!(names::SINK_LAG_MESSAGES, names::LABEL_SINK => sink.clone(), names::LABEL_TOPIC => t.clone(), names::LABEL_PARTITION => p.to_string())

@@ -173,12 +173,7 @@ pub async fn truncates(client: &Client, sink: &str) -> Result<HashMap<String, (i
         .collect())
 }
 
-pub async fn save_truncate(
-    tx: &Client,
-    sink: &str,
-    table: &str,
-    at: (i64, i64),
-) -> Result<()> {
+pub async fn save_truncate(tx: &Client, sink: &str, table: &str, at: (i64, i64)) -> Result<()> {
     tx.execute(
         "INSERT INTO cutover.sink_truncates VALUES ($1, $2, $3, $4)
          ON CONFLICT (sink, source_table) DO UPDATE SET commit_lsn = excluded.commit_lsn, seq = excluded.seq",
@@ -282,7 +277,11 @@ pub async fn create_table(
 ) -> Result<()> {
     let mut cols = vec![];
     for f in fields {
-        cols.push(format!("{} {}", quote(&f.name), column_type(client, f).await?));
+        cols.push(format!(
+            "{} {}",
+            quote(&f.name),
+            column_type(client, f).await?
+        ));
     }
     let pk: Vec<String> = key.iter().map(|k| quote(k)).collect();
     let sql = format!(
@@ -358,7 +357,9 @@ impl Statements {
                 }
             })
             .collect();
-        let params: Vec<String> = (0..cols.len()).map(|i| format!("${}::text[]", i + 1)).collect();
+        let params: Vec<String> = (0..cols.len())
+            .map(|i| format!("${}::text[]", i + 1))
+            .collect();
         let names: Vec<String> = (0..cols.len()).map(|i| format!("c{i}")).collect();
         let updates: Vec<String> = cols
             .iter()
@@ -370,7 +371,8 @@ impl Statements {
         } else {
             format!("DO UPDATE SET {}", updates.join(", "))
         };
-        let sql = format!(
+        let sql =
+            format!(
             "INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS u({}) ON CONFLICT ({}) {conflict}",
             qualified(&t.id),
             cols.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", "),
@@ -402,12 +404,18 @@ impl Statements {
             .enumerate()
             .map(|(i, c)| format!("u.c{i}::{}", t.columns[c]))
             .collect();
-        let params: Vec<String> = (0..t.key.len()).map(|i| format!("${}::text[]", i + 1)).collect();
+        let params: Vec<String> = (0..t.key.len())
+            .map(|i| format!("${}::text[]", i + 1))
+            .collect();
         let names: Vec<String> = (0..t.key.len()).map(|i| format!("c{i}")).collect();
         let sql = format!(
             "DELETE FROM {} WHERE ({}) IN (SELECT {} FROM unnest({}) AS u({}))",
             qualified(&t.id),
-            t.key.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", "),
+            t.key
+                .iter()
+                .map(|c| quote(c))
+                .collect::<Vec<_>>()
+                .join(", "),
             select.join(", "),
             params.join(", "),
             names.join(", "),

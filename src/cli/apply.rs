@@ -16,6 +16,9 @@ pub struct Args {
     /// The sink to run (a `[[sinks]]` name).
     #[arg(long)]
     pub sink: String,
+    /// Static group membership id of this instance (see sinks[].instance_id).
+    #[arg(long, env = "CUTOVER_INSTANCE_ID")]
+    pub instance_id: Option<String>,
 }
 
 /// One sink with reconnects, until `stop` flips or a fatal error.
@@ -33,8 +36,13 @@ pub(super) async fn sink_loop(
 }
 
 pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
-    let cfg = load_config(cli)?;
+    let mut cfg = load_config(cli)?;
     cfg.sink(&args.sink)?;
+    if let Some(id) = &args.instance_id {
+        for s in cfg.sinks.iter_mut().filter(|s| s.name == args.sink) {
+            s.instance_id = Some(id.clone());
+        }
+    }
     let readiness = observe(&cfg, "apply").await?;
     let stop = stop_on_signal();
     sink_loop(&cfg, &args.sink, &readiness, stop).await?;

@@ -40,7 +40,12 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let mut tasks = tokio::task::JoinSet::new();
     {
         let (cfg, readiness, stop) = (cfg.clone(), readiness.clone(), stop.clone());
-        tasks.spawn(async move { ("capture".to_string(), capture_loop(&cfg, &readiness, stop).await) });
+        tasks.spawn(async move {
+            (
+                "capture".to_string(),
+                capture_loop(&cfg, &readiness, stop).await,
+            )
+        });
     }
     for name in names {
         let (cfg, readiness, stop) = (cfg.clone(), readiness.clone(), stop.clone());

@@ -501,10 +501,25 @@ mod evolution_tests {
             scale: s,
         };
         let cases = [
-            (vec![col("id", PgKind::Int, true), col("a", PgKind::Text, false)], col("b", PgKind::Int, false)),
-            (vec![col("id", PgKind::Int, true), col("a", PgKind::Text, false)], col("b", dec(4, 2), false)),
-            (vec![col("sku", PgKind::Text, true), col("a", PgKind::Text, false)], col("b", PgKind::Int, false)),
-            (vec![col("id", PgKind::Int, true), col("p", dec(10, 2), false)], col("b", PgKind::Int, false)),
+            (
+                vec![col("id", PgKind::Int, true), col("a", PgKind::Text, false)],
+                col("b", PgKind::Int, false),
+            ),
+            (
+                vec![col("id", PgKind::Int, true), col("a", PgKind::Text, false)],
+                col("b", dec(4, 2), false),
+            ),
+            (
+                vec![
+                    col("sku", PgKind::Text, true),
+                    col("a", PgKind::Text, false),
+                ],
+                col("b", PgKind::Int, false),
+            ),
+            (
+                vec![col("id", PgKind::Int, true), col("p", dec(10, 2), false)],
+                col("b", PgKind::Int, false),
+            ),
         ];
         for (i, (v1, added)) in cases.into_iter().enumerate() {
             let r = compatible(v1, added);

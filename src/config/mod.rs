@@ -173,6 +173,12 @@ pub struct SinkConfig {
     /// Consumer group; defaults to `<name of pipeline>.sink.<sink name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
+    /// Static group membership (`group.instance.id`, KIP-345): a restarted instance with the
+    /// same id takes its predecessor's partitions at once instead of waiting for a session
+    /// timeout. Use a stable per-instance name (a StatefulSet pod name); never share one
+    /// between two running instances. Usually set per process: `--instance-id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
     #[serde(default = "default_connect_timeout_secs")]
     pub connect_timeout_secs: u64,
     /// A batch (one target transaction) closes at this many events …

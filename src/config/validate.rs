@@ -282,11 +282,17 @@ impl Config {
             let mut sources = HashSet::new();
             for (j, t) in sink.tables.iter().enumerate() {
                 let tp = format!("{p}.tables[{j}]");
-                let qualified = |s: &str| s.split_once('.').is_some_and(|(a, b)| !a.is_empty() && !b.is_empty());
+                let qualified = |s: &str| {
+                    s.split_once('.')
+                        .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty())
+                };
                 if !qualified(&t.source) {
                     e.push(format!("{tp}.source"), "must be schema.table");
                 } else if !sources.insert(t.source.as_str()) {
-                    e.push(format!("{tp}.source"), format!("{} is mapped twice", t.source));
+                    e.push(
+                        format!("{tp}.source"),
+                        format!("{} is mapped twice", t.source),
+                    );
                 }
                 if let Some(target) = &t.target {
                     if !qualified(target) {
@@ -315,7 +321,10 @@ impl Config {
                 }
                 for c in &t.drop {
                     if t.rename.contains_key(c) {
-                        e.push(format!("{tp}.drop"), format!("{c} is both dropped and renamed"));
+                        e.push(
+                            format!("{tp}.drop"),
+                            format!("{c} is both dropped and renamed"),
+                        );
                     }
                 }
             }

@@ -59,6 +59,12 @@ pub fn consumer_config(cfg: &KafkaConfig, group_id: &str) -> ClientConfig {
     c.set("enable.auto.offset.store", "false");
     set_default(&mut c, "auto.offset.reset", "earliest");
     set_default(&mut c, "enable.partition.eof", "false");
+    // A killed member's partitions move after 10 s, not librdkafka's 45 s default.
+    set_default(&mut c, "session.timeout.ms", "10000");
+    set_default(&mut c, "heartbeat.interval.ms", "2000");
+    // Also the JoinGroup rebalance timeout: how long a rebalance waits for members that died
+    // without leaving (the local broker does not expire them by session timeout).
+    set_default(&mut c, "max.poll.interval.ms", "30000");
     c
 }
 
@@ -74,6 +80,9 @@ pub fn classify(err: &KafkaError) -> ErrorKind {
     match err.rdkafka_error_code() {
         Some(code) => classify_code(code),
         None => match err {
+            // rust-rdkafka does not expose the code of admin errors through
+            // rdkafka_error_code(); it is in the variant.
+            KafkaError::AdminOp(code) => classify_code(*code),
             KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..) => ErrorKind::Config,
             KafkaError::Canceled => ErrorKind::Unavailable,
             _ => ErrorKind::Internal,

@@ -134,8 +134,14 @@ pub fn describe_all() {
         SINK_DUPLICATES_SKIPPED_TOTAL,
         "Events skipped because the target already had them (re-sent or re-read)."
     );
-    metrics::describe_counter!(SINK_DLQ_EVENTS_TOTAL, "Events sent to the sink's dead-letter topic.");
-    metrics::describe_counter!(SINK_RETRIES_TOTAL, "Batch retries after transient errors, by kind.");
+    metrics::describe_counter!(
+        SINK_DLQ_EVENTS_TOTAL,
+        "Events sent to the sink's dead-letter topic."
+    );
+    metrics::describe_counter!(
+        SINK_RETRIES_TOTAL,
+        "Batch retries after transient errors, by kind."
+    );
     metrics::describe_counter!(SINK_ERRORS_TOTAL, "Sink errors, by kind.");
     metrics::describe_gauge!(
         SINK_LAG_MESSAGES,

@@ -122,11 +122,18 @@ impl Compatibility {
 /// `bytes`/`fixed` as long as the scale is unchanged, so: strip the logical type for the
 /// structural check and compare scales by field path separately.
 fn without_decimals(schema: &Schema) -> (Schema, std::collections::BTreeMap<String, u64>) {
-    fn walk(v: &mut serde_json::Value, path: &str, out: &mut std::collections::BTreeMap<String, u64>) {
+    fn walk(
+        v: &mut serde_json::Value,
+        path: &str,
+        out: &mut std::collections::BTreeMap<String, u64>,
+    ) {
         match v {
             serde_json::Value::Object(m) => {
                 if m.get("logicalType").and_then(|l| l.as_str()) == Some("decimal") {
-                    out.insert(path.to_string(), m.get("scale").and_then(|s| s.as_u64()).unwrap_or(0));
+                    out.insert(
+                        path.to_string(),
+                        m.get("scale").and_then(|s| s.as_u64()).unwrap_or(0),
+                    );
                     m.remove("logicalType");
                     m.remove("precision");
                     m.remove("scale");

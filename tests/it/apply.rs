@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::support::{cutover_bin, local_config, unique};
+use super::support::{cutover_bin, local_config, unique, KillOnDrop};
 use cutover::apply::Sink;
 use cutover::capture::Capture;
 use cutover::config::{Config, RouteConfig, TableMapping};
@@ -43,7 +43,9 @@ impl Env {
         cfg.topic_prefix = id.replace('_', "-");
         cfg.kafka.partitions = 2;
         cfg.observe.listen = String::new();
-        if let Ok(d) = std::env::var("CUTOVER_TEST_KAFKA_DEBUG") { cfg.kafka.properties.0.insert("debug".into(), d); }
+        if let Ok(d) = std::env::var("CUTOVER_TEST_KAFKA_DEBUG") {
+            cfg.kafka.properties.0.insert("debug".into(), d);
+        }
         for s in cfg.sinks.iter_mut() {
             s.group_id = Some(format!("{id}.{}", s.name));
             s.batch_max_ms = 50;
@@ -57,11 +59,18 @@ impl Env {
                 source: src("customers"),
                 target: Some(format!("{}.clients", ns("crm"))),
                 rename: [("id".into(), "client_id".into())].into(),
-                drop: vec!["first_name".into(), "last_name".into(), "legacy_flags".into()],
+                drop: vec![
+                    "first_name".into(),
+                    "last_name".into(),
+                    "legacy_flags".into(),
+                ],
                 constants: [("source".into(), "legacy".into())].into(),
                 defaults: [("country".into(), "ZZ".into())].into(),
                 computed: [
-                    ("full_name".into(), "concat(first_name, ' ', last_name)".into()),
+                    (
+                        "full_name".into(),
+                        "concat(first_name, ' ', last_name)".into(),
+                    ),
                     ("email".into(), "lower(email)".into()),
                 ]
                 .into(),
@@ -76,8 +85,14 @@ impl Env {
                 route: Some(RouteConfig {
                     column: "kind".into(),
                     targets: [
-                        ("physical".into(), format!("{}.physical_products", ns("catalog"))),
-                        ("digital".into(), format!("{}.digital_products", ns("catalog"))),
+                        (
+                            "physical".into(),
+                            format!("{}.physical_products", ns("catalog")),
+                        ),
+                        (
+                            "digital".into(),
+                            format!("{}.digital_products", ns("catalog")),
+                        ),
                     ]
                     .into(),
                     default: None,
@@ -155,7 +170,10 @@ impl Env {
         let s = &self.schema;
         let l = self.legacy().await;
         let _ = l
-            .execute("SELECT pg_drop_replication_slot($1)", &[&self.cfg.source.slot])
+            .execute(
+                "SELECT pg_drop_replication_slot($1)",
+                &[&self.cfg.source.slot],
+            )
             .await;
         let _ = l
             .batch_execute(&format!(
@@ -167,6 +185,9 @@ impl Env {
             .await
             .batch_execute(&format!(r#"DROP SCHEMA IF EXISTS "{s}" CASCADE;"#))
             .await;
+        if self.cfg.sinks.len() < 2 {
+            return;
+        }
         let _ = self
             .target(1)
             .await
@@ -338,7 +359,9 @@ async fn check_newstore(env: &Env) {
         &l,
         &format!(r#"SELECT * FROM "{s}".order_items"#),
         &n,
-        &format!(r#"SELECT order_id, line_no, sku, quantity, unit_price FROM "{s}_sales".order_lines"#),
+        &format!(
+            r#"SELECT order_id, line_no, sku, quantity, unit_price FROM "{s}_sales".order_lines"#
+        ),
         90,
     )
     .await;
@@ -435,7 +458,10 @@ async fn assert_each_written_once(env: &Env, expected: i64) {
         .unwrap();
     let (keys, max, sum): (i64, i32, i64) = (row.get(0), row.get(1), row.get(2));
     assert_eq!(keys, expected, "every row written");
-    assert_eq!(max, 1, "a row was applied twice ({sum} writes for {keys} rows)");
+    assert_eq!(
+        max, 1,
+        "a row was applied twice ({sum} writes for {keys} rows)"
+    );
 }
 
 fn write_config(cfg: &Config, dir: &std::path::Path) -> std::path::PathBuf {
@@ -452,14 +478,31 @@ async fn sigkill_of_apply_mid_batch_repeatedly_ends_equal_with_zero_duplicate_ap
     counted_mirror_table(&env).await;
     let capture = Part::capture(&env.cfg).await;
     let dir = tempfile::tempdir().unwrap();
+    if std::env::var("KEEP_LOG").is_ok() {
+        eprintln!("apply logs: {}", dir.path().join("apply.log").display());
+    }
     let config = write_config(&env.cfg, dir.path());
     let spawn = || {
         std::process::Command::new(cutover_bin())
-            .args(["apply", "--sink", "mirror", "--config"])
+            .args([
+                "apply",
+                "--sink",
+                "mirror",
+                "--instance-id",
+                "mirror-0",
+                "--config",
+            ])
             .arg(&config)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.path().join("apply.log"))
+                    .unwrap(),
+            )
             .spawn()
+            .map(KillOnDrop)
             .unwrap()
     };
     let l = env.legacy().await;
@@ -476,21 +519,28 @@ async fn sigkill_of_apply_mid_batch_repeatedly_ends_equal_with_zero_duplicate_ap
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
-    for _ in 0..4 {
+    for i in 0..4 {
         let mut child = spawn();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        // Long enough to join the group and apply some batches, then die mid-stream.
+        tokio::time::sleep(Duration::from_millis(3000 + 700 * i)).await;
+        child.kill(); // SIGKILL
     }
     writer.await.unwrap();
     let mut child = spawn();
+    let dir = if std::env::var("KEEP_LOG").is_ok() {
+        let p = dir.path().to_path_buf();
+        std::mem::forget(dir);
+        Err(p)
+    } else {
+        Ok(dir)
+    };
     let q = format!(r#"SELECT * FROM "{}".events"#, env.schema);
     converge(&env.legacy().await, &q, &env.target(0).await, &q, 120).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    child.kill();
     assert_each_written_once(&env, 20_000).await;
     capture.stop().await;
     env.cleanup().await;
+    drop(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -642,7 +692,10 @@ async fn poison_events_go_to_the_dead_letter_topic_with_headers_and_the_sink_goe
         .unwrap();
     producer
         .send(
-            FutureRecord::to(&topic).key("junk").payload("not avro").partition(0),
+            FutureRecord::to(&topic)
+                .key("junk")
+                .payload("not avro")
+                .partition(0),
             Duration::from_secs(10),
         )
         .await
@@ -687,7 +740,10 @@ async fn poison_events_go_to_the_dead_letter_topic_with_headers_and_the_sink_goe
         dead.push((m.payload().unwrap().to_vec(), h));
     }
     drop(stream);
-    let junk = dead.iter().find(|(p, _)| p == b"not avro").expect("junk record");
+    let junk = dead
+        .iter()
+        .find(|(p, _)| p == b"not avro")
+        .expect("junk record");
     assert_eq!(junk.1["cutover.error.kind"], "data");
     assert_eq!(junk.1["cutover.topic"], topic);
     assert_eq!(junk.1["cutover.partition"], "0");
@@ -742,7 +798,9 @@ async fn mapping_errors_name_the_table_and_column() {
     let mut cfg = env.cfg.clone();
     cfg.sinks[1].tables[3].drop = vec!["colour".into()];
     let capture = Part::capture(&cfg).await;
-    let sink = Sink::start(&cfg, "newstore", Readiness::new()).await.unwrap();
+    let sink = Sink::start(&cfg, "newstore", Readiness::new())
+        .await
+        .unwrap();
     let (_stop, rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(sink.run(rx));
     env.legacy()
@@ -758,8 +816,9 @@ async fn mapping_errors_name_the_table_and_column() {
         .unwrap()
         .unwrap_err();
     assert!(
-        err.to_string()
-            .contains(&format!("sinks[1].tables[3].drop: column {s}.order_items.colour")),
+        err.to_string().contains(&format!(
+            "sinks[1].tables[3].drop: column {s}.order_items.colour"
+        )),
         "{err}"
     );
     capture.stop().await;

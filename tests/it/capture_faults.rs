@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use super::capture::{cleanup, consume, read_all, sql, start, test_config};
-use super::support::{cutover_bin, free_port, unique, PrivatePostgres};
+use super::support::{cutover_bin, free_port, unique, KillOnDrop, PrivatePostgres};
 use cutover::capture::setup::{ensure_publication, PublicationChange};
 use cutover::capture::{stream::capture_dlq_topic, topic_for, Capture};
 use cutover::config::{Config, DbUrl};
@@ -358,6 +358,7 @@ async fn capture_reconnects_after_the_source_restarts_and_exports_its_metrics() 
         .stdout(std::process::Stdio::null())
         .stderr(log.reopen().unwrap())
         .spawn()
+        .map(KillOnDrop)
         .unwrap();
     let topic = topic(&cfg, table);
     // Changes count from the slot's creation: wait until the capture streams.
@@ -426,6 +427,5 @@ async fn capture_reconnects_after_the_source_restarts_and_exports_its_metrics() 
     assert!(value("cutover_capture_transactions_total") >= 1.0);
     let lag = value("cutover_capture_lag_seconds");
     assert!((0.0..600.0).contains(&lag), "lag {lag}");
-    let _ = child.kill();
-    let _ = child.wait();
+    child.kill();
 }

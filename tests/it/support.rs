@@ -348,3 +348,20 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// A child process killed (SIGKILL) when the guard drops, so a failing test leaves no stray
+/// `cutover` behind to load the shared broker.
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
