@@ -254,7 +254,33 @@ fn unwrap_union(v: &Value) -> &Value {
 /// Render an Avro value as PostgreSQL text input (`None` = SQL NULL).
 pub fn render(v: &Value, avro: &Json) -> std::result::Result<Option<String>, String> {
     let avro = strip_null(avro);
-    Ok(Some(match unwrap_union(v) {
+    // Raw ints/longs/bytes with a logical type (as the codec builds them) read like the typed
+    // values apache-avro's reader produces.
+    let typed;
+    let v = match (unwrap_union(v), avro["logicalType"].as_str()) {
+        (Value::Int(d), Some("date")) => {
+            typed = Value::Date(*d);
+            &typed
+        }
+        (Value::Long(t), Some("time-micros")) => {
+            typed = Value::TimeMicros(*t);
+            &typed
+        }
+        (Value::Long(t), Some("timestamp-micros")) => {
+            typed = Value::TimestampMicros(*t);
+            &typed
+        }
+        (Value::Long(t), Some("local-timestamp-micros")) => {
+            typed = Value::LocalTimestampMicros(*t);
+            &typed
+        }
+        (Value::Bytes(b), Some("decimal")) => {
+            typed = Value::Decimal(apache_avro::Decimal::from(b.clone()));
+            &typed
+        }
+        (other, _) => other,
+    };
+    Ok(Some(match v {
         Value::Null => return Ok(None),
         Value::Boolean(b) => if *b { "t" } else { "f" }.into(),
         Value::Int(i) => i.to_string(),
@@ -297,7 +323,7 @@ pub fn render(v: &Value, avro: &Json) -> std::result::Result<Option<String>, Str
         }
         Value::TimeMillis(ms) => (*ms as i64 * 1000).to_string(),
         Value::TimestampMicros(us) | Value::LocalTimestampMicros(us) => {
-            let tz = matches!(unwrap_union(v), Value::TimestampMicros(_));
+            let tz = matches!(v, Value::TimestampMicros(_));
             match *us {
                 i64::MAX => "infinity".into(),
                 i64::MIN => "-infinity".into(),
