@@ -3,9 +3,11 @@
 SHELL := /bin/bash
 STACK := deploy/local/stack.sh
 
-.PHONY: help bootstrap up down status restart-broker destroy build test test-only lint fmt clean
+.PHONY: help bootstrap up down status restart-broker destroy build test test-only lint fmt clean demo bench
 
 help:
+	@echo "make demo      stack + legacy shop + cutover run + live workload view (Ctrl-C stops)"
+	@echo "make bench     catch-up vs native logical replication, stage ceilings, latency, RSS"
 	@echo "make up        start the local stack (2x PostgreSQL, Tansu broker, schema registry)"
 	@echo "make down      stop it (data kept);  make destroy  stop and delete its data"
 	@echo "make status    show what runs where"
@@ -30,6 +32,13 @@ restart-broker:
 
 destroy:
 	@bash $(STACK) destroy
+
+demo: up
+	@bash deploy/demo/demo.sh
+
+bench: up
+	@cargo build --quiet --release --bin cutover
+	@bash deploy/bench/bench.sh
 
 build:
 	cargo build --all-targets
