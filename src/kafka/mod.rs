@@ -65,6 +65,8 @@ pub fn consumer_config(cfg: &KafkaConfig, group_id: &str) -> ClientConfig {
     // Also the JoinGroup rebalance timeout: how long a rebalance waits for members that died
     // without leaving (the local broker does not expire them by session timeout).
     set_default(&mut c, "max.poll.interval.ms", "30000");
+    // Latency over request count: an idle fetch returns after 50 ms, not librdkafka's 500 ms.
+    set_default(&mut c, "fetch.wait.max.ms", "50");
     c
 }
 

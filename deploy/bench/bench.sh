@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# make bench: one run, printed as a table and written as JSON (.local/bench/results.json).
+#  (a) catch-up: BENCH_ROWS changes (default 200k) pre-generated on legacy with the slots in
+#      place, as 1-row and as 100-row transactions; time cutover (capture + mirror sink) until the
+#      target holds every row, and PostgreSQL native logical replication (CREATE SUBSCRIPTION)
+#      on the same workload. Also capture-only (acknowledged by the broker), apply-only (from the
+#      filled topic) and the broker's raw produce/consume ceiling for the same message size.
+#  (b) steady state: BENCH_RATE rows/s (default 2000) for BENCH_SECS (default 60); commit →
+#      applied latency percentiles (applied_at default on the target − created_at on legacy).
+#  (c) peak RSS of `cutover capture` through a BENCH_RSS_ROWS-row transaction (default 1M).
+# Needs `make up` and a release build (the Makefile target does both).
+source "$(dirname "${BASH_SOURCE[0]}")/../local/lib.sh"
+cd "$ROOT"
+PGBIN="$(pg_bindir)"
+BIN="$ROOT/target/release/cutover"
+N="${BENCH_ROWS:-200000}"
+RATE="${BENCH_RATE:-2000}"
+SECS="${BENCH_SECS:-60}"
+RSS_ROWS="${BENCH_RSS_ROWS:-1000000}"
+OUT="$STATE/bench"
+RUN="b$(date +%s)"
+mkdir -p "$OUT"
+L() { "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$LEGACY_PORT" -U postgres -d app -v ON_ERROR_STOP=1 "$@"; }
+T() { local db=$1; shift; "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$NEW_PORT" -U postgres -d "$db" -v ON_ERROR_STOP=1 "$@"; }
+now() { date +%s.%N; }
+count() { T "$1" -tAc "SELECT count(*) FROM bench.t" 2>/dev/null || echo 0; }
+wait_count() { # wait_count DB N TIMEOUT_S [PID]: until DB's bench.t has N rows
+  local db=$1 want=$2 limit=$3 pid=${4:-} t0; t0=$(now)
+  while [ "$(count "$db")" -lt "$want" ]; do
+    if awk "BEGIN {exit !($(now) - $t0 > $limit)}"; then die "timed out waiting for $want rows in $db"; fi
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then die "cutover exited early, see $OUT/$RUN.log"; fi
+    sleep 0.2
+  done
+}
+elapsed() { awk "BEGIN {printf \"%.2f\", $2 - $1}"; }
+rate() { awk "BEGIN {printf \"%.0f\", $1 / $2}"; }
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+
+TABLE_DDL="CREATE SCHEMA IF NOT EXISTS bench; CREATE TABLE IF NOT EXISTS bench.t (id bigint PRIMARY KEY, qty int, price numeric(10,2), note text, created_at timestamptz DEFAULT clock_timestamp())"
+for db in bench_target bench_apply bench_native; do
+  T postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 || T postgres -c "CREATE DATABASE $db"
+done
+L <<'SQL'
+CREATE SCHEMA IF NOT EXISTS bench;
+CREATE OR REPLACE PROCEDURE bench.gen(n bigint, per_txn int) LANGUAGE plpgsql AS $$
+DECLARE i bigint := 0;
+BEGIN
+  WHILE i < n LOOP
+    INSERT INTO bench.t (id, qty, price, note)
+    SELECT i + g, g % 100, (g % 1000) / 10.0, 'order line ' || (i + g) || ' — straße ✓'
+    FROM generate_series(1, least(per_txn, n - i)) g;
+    COMMIT;
+    i := i + per_txn;
+  END LOOP;
+END $$;
+CREATE OR REPLACE PROCEDURE bench.steady(rate int, secs int) LANGUAGE plpgsql AS $$
+DECLARE t0 timestamptz := clock_timestamp(); tick int := 0; per int := greatest(rate / 100, 1); id bigint := 0;
+BEGIN
+  WHILE clock_timestamp() < t0 + make_interval(secs => secs) LOOP
+    INSERT INTO bench.t (id, qty, price, note)
+    SELECT id + g, 1, 1.00, 'steady' FROM generate_series(1, per) g;
+    id := id + per;
+    COMMIT;
+    tick := tick + 1;
+    PERFORM pg_sleep(greatest(0, extract(epoch FROM (t0 + tick * interval '10 ms' - clock_timestamp()))));
+  END LOOP;
+END $$;
+SQL
+
+reset_tables() {
+  L -c "DROP TABLE IF EXISTS bench.t" -c "$TABLE_DDL" 2>/dev/null
+  for db in bench_target bench_apply bench_native; do
+    T "$db" -c "DROP SCHEMA IF EXISTS bench CASCADE" -c "$TABLE_DDL" 2>/dev/null
+  done
+  # the target-only column the steady-state latency is read from
+  T bench_target -c "ALTER TABLE bench.t ADD COLUMN applied_at timestamptz DEFAULT clock_timestamp()"
+}
+
+write_config() { # write_config ID FILE
+  cat >"$2" <<EOF
+name = "bench"
+topic_prefix = "$1"
+[source]
+url = "postgres://postgres@127.0.0.1:$LEGACY_PORT/app"
+slot = "$1"
+publication = "$1"
+schemas = []
+tables = ["bench.t"]
+status_interval_secs = 1
+heartbeat_interval_secs = 1
+[kafka]
+brokers = ["127.0.0.1:$KAFKA_PORT"]
+partitions = 3
+[registry]
+url = "http://127.0.0.1:$REGISTRY_PORT"
+[observe]
+listen = "127.0.0.1:9465"
+log_format = "text"
+log_level = "warn"
+[[sinks]]
+name = "mirror"
+url = "postgres://postgres@127.0.0.1:$NEW_PORT/bench_target"
+create_tables = false
+[[sinks]]
+name = "applyonly"
+url = "postgres://postgres@127.0.0.1:$NEW_PORT/bench_apply"
+create_tables = false
+EOF
+}
+
+make_slot() { # make_slot NAME: publication + pgoutput slot before the workload
+  L -c "CREATE PUBLICATION $1 FOR TABLE bench.t" -c "SELECT pg_create_logical_replication_slot('$1', 'pgoutput')" >/dev/null
+}
+drop_slot() {
+  L -c "SELECT pg_drop_replication_slot('$1')" >/dev/null 2>&1 || true
+  L -c "DROP PUBLICATION IF EXISTS $1" >/dev/null 2>&1 || true
+}
+
+start_bg() { "$@" >>"$OUT/$RUN.log" 2>&1 & pids+=($!); echo $!; }
+stop_bg() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+declare -A R
+for P in 1 100; do
+  id="${RUN}_p$P"
+  log "catch-up: $N rows as $P-row transactions"
+  reset_tables
+  write_config "${id//_/-}" "$OUT/$id.toml"
+  sed -i "s/^slot = .*/slot = \"$id\"/; s/^publication = .*/publication = \"$id\"/" "$OUT/$id.toml"
+  make_slot "$id"; make_slot "${id}_nat"; make_slot "${id}_cap"
+  t0=$(now); L -c "CALL bench.gen($N, $P)"; R[gen_s_$P]=$(elapsed "$t0" "$(now)")
+  end_lsn=$(L -tAc "SELECT pg_current_wal_lsn()")
+
+  # native logical replication
+  t0=$(now)
+  T bench_native -c "CREATE SUBSCRIPTION ${id}_nat CONNECTION 'host=127.0.0.1 port=$LEGACY_PORT dbname=app user=postgres' PUBLICATION ${id}_nat WITH (create_slot = false, slot_name = '${id}_nat', copy_data = false)" >/dev/null
+  wait_count bench_native "$N" 600
+  R[native_s_$P]=$(elapsed "$t0" "$(now)")
+  T bench_native -c "DROP SUBSCRIPTION ${id}_nat" >/dev/null
+
+  # cutover: capture + mirror sink, end to end
+  t0=$(now); pid=$(start_bg "$BIN" run --sink mirror --config "$OUT/$id.toml")
+  wait_count bench_target "$N" 900 "$pid"
+  R[cutover_s_$P]=$(elapsed "$t0" "$(now)")
+  bytes=$(curl -fsS http://127.0.0.1:9465/metrics | awk '/^cutover_capture_bytes_total/ {s += $NF} END {print s + 0}')
+  stop_bg "$pid"
+  R[avg_value_bytes]=$(awk "BEGIN {printf \"%.0f\", $bytes / $N}")
+
+  # apply-only: a second sink reads the now-filled topic
+  t0=$(now); pid=$(start_bg "$BIN" apply --sink applyonly --config "$OUT/$id.toml")
+  wait_count bench_apply "$N" 900 "$pid"
+  R[apply_s_$P]=$(elapsed "$t0" "$(now)")
+  stop_bg "$pid"
+
+  # capture-only: its own slot and topics, done when the slot is confirmed past the workload
+  cap="${id}_cap"
+  write_config "${cap//_/-}" "$OUT/$cap.toml"
+  sed -i "s/^slot = .*/slot = \"$cap\"/; s/^publication = .*/publication = \"$cap\"/" "$OUT/$cap.toml"
+  t0=$(now); pid=$(start_bg "$BIN" capture --config "$OUT/$cap.toml")
+  until [ "$(L -tAc "SELECT confirmed_flush_lsn >= '$end_lsn'::pg_lsn FROM pg_replication_slots WHERE slot_name = '$cap'")" = t ]; do sleep 0.2; done
+  R[capture_s_$P]=$(elapsed "$t0" "$(now)")
+  stop_bg "$pid"
+  drop_slot "$id"; drop_slot "${id}_nat"; drop_slot "$cap"
+done
+
+log "broker ceiling: $N messages of ${R[avg_value_bytes]} bytes, Python confluent-kafka"
+read -r produce consume < <("$VENV/bin/python" - "$N" "${R[avg_value_bytes]}" "127.0.0.1:$KAFKA_PORT" <<'PY'
+import sys, time
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+n, size, bs = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+t = f"bench-ceiling-{time.time()}"
+admin = AdminClient({"bootstrap.servers": bs})
+for f in admin.create_topics([NewTopic(t, 3, 1)]).values(): f.result()
+p = Producer({"bootstrap.servers": bs, "linger.ms": 5, "enable.idempotence": True, "acks": "all", "compression.type": "lz4"})
+v = b"x" * size
+t0 = time.time()
+for i in range(n):
+    while True:
+        try: p.produce(t, key=str(i).encode(), value=v); break
+        except BufferError: p.poll(0.05)
+p.flush(); prod = n / (time.time() - t0)
+c = Consumer({"bootstrap.servers": bs, "group.id": t, "auto.offset.reset": "earliest"})
+c.subscribe([t]); got = 0; t0 = time.time()
+while got < n and time.time() - t0 < 300:
+    got += sum(1 for m in c.consume(1000, 0.5) if not m.error())
+cons = got / (time.time() - t0); c.close()
+print(f"{prod:.0f} {cons:.0f}")
+PY
+)
+R[broker_produce]=$produce; R[broker_consume]=$consume
+
+log "steady state: $RATE rows/s for $SECS s"
+id="${RUN}_steady"
+reset_tables
+write_config "${id//_/-}" "$OUT/$id.toml"
+sed -i "s/^slot = .*/slot = \"$id\"/; s/^publication = .*/publication = \"$id\"/" "$OUT/$id.toml"
+pid=$(start_bg "$BIN" run --sink mirror --config "$OUT/$id.toml")
+until [ "$(L -tAc "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$id' AND active")" = 1 ]; do sleep 0.2; done
+sleep 8 # the sink joins its group
+L -c "CALL bench.steady($RATE, $SECS)"
+want=$(L -tAc "SELECT count(*) FROM bench.t")
+wait_count bench_target "$want" 300 "$pid"
+stop_bg "$pid"
+read -r p50 p95 p99 < <(T bench_target -tAc "SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1), round(percentile_cont(0.95) WITHIN GROUP (ORDER BY ms)::numeric, 1), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1) FROM (SELECT extract(epoch FROM applied_at - created_at) * 1000 AS ms FROM bench.t) x" | tr '|' ' ')
+R[steady_rows]=$want; R[p50_ms]=$p50; R[p95_ms]=$p95; R[p99_ms]=$p99
+drop_slot "$id"
+
+log "peak RSS through a $RSS_ROWS-row transaction"
+rss_line=$(bash "$ROOT/deploy/bench/capture_1m.sh" "$RSS_ROWS" | tail -1)
+R[rss_mib]=$(sed -n 's/.*peak_rss=\([0-9.]*\) MiB.*/\1/p' <<<"$rss_line")
+R[rss_events_s]=$(sed -n 's/.*throughput=\([0-9,]*\) events.*/\1/p' <<<"$rss_line" | tr -d ,)
+
+machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
+{
+  printf '\ncutover bench %s — %s rows, %s\n\n' "$(date -u +%FT%TZ)" "$N" "$machine"
+  printf '%-44s %14s %14s\n' "stage" "1-row txns" "100-row txns"
+  for k in native cutover apply capture; do
+    case $k in native) name="native logical replication (rows/s)";; cutover) name="cutover capture + mirror sink (rows/s)";;
+      apply) name="apply only, from the topic (rows/s)";; capture) name="capture only, broker-acked (rows/s)";; esac
+    printf '%-44s %14s %14s\n' "$name" "$(rate "$N" "${R[${k}_s_1]}")" "$(rate "$N" "${R[${k}_s_100]}")"
+  done
+  printf '%-44s %14s %14s\n' "ratio cutover / native" \
+    "$(awk "BEGIN {printf \"%.2f\", ${R[native_s_1]} / ${R[cutover_s_1]}}")" "$(awk "BEGIN {printf \"%.2f\", ${R[native_s_100]} / ${R[cutover_s_100]}}")"
+  printf '%-44s %14s %14s\n' "ratio apply-only / native" \
+    "$(awk "BEGIN {printf \"%.2f\", ${R[native_s_1]} / ${R[apply_s_1]}}")" "$(awk "BEGIN {printf \"%.2f\", ${R[native_s_100]} / ${R[apply_s_100]}}")"
+  printf '%-44s %14s\n' "broker raw produce, ${R[avg_value_bytes]} B (msg/s)" "${R[broker_produce]}"
+  printf '%-44s %14s\n' "broker raw consume (msg/s)" "${R[broker_consume]}"
+  printf '%-44s %14s\n' "capture-only / broker produce ceiling" "$(awk "BEGIN {printf \"%.0f%%\", 100 * $N / ${R[capture_s_100]} / ${R[broker_produce]}}")"
+  printf '%-44s %14s\n' "steady ${RATE} rows/s x ${SECS}s: p50 / p95 / p99 ms" "${R[p50_ms]} / ${R[p95_ms]} / ${R[p99_ms]}"
+  printf '%-44s %14s\n' "peak RSS, ${RSS_ROWS}-row transaction (MiB)" "${R[rss_mib]}"
+} | tee "$OUT/results.txt"
+
+"$VENV/bin/python" - "$OUT/results.json" "$N" "$machine" <<PY
+import json, sys
+r = {$(for k in "${!R[@]}"; do printf '"%s": "%s", ' "$k" "${R[$k]}"; done)}
+def num(v):
+    try: return float(v)
+    except ValueError: return v
+out = {"rows": int(sys.argv[2]), "machine": sys.argv[3], "raw": {k: num(v) for k, v in sorted(r.items())}}
+json.dump(out, open(sys.argv[1], "w"), indent=2)
+print("results:", sys.argv[1])
+PY
