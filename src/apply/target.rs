@@ -66,17 +66,9 @@ pub async fn ensure_state(client: &Client) -> Result<()> {
         .map_err(|e| Error::postgres("creating schema cutover and its progress tables", e))
 }
 
-/// Stored progress of every partition of `sink` (outside a batch; for seeking and status).
-pub async fn progress(client: &Client, sink: &str) -> Result<HashMap<(String, i32), Progress>> {
-    let rows = client
-        .query(
-            "SELECT topic, kafka_partition, next_offset, commit_lsn, seq FROM cutover.sink_progress WHERE sink = $1",
-            &[&sink],
-        )
-        .await
-        .map_err(|e| Error::postgres("reading cutover.sink_progress", e))?;
-    Ok(rows
-        .iter()
+/// Rows of (topic, kafka_partition, next_offset, commit_lsn, seq) → progress by partition.
+fn progress_map(rows: &[tokio_postgres::Row]) -> HashMap<(String, i32), Progress> {
+    rows.iter()
         .map(|r| {
             (
                 (r.get(0), r.get(1)),
@@ -87,7 +79,19 @@ pub async fn progress(client: &Client, sink: &str) -> Result<HashMap<(String, i3
                 },
             )
         })
-        .collect())
+        .collect()
+}
+
+/// Stored progress of every partition of `sink` (outside a batch; for seeking and status).
+pub async fn progress(client: &Client, sink: &str) -> Result<HashMap<(String, i32), Progress>> {
+    let rows = client
+        .query(
+            "SELECT topic, kafka_partition, next_offset, commit_lsn, seq FROM cutover.sink_progress WHERE sink = $1",
+            &[&sink],
+        )
+        .await
+        .map_err(|e| Error::postgres("reading cutover.sink_progress", e))?;
+    Ok(progress_map(&rows))
 }
 
 /// Lock (creating if needed) the progress rows of `parts` inside the batch transaction.
@@ -115,19 +119,7 @@ pub async fn lock_progress(
         )
         .await
         .map_err(|e| Error::postgres("locking progress rows", e))?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            (
-                (r.get(0), r.get(1)),
-                Progress {
-                    next_offset: r.get(2),
-                    commit_lsn: r.get(3),
-                    seq: r.get(4),
-                },
-            )
-        })
-        .collect())
+    Ok(progress_map(&rows))
 }
 
 pub async fn save_progress(
