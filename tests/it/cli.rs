@@ -111,8 +111,8 @@ fn secrets_never_printed() {
     // The connection report's line (the printed config has `source = ...` lines too).
     let l = t
         .lines()
-        .filter(|l| l.starts_with("source ") && !l.starts_with("source ="))
-        .last()
+        .rev()
+        .find(|l| l.starts_with("source ") && !l.starts_with("source ="))
         .unwrap();
     assert!(l.contains("OK"), "{l}");
 }
