@@ -62,6 +62,28 @@ impl Default for BackoffSettings {
     }
 }
 
+impl BackoffSettings {
+    /// The delay schedule: exponential from `initial` to `max`, with jitter (backon), endless
+    /// when `max_attempts` is 0. Every retry loop in cutover draws its delays from here.
+    pub fn builder(&self) -> ExponentialBuilder {
+        let builder = ExponentialBuilder::default()
+            .with_min_delay(self.initial)
+            .with_max_delay(self.max)
+            .with_jitter();
+        if self.max_attempts == 0 {
+            builder.without_max_times()
+        } else {
+            builder.with_max_times(self.max_attempts)
+        }
+    }
+
+    /// A fresh iterator of delays (see [`BackoffSettings::builder`]).
+    pub fn delays(&self) -> impl Iterator<Item = Duration> {
+        use backon::BackoffBuilder;
+        self.builder().build()
+    }
+}
+
 /// Run `op` until it succeeds or fails with an error the policy does not retry.
 /// Every retry is logged with the error and the delay chosen.
 pub async fn with_backoff<T, F, Fut>(
@@ -73,16 +95,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Error>>,
 {
-    let mut builder = ExponentialBuilder::default()
-        .with_min_delay(settings.initial)
-        .with_max_delay(settings.max)
-        .with_jitter();
-    builder = if settings.max_attempts == 0 {
-        builder.without_max_times()
-    } else {
-        builder.with_max_times(settings.max_attempts)
-    };
-    op.retry(builder)
+    op.retry(settings.builder())
         .when(|e: &Error| policy(e.kind()) == Decision::Retry)
         .notify(|e: &Error, delay: Duration| {
             tracing::warn!(what, error = %e, kind = %e.kind(), delay_ms = delay.as_millis() as u64, "retrying");

@@ -434,10 +434,11 @@ impl Sink {
         }
         tracing::debug!(sink = %self.sink.name, events = items.len(), "batch decoded");
         let started = Instant::now();
-        let delays = retry::BackoffSettings {
+        let mut delays = retry::BackoffSettings {
             max: Duration::from_secs(10),
             ..Default::default()
-        };
+        }
+        .delays();
         let mut attempt = 0u32;
         let outcome = loop {
             match self.apply(&mut items).await {
@@ -445,7 +446,7 @@ impl Sink {
                 Err(e) if retry::policy(e.kind()) == Decision::Retry => {
                     attempt += 1;
                     metrics::counter!(names::SINK_RETRIES_TOTAL, names::LABEL_SINK => self.sink.name.clone(), names::LABEL_KIND => e.kind().as_str()).increment(1);
-                    let delay = backoff_delay(&delays, attempt);
+                    let delay = delays.next().unwrap_or(Duration::from_secs(10));
                     tracing::warn!(sink = %self.sink.name, error = %e, attempt, delay_ms = delay.as_millis() as u64, "batch failed, retrying");
                     tokio::time::sleep(delay).await;
                     if e.kind() == ErrorKind::Connection || self.client.is_closed() {
@@ -1015,16 +1016,4 @@ async fn savepoint(tx: &tokio_postgres::Client, sql: &str) -> Result<()> {
     tx.batch_execute(sql)
         .await
         .map_err(|e| Error::postgres(sql.to_string(), e))
-}
-
-fn backoff_delay(s: &retry::BackoffSettings, attempt: u32) -> Duration {
-    let base = s.initial.as_millis() as u64 * 2u64.saturating_pow(attempt.min(16));
-    let capped = base.min(s.max.as_millis() as u64);
-    // Full jitter in [capped/2, capped].
-    let jitter = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0))
-        % (capped / 2 + 1);
-    Duration::from_millis(capped / 2 + jitter)
 }

@@ -12,7 +12,6 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::observe::{self, Readiness};
 use crate::retry::{self, BackoffSettings, Decision};
-use backon::BackoffBuilder;
 use tokio::sync::watch;
 
 #[derive(Debug, clap::Args)]
@@ -54,22 +53,14 @@ where
         initial: Duration::from_millis(500),
         ..BackoffSettings::default()
     };
-    let new_backoff = || {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(settings.initial)
-            .with_max_delay(settings.max)
-            .with_jitter()
-            .without_max_times()
-            .build()
-    };
-    let mut delays = new_backoff();
+    let mut delays = settings.delays();
     loop {
         let started = std::time::Instant::now();
         match attempt().await {
             Ok(()) => return Ok(()),
             Err(e) if retry::policy(e.kind()) == Decision::Retry && !*stop.borrow() => {
                 if started.elapsed() > Duration::from_secs(60) {
-                    delays = new_backoff();
+                    delays = settings.delays();
                 }
                 let delay = delays.next().unwrap_or(settings.max);
                 tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "{what} failed, reconnecting");
