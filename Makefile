@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 STACK := deploy/local/stack.sh
 
-.PHONY: help bootstrap up down status restart-broker destroy build test test-only lint fmt clean demo bench
+.PHONY: help bootstrap up down status restart-broker destroy build test test-only test-rules lint fmt clean demo bench
 
 help:
 	@echo "make demo      stack + legacy shop + cutover run + live workload view (Ctrl-C stops)"
@@ -13,6 +13,7 @@ help:
 	@echo "make status    show what runs where"
 	@echo "make test      start the stack if needed, then lint + unit + integration tests"
 	@echo "make lint      cargo fmt --check and clippy -D warnings"
+	@echo "make test-rules  promtool check + unit tests of the alert rules"
 
 bootstrap:
 	@bash deploy/local/bootstrap.sh
@@ -47,8 +48,15 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 
-# The README's test command: stack up (idempotent), lint, then every test with nextest.
-test: up lint test-only
+# The README's test command: stack up (idempotent), lint, alert-rule unit tests, then every
+# test with nextest.
+test: up lint test-rules test-only
+
+# promtool comes from Debian's prometheus package (deploy/local/bootstrap.sh installs it).
+test-rules: bootstrap
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool check config --syntax-only deploy/prometheus/prometheus.yml
+	cd deploy/prometheus && promtool test rules alerts_test.yml
 
 test-only:
 	cargo nextest run --all-targets --profile ci

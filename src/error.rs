@@ -38,6 +38,22 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, for initialising per-kind metric series at zero.
+    pub const ALL: [ErrorKind; 12] = [
+        ErrorKind::Config,
+        ErrorKind::Connection,
+        ErrorKind::Unavailable,
+        ErrorKind::Timeout,
+        ErrorKind::Auth,
+        ErrorKind::Data,
+        ErrorKind::Schema,
+        ErrorKind::Conflict,
+        ErrorKind::NotFound,
+        ErrorKind::Environment,
+        ErrorKind::Io,
+        ErrorKind::Internal,
+    ];
+
     /// Stable lower-case name, used as a metric label value (`kind="connection"`).
     pub fn as_str(self) -> &'static str {
         match self {

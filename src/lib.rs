@@ -26,10 +26,14 @@
 //!
 //! Modules: [`config`] (typed config, validation, redaction), [`error`] + [`retry`] (one
 //! error type, one retry policy), [`database`] (SQL connections), [`kafka`] (clients, topics,
-//! error classes), [`registry`] (schema-registry client and embedded server), [`observe`]
-//! (metrics, health, logging), [`cli`] (subcommands; the only wiring layer).
+//! error classes, read-only inspection), [`registry`] (schema-registry client and embedded
+//! server), [`capture`] and [`apply`] (the two halves of the pipeline), [`backsync`]
+//! (origins, phases, gate, conflicts: what makes the reverse direction safe), [`monitor`] (lag and
+//! slot growth observed from outside, the health verdict), [`observe`] (metrics, health
+//! endpoints, logging), [`cli`] (subcommands; the only wiring layer).
 
 pub mod apply;
+pub mod backsync;
 pub mod capture;
 pub mod cli;
 pub mod codec;
@@ -38,8 +42,10 @@ pub mod database;
 pub mod error;
 pub mod event;
 pub mod kafka;
+pub mod monitor;
 pub mod observe;
 pub mod registry;
 pub mod retry;
+pub mod verify;
 
 pub use error::{Error, ErrorKind, Result};

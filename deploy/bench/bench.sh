@@ -8,6 +8,9 @@
 #  (b) steady state: BENCH_RATE rows/s (default 2000) for BENCH_SECS (default 60); commit →
 #      applied latency percentiles (applied_at default on the target − created_at on legacy).
 #  (c) peak RSS of `cutover capture` through a BENCH_RSS_ROWS-row transaction (default 1M).
+#  (d) backfill: N existing rows (older than the slot) copied by `cutover backfill` into the topic
+#      (rows/s until Kafka acknowledged the last chunk) and on into the mirror target (end to
+#      end), next to `COPY … TO STDOUT | COPY … FROM STDIN` of the same table.
 # Needs `make up` and a release build (the Makefile target does both).
 source "$(dirname "${BASH_SOURCE[0]}")/../local/lib.sh"
 cd "$ROOT"
@@ -113,7 +116,12 @@ make_slot() { # make_slot NAME: publication + pgoutput slot before the workload
   L -c "CREATE PUBLICATION $1 FOR TABLE bench.t" -c "SELECT pg_create_logical_replication_slot('$1', 'pgoutput')" >/dev/null
 }
 drop_slot() {
-  L -c "SELECT pg_drop_replication_slot('$1')" >/dev/null 2>&1 || true
+  # The walsender of a just-stopped capture may hold the slot for a moment: retry.
+  for _ in $(seq 1 20); do
+    [ -z "$(L -tAc "SELECT 1 FROM pg_replication_slots WHERE slot_name = '$1'")" ] && break
+    L -c "SELECT pg_drop_replication_slot('$1')" >/dev/null 2>&1 && break
+    sleep 0.5
+  done
   L -c "DROP PUBLICATION IF EXISTS $1" >/dev/null 2>&1 || true
 }
 
@@ -206,6 +214,29 @@ read -r p50 p95 p99 < <(T bench_target -tAc "SELECT round(percentile_cont(0.5) W
 R[steady_rows]=$want; R[p50_ms]=$p50; R[p95_ms]=$p95; R[p99_ms]=$p99
 drop_slot "$id"
 
+log "backfill: $N existing rows, and COPY for comparison"
+id="${RUN}_bf"
+reset_tables
+L -c "INSERT INTO bench.t (id, qty, price, note) SELECT g, g % 7, 1.00 + g % 100, 'existing ' || g FROM generate_series(1, $N) g" -c "ANALYZE bench.t"
+t0=$(now)
+"$PGBIN/psql" -X -q -h 127.0.0.1 -p "$LEGACY_PORT" -U postgres -d app -c "\\copy (SELECT * FROM bench.t) TO STDOUT" \
+  | T bench_native -c "\\copy bench.t FROM STDIN"
+R[copy_s]=$(elapsed "$t0" "$(now)")
+write_config "${id//_/-}" "$OUT/$id.toml"
+sed -i "s/^slot = .*/slot = \"$id\"/; s/^publication = .*/publication = \"$id\"/; 1s/^name = .*/name = \"$id\"/" "$OUT/$id.toml"
+pid=$(start_bg "$BIN" run --sink mirror --config "$OUT/$id.toml")
+until [ "$(L -tAc "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$id' AND active")" = 1 ]; do
+  kill -0 "$pid" 2>/dev/null || die "cutover run exited (see $OUT/$RUN.log)"; sleep 0.2
+done
+t0=$(now)
+"$BIN" backfill --table bench.t --chunk-rows 5000 --config "$OUT/$id.toml" >>"$OUT/$RUN.log" 2>&1
+R[backfill_topic_s]=$(elapsed "$t0" "$(now)")
+wait_count bench_target "$N" 600 "$pid"
+R[backfill_target_s]=$(elapsed "$t0" "$(now)")
+stop_bg "$pid"
+L -c "DELETE FROM cutover.backfill WHERE pipeline = '$id'" >/dev/null 2>&1 || true
+drop_slot "$id"
+
 log "peak RSS through a $RSS_ROWS-row transaction"
 rss_line=$(bash "$ROOT/deploy/bench/capture_1m.sh" "$RSS_ROWS" | tail -1)
 R[rss_mib]=$(sed -n 's/.*peak_rss=\([0-9.]*\) MiB.*/\1/p' <<<"$rss_line")
@@ -229,6 +260,9 @@ machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /pro
   printf '%-44s %14s\n' "capture-only / broker produce ceiling" "$(awk "BEGIN {printf \"%.0f%%\", 100 * $N / ${R[capture_s_100]} / ${R[broker_produce]}}")"
   printf '%-44s %14s\n' "steady ${RATE} rows/s x ${SECS}s: p50 / p95 / p99 ms" "${R[p50_ms]} / ${R[p95_ms]} / ${R[p99_ms]}"
   printf '%-44s %14s\n' "peak RSS, ${RSS_ROWS}-row transaction (MiB)" "${R[rss_mib]}"
+  printf '%-44s %14s\n' "backfill into the topic (rows/s)" "$(rate "$N" "${R[backfill_topic_s]}")"
+  printf '%-44s %14s\n' "backfill end to end, into the target (rows/s)" "$(rate "$N" "${R[backfill_target_s]}")"
+  printf '%-44s %14s\n' "COPY TO STDOUT | COPY FROM STDIN (rows/s)" "$(rate "$N" "${R[copy_s]}")"
 } | tee "$OUT/results.txt"
 
 "$VENV/bin/python" - "$OUT/results.json" "$N" "$machine" <<PY

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install what the local stack and the tests need and a fresh machine may lack. Idempotent:
 # every step checks first and does nothing when already satisfied.
-#   - Debian packages: PostgreSQL 15 server, C libraries for rdkafka (SSL, SASL), Python venv
+#   - Debian packages: PostgreSQL 15 server, C libraries for rdkafka (SSL, SASL), Python venv,
+#     Prometheus (promtool for the alert-rule tests, the server for the live alerting test)
 #   - the Tansu broker binary (cargo install, cached in ~/.cargo/bin; 11-17 min the first time)
 #   - a Python venv with the stock confluent-kafka client (used by tests as a reference client)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-APT_PACKAGES=(libssl-dev libsasl2-dev pkg-config python3-venv curl postgresql-15 postgresql-client-15)
+APT_PACKAGES=(libssl-dev libsasl2-dev pkg-config python3-venv curl postgresql-15 postgresql-client-15 prometheus)
 PY_PACKAGES=("confluent-kafka[avro]==2.12.1")
 
 missing=()

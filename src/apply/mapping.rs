@@ -24,6 +24,24 @@ pub fn table_id(s: &str) -> TableId {
     }
 }
 
+/// How sink `i` of `cfg` maps source `table`: its configured mapping, or identity when the
+/// sink maps unmapped tables as themselves; `None` when the sink skips the table.
+pub fn for_table(cfg: &crate::config::Config, i: usize, table: &str) -> Result<Option<Mapping>> {
+    let sink = &cfg.sinks[i];
+    match sink
+        .tables
+        .iter()
+        .enumerate()
+        .find(|(_, m)| m.source == table)
+    {
+        Some((j, m)) => Mapping::compile(format!("sinks[{i}].tables[{j}]"), m).map(Some),
+        None if sink.unmapped_tables == crate::config::Unmapped::Identity => {
+            Ok(Some(Mapping::identity(table_id(table))))
+        }
+        None => Ok(None),
+    }
+}
+
 /// A target table as the target's catalog describes it.
 #[derive(Debug, Clone)]
 pub struct TargetTable {
@@ -136,6 +154,31 @@ impl Mapping {
     }
 
     /// Every table this mapping may write.
+    /// Source columns copied unchanged into the target (renamed at most), as (source, target)
+    /// pairs in `source_columns` order: not dropped, not overridden by a constant or computed
+    /// column, no default that could replace a NULL. What a row-by-row comparison of both
+    /// sides can use as is.
+    pub fn passthrough(&self, source_columns: &[String]) -> Vec<(String, String)> {
+        source_columns
+            .iter()
+            .filter(|c| !self.drop.contains(*c))
+            .map(|c| {
+                let t = self.rename.get(c).cloned().unwrap_or_else(|| c.clone());
+                (c.clone(), t)
+            })
+            .filter(|(_, t)| {
+                !self.constants.contains_key(t)
+                    && !self.defaults.contains_key(t)
+                    && !self.computed.iter().any(|(c, _)| c == t)
+            })
+            .collect()
+    }
+
+    /// Does the mapping keep only some rows (a filter)? Then row counts differ by design.
+    pub fn filters_rows(&self) -> bool {
+        self.filter.is_some()
+    }
+
     pub fn targets(&self) -> Vec<TableId> {
         match &self.route {
             None => vec![self.target.clone()],

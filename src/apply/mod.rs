@@ -10,6 +10,7 @@ pub mod config;
 pub mod decode;
 pub mod expr;
 pub mod mapping;
+pub mod replay;
 pub mod service;
 pub mod target;
 

@@ -32,7 +32,10 @@ use tokio::sync::watch;
 use super::decode::{ChangeEvent, Decoder};
 use super::mapping::{table_id, Mapping, TargetOp, TargetTable};
 use super::target::{self, Progress, Statements};
-use crate::config::{Config, SinkConfig, TruncatePolicy, Unmapped};
+use crate::backsync::conflict::{self, Incoming};
+use crate::backsync::phase::{self, Phase};
+use crate::backsync::{origin, role_of, Role, Side};
+use crate::config::{Config, ConflictPolicy, SinkConfig, TruncatePolicy, Unmapped};
 use crate::database::Endpoint;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Op, TableId};
@@ -88,10 +91,25 @@ pub async fn captured_topics(cfg: &Config, registry: &RegistryClient) -> Result<
     Ok(topics)
 }
 
-/// Rebalance notifications for the loop (it re-checks stored progress of new partitions).
-#[derive(Default)]
+/// Rebalance notifications for the loop (it re-checks stored progress of new partitions), and
+/// the `sink.<name>.assigned` readiness check: ready once the group gave this member its share
+/// (possibly none, when there are more members than partitions), not ready while revoked.
 pub struct SinkContext {
     assigned: Mutex<Vec<(String, i32)>>,
+    readiness: Readiness,
+    check: String,
+}
+
+impl SinkContext {
+    fn new(readiness: Readiness, sink: &str) -> SinkContext {
+        let check = format!("sink.{sink}.assigned");
+        readiness.set(&check, false);
+        SinkContext {
+            assigned: Mutex::new(Vec::new()),
+            readiness,
+            check,
+        }
+    }
 }
 
 impl ClientContext for SinkContext {}
@@ -104,9 +122,11 @@ impl ConsumerContext for SinkContext {
                 for e in tpl.elements() {
                     a.push((e.topic().to_string(), e.partition()));
                 }
+                self.readiness.set(&self.check, true);
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
             }
             Rebalance::Revoke(tpl) => {
+                self.readiness.set(&self.check, false);
                 tracing::info!(partitions = tpl.count(), "partitions revoked")
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -132,6 +152,18 @@ enum Folded {
 /// stands for.
 type Pending = BTreeMap<(TableId, Vec<Option<String>>), (Folded, Vec<usize>)>;
 
+/// `dual`-phase keys of a batch → who resolves them.
+type DualKeys = HashMap<(TableId, Vec<Option<String>>), (Role, Phase, Arc<Mapping>)>;
+
+/// A version written under last-writer-wins: its origin commit time and side.
+struct Version {
+    table: TableId,
+    key: Vec<(String, Option<String>)>,
+    ts_us: i64,
+    side: Side,
+    deleted: bool,
+}
+
 /// What one batch did (for metrics and tests).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchOutcome {
@@ -139,6 +171,11 @@ pub struct BatchOutcome {
     pub duplicates: usize,
     pub dead_lettered: usize,
     pub skipped: usize,
+    /// Events of tables the other side owns in their current phase (back-sync roles only).
+    pub phase_skipped: usize,
+    /// Conflicts resolved, by winner.
+    pub conflicts_incoming_won: usize,
+    pub conflicts_local_won: usize,
 }
 
 pub struct Sink {
@@ -149,11 +186,11 @@ pub struct Sink {
     dlq_topic: String,
     decoder: Decoder,
     client: Arc<tokio_postgres::Client>,
-    /// Next offset per partition after the last durable batch, read by the lag reporter.
-    positions: Arc<Mutex<HashMap<(String, i32), i64>>>,
-    lag_task: tokio::task::JoinHandle<()>,
     statements: Statements,
-    mappings: HashMap<TableId, Mapping>,
+    /// Mapping per source table: configured ones from start(), identity ones added on first use.
+    mappings: HashMap<TableId, Arc<Mapping>>,
+    /// Target table → its `cast` settings (from the mapping that writes it).
+    casts: HashMap<TableId, BTreeMap<String, String>>,
     /// Source tables whose mapping was checked against this schema id (by Arc pointer).
     checked: HashSet<(TableId, usize)>,
     catalogs: HashMap<TableId, TargetTable>,
@@ -163,9 +200,27 @@ pub struct Sink {
     registry: RegistryClient,
     topics: Vec<String>,
     topics_checked: Instant,
+    /// The replication origin this sink's session writes under (never captured back).
+    origin: String,
+    /// Its part in a back-sync, if any: phases and conflicts apply.
+    role: Option<Role>,
+    /// Connection to legacy's phase table (the forward role; the reverse role writes legacy
+    /// and reads the phases inside its own transaction).
+    control: Option<tokio_postgres::Client>,
+    /// Set when a replay runs this sink: only these topics, nothing at or past the end offsets.
+    bounds: Option<Bounds>,
 }
 
-fn endpoint(sink: &SinkConfig, i: usize) -> Endpoint {
+/// Limits of a bounded run (a replay).
+#[derive(Debug, Clone, Default)]
+pub struct Bounds {
+    pub topics: Vec<String>,
+    /// (topic, partition) → first offset not to apply.
+    pub end: HashMap<(String, i32), i64>,
+}
+
+/// The connection to sink `i`'s target store (`sinks[i].url`).
+pub fn target_endpoint(sink: &SinkConfig, i: usize) -> Endpoint {
     Endpoint {
         field: format!("sinks[{i}].url"),
         url: sink.url.clone(),
@@ -178,17 +233,49 @@ impl Sink {
     /// Connect to the target (creating the progress tables), validate configured mappings
     /// against it, create the DLQ topic and subscribe.
     pub async fn start(cfg: &Config, name: &str, readiness: Readiness) -> Result<Sink> {
+        Self::start_with(cfg, name, readiness, None).await
+    }
+
+    /// As [`Sink::start`]; with `bounds`, a replay's bounded run (the replay holds the sink's
+    /// exclusive lock, so this instance does not take the shared one).
+    pub async fn start_with(
+        cfg: &Config,
+        name: &str,
+        readiness: Readiness,
+        bounds: Option<Bounds>,
+    ) -> Result<Sink> {
         let i = cfg
             .sinks
             .iter()
             .position(|s| s.name == name)
             .ok_or_else(|| Error::config(format!("no sink named {name:?} in sinks[]")))?;
         let sink = cfg.sinks[i].clone();
-        let client = endpoint(&sink, i).connect().await?;
+        let client = target_endpoint(&sink, i).connect().await?;
+        origin::check_privileges(&client, &format!("sinks[{i}].url")).await?;
         target::ensure_state(&client).await?;
+        if bounds.is_none() {
+            super::replay::hold_shared(&client, name, &sink.group_id(&cfg.name)).await?;
+        }
+        let origin = origin::bind(&client, &cfg.name, name, sink.instance_id.as_deref()).await?;
+        let role = role_of(cfg, name);
+        let control = match &role {
+            Some(r) => {
+                if r.policy == ConflictPolicy::LastWriterWins {
+                    require_commit_timestamps(&client, &format!("sinks[{i}].url")).await?;
+                }
+                let c = match r.writes {
+                    Side::New => Some(r.control.connect().await?),
+                    Side::Legacy => None,
+                };
+                phase::ensure_control(c.as_ref().unwrap_or(&client)).await?;
+                c
+            }
+            None => None,
+        };
         readiness.set(&format!("sink.{name}.target"), true);
         let mut mappings = HashMap::new();
         let mut catalogs = HashMap::new();
+        let mut casts = HashMap::new();
         for (j, t) in sink.tables.iter().enumerate() {
             let path = format!("sinks[{i}].tables[{j}]");
             let m = Mapping::compile(path.clone(), t)?;
@@ -210,9 +297,12 @@ impl Sink {
                             ))
                         })?;
                 }
+                if !m.cast.is_empty() {
+                    casts.insert(target.clone(), m.cast.clone());
+                }
                 catalogs.insert(target, tt);
             }
-            mappings.insert(m.source.clone(), m);
+            mappings.insert(m.source.clone(), Arc::new(m));
         }
         let truncates = target::truncates(&client, name).await?;
         let dlq_topic = dlq_topic(&cfg.topic_prefix, name);
@@ -239,11 +329,11 @@ impl Sink {
         }
         cc.set("topic.metadata.refresh.interval.ms", "5000");
         let consumer: StreamConsumer<SinkContext> = cc
-            .create_with_context(SinkContext::default())
+            .create_with_context(SinkContext::new(readiness.clone(), name))
             .map_err(|e| Error::kafka("creating sink consumer", e))?;
-        let positions = Arc::new(Mutex::new(HashMap::new()));
         readiness.set(&format!("sink.{name}.kafka"), true);
-        tracing::info!(sink = name, group, "sink started");
+        init_metrics(name, role.as_ref().map(|r| r.policy));
+        tracing::info!(sink = name, group, origin, role = ?role.as_ref().map(|r| r.writes.as_str()), "sink started");
         let mut sink = Sink {
             cfg: cfg.clone(),
             sink,
@@ -252,10 +342,9 @@ impl Sink {
             dlq_topic,
             decoder: Decoder::new(RegistryClient::new(&cfg.registry)?),
             client: Arc::new(client),
-            lag_task: spawn_lag_reporter(cfg, name, positions.clone()),
-            positions,
             statements: Statements::default(),
             mappings,
+            casts,
             checked: HashSet::new(),
             catalogs,
             truncates,
@@ -264,6 +353,10 @@ impl Sink {
             registry: RegistryClient::new(&cfg.registry)?,
             topics: vec![],
             topics_checked: Instant::now(),
+            origin,
+            role,
+            control,
+            bounds,
         };
         sink.refresh_topics().await?;
         Ok(sink)
@@ -272,7 +365,10 @@ impl Sink {
     /// Subscribe to the captured topics (again, if a new table appeared).
     async fn refresh_topics(&mut self) -> Result<()> {
         self.topics_checked = Instant::now();
-        let topics = captured_topics(&self.cfg, &self.registry).await?;
+        let topics = match &self.bounds {
+            Some(b) => b.topics.clone(),
+            None => captured_topics(&self.cfg, &self.registry).await?,
+        };
         if topics == self.topics || topics.is_empty() {
             return Ok(());
         }
@@ -308,7 +404,6 @@ impl Sink {
                 break Err(e);
             }
         };
-        self.lag_task.abort();
         // Leave the group cleanly (the consumer's drop closes it).
         self.readiness.set(&format!("sink.{name}.kafka"), false);
         tracing::info!(sink = %name, "sink stopped");
@@ -415,7 +510,15 @@ impl Sink {
 
     async fn process(&mut self, batch: Vec<OwnedMessage>) -> Result<()> {
         tracing::debug!(sink = %self.sink.name, messages = batch.len(), "batch collected");
-        let batch = self.reconcile_assignment(batch).await?;
+        let mut batch = self.reconcile_assignment(batch).await?;
+        if let Some(b) = &self.bounds {
+            // A bounded run applies nothing at or past its end offsets.
+            batch.retain(|m| {
+                b.end
+                    .get(&(m.topic().to_string(), m.partition()))
+                    .is_some_and(|e| m.offset() < *e)
+            });
+        }
         if batch.is_empty() {
             return Ok(());
         }
@@ -468,6 +571,18 @@ impl Sink {
             .increment(outcome.duplicates as u64);
         metrics::counter!(names::SINK_DLQ_EVENTS_TOTAL, names::LABEL_SINK => sink.clone())
             .increment(outcome.dead_lettered as u64);
+        if let Some(role) = &self.role {
+            let policy = role.policy.as_str();
+            metrics::counter!(names::SINK_PHASE_SKIPPED_TOTAL, names::LABEL_SINK => sink.clone())
+                .increment(outcome.phase_skipped as u64);
+            for (winner, n) in [
+                ("incoming", outcome.conflicts_incoming_won),
+                ("local", outcome.conflicts_local_won),
+            ] {
+                metrics::counter!(names::SINK_CONFLICTS_TOTAL, names::LABEL_SINK => sink.clone(), names::LABEL_POLICY => policy, names::LABEL_WINNER => winner)
+                    .increment(n as u64);
+            }
+        }
         self.commit_offsets(&items);
         tracing::debug!(sink = %sink, events = items.len(), ms = started.elapsed().as_millis() as u64, ?outcome, "batch committed");
         Ok(())
@@ -480,9 +595,45 @@ impl Sink {
             .iter()
             .position(|s| s.name == self.sink.name)
             .unwrap_or(0);
-        match endpoint(&self.sink, i).connect().await {
-            Ok(c) => {
+        let shared = self.bounds.is_none();
+        let connected = match target_endpoint(&self.sink, i).connect().await {
+            Ok(c) if shared => match super::replay::hold_shared(
+                &c,
+                &self.sink.name,
+                &self.sink.group_id(&self.cfg.name),
+            )
+            .await
+            {
+                Ok(()) => Ok(c),
+                Err(e) => Err(e),
+            },
+            other => other,
+        };
+        let connected = match connected {
+            Ok(c) => origin::bind(
+                &c,
+                &self.cfg.name,
+                &self.sink.name,
+                self.sink.instance_id.as_deref(),
+            )
+            .await
+            .map(|o| (c, o)),
+            Err(e) => Err(e),
+        };
+        match connected {
+            Ok((c, o)) => {
+                self.origin = o;
                 self.client = Arc::new(c);
+                if let Some(role) = self.role.as_ref().filter(|r| r.writes == Side::New) {
+                    if self.control.as_ref().is_none_or(|c| c.is_closed()) {
+                        match role.control.connect().await {
+                            Ok(c) => self.control = Some(c),
+                            Err(e) => {
+                                tracing::warn!(sink = %self.sink.name, error = %e, "legacy (phases) reconnect failed")
+                            }
+                        }
+                    }
+                }
                 self.statements.clear();
                 self.readiness
                     .set(&format!("sink.{}.target", self.sink.name), true);
@@ -505,12 +656,9 @@ impl Sink {
             *e = (*e).max(it.msg.offset() + 1);
         }
         let mut tpl = TopicPartitionList::new();
-        let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         for ((t, p), o) in &next {
             let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
-            positions.insert((t.clone(), *p), *o);
         }
-        drop(positions);
         // Progress is already durable in the target; this commit only feeds lag tooling.
         if let Err(e) = self
             .consumer
@@ -521,12 +669,16 @@ impl Sink {
     }
 
     /// Make sure the mapping of `ev.table` is known and checked against the target.
-    async fn prepare_table(&mut self, ev: &ChangeEvent) -> Result<Option<Mapping>> {
+    async fn prepare_table(&mut self, ev: &ChangeEvent) -> Result<Option<Arc<Mapping>>> {
         let key = (ev.table.clone(), Arc::as_ptr(&ev.fields) as usize);
         let mapping = match self.mappings.get(&ev.table) {
             Some(m) => m.clone(),
             None if self.sink.unmapped_tables == Unmapped::Skip => return Ok(None),
-            None => Mapping::identity(ev.table.clone()),
+            None => self
+                .mappings
+                .entry(ev.table.clone())
+                .or_insert_with(|| Arc::new(Mapping::identity(ev.table.clone())))
+                .clone(),
         };
         if self.checked.contains(&key) {
             return Ok(Some(mapping));
@@ -603,7 +755,7 @@ impl Sink {
     ) -> Result<BatchOutcome> {
         let mut outcome = BatchOutcome::default();
         // Mappings and DDL first (outside the data transaction).
-        let mut plans: Vec<Option<Mapping>> = Vec::with_capacity(items.len());
+        let mut plans: Vec<Option<Arc<Mapping>>> = Vec::with_capacity(items.len());
         for it in items.iter() {
             plans.push(match &it.event {
                 Some(ev) => self.prepare_table(ev).await?,
@@ -671,6 +823,31 @@ impl Sink {
                 .unwrap_or((i64::MAX, 0))
         });
 
+        // Back-sync roles re-read the phases at every batch: a phase change takes effect at
+        // the next batch boundary.
+        let phases = match &self.role {
+            Some(_) => phase::load(self.control.as_ref().unwrap_or(tx), &self.cfg.name).await?,
+            None => BTreeMap::new(),
+        };
+        // Rows written by this transaction carry the newest source commit time of the batch
+        // as their commit timestamp (last-writer-wins compares it) and the source LSN.
+        if let Some((lsn, ts)) = live
+            .iter()
+            .filter_map(|&i| items[i].event.as_ref())
+            .map(|e| (e.commit_lsn, e.commit_ts_us))
+            .max()
+        {
+            tx.execute(
+                "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, to_timestamp($2::float8))",
+                &[&crate::event::Lsn(lsn as u64).to_string(), &(ts as f64 / 1e6)],
+            )
+            .await
+            .map_err(|e| Error::postgres("pg_replication_origin_xact_setup", e))?;
+        }
+        // Keys of `dual`-phase tables in `pending`: settled (conflict check) before each flush.
+        let mut dual_keys: DualKeys = HashMap::new();
+        // Versions written under last-writer-wins, remembered after the final flush.
+        let mut versions: Vec<Version> = Vec::new();
         let mut pending: Pending = BTreeMap::new();
         let mut applied_truncates: HashSet<(String, i64, i64)> = HashSet::new();
         for &i in &live {
@@ -695,7 +872,15 @@ impl Sink {
                 if !applied_truncates.insert((tname.clone(), ev.commit_lsn, ev.seq)) {
                     continue;
                 }
-                self.flush(tx, &mut pending, items, &mut outcome).await?;
+                self.settle_and_flush(
+                    tx,
+                    &mut pending,
+                    &mut dual_keys,
+                    &mut versions,
+                    items,
+                    &mut outcome,
+                )
+                .await?;
                 if self.sink.truncate == TruncatePolicy::Apply {
                     let targets: Vec<String> =
                         mapping.targets().iter().map(target::qualified).collect();
@@ -712,61 +897,88 @@ impl Sink {
                 self.truncates.insert(tname, (ev.commit_lsn, ev.seq));
                 continue;
             }
-            let keys: HashMap<TableId, Vec<String>> = mapping
-                .targets()
-                .into_iter()
-                .map(|t| {
-                    let k = self
-                        .catalogs
-                        .get(&t)
-                        .map(|c| c.key.clone())
-                        .unwrap_or_default();
-                    (t, k)
-                })
-                .collect();
-            let key_of = |t: &TableId| keys.get(t).cloned().unwrap_or_default();
-            match mapping.map(&ev, &key_of) {
-                Ok(ops) => {
-                    for op in ops {
-                        let (table, key, folded) = match op {
-                            TargetOp::Upsert { table, cols } => {
-                                let key = key_of(&table)
-                                    .iter()
-                                    .map(|k| cols.get(k).cloned().flatten())
-                                    .collect();
-                                (table, key, Folded::Upsert(cols))
-                            }
-                            TargetOp::Delete { table, key } => {
-                                let k = key.iter().map(|(_, v)| v.clone()).collect();
-                                (table, k, Folded::Delete(key))
-                            }
-                        };
-                        if !self.catalogs.contains_key(&table) {
-                            let t = target::describe(tx, &table).await?.ok_or_else(|| {
-                                Error::config(format!("target table {table} does not exist"))
-                            })?;
-                            self.catalogs.insert(table.clone(), t);
-                        }
-                        match pending.entry((table, key)) {
-                            std::collections::btree_map::Entry::Vacant(v) => {
-                                v.insert((folded, vec![i]));
-                            }
-                            std::collections::btree_map::Entry::Occupied(mut o) => {
-                                let (prev, srcs) = o.get_mut();
-                                srcs.push(i);
-                                match (prev, folded) {
-                                    (Folded::Upsert(old), Folded::Upsert(new)) => old.extend(new),
-                                    (slot, f) => *slot = f,
-                                }
-                            }
+            // Every target of a prepared mapping is in `catalogs` (start() and prepare_table()).
+            let catalogs = &self.catalogs;
+            let key_of = |t: &TableId| catalogs.get(t).map(|c| c.key.clone()).unwrap_or_default();
+            let ops = match mapping.map(&ev, &key_of) {
+                Ok(ops) => ops,
+                Err(e) if e.kind() == ErrorKind::Data => {
+                    items[i].dead = Some(e.context("mapping"));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            // Back-sync roles: only tables whose phase sends changes this way; in `dual`, every
+            // row is checked for a conflict first.
+            let mut dual = None;
+            if let Some(role) = &self.role {
+                let legacy_table = match role.writes {
+                    Side::New => ev.table.to_string(),
+                    Side::Legacy => mapping
+                        .targets()
+                        .first()
+                        .map(|t| t.to_string())
+                        .unwrap_or_default(),
+                };
+                let phase = phases.get(&legacy_table).copied().unwrap_or(Phase::Forward);
+                if !phase.applies_towards(role.writes) {
+                    outcome.phase_skipped += 1;
+                    continue;
+                }
+                if phase == Phase::Dual && ev.op != Op::Truncate {
+                    dual = Some((role.clone(), phase));
+                }
+            }
+            for op in ops {
+                let (table, key, folded) = match op {
+                    TargetOp::Upsert { table, cols } => {
+                        let key: Vec<Option<String>> = catalogs
+                            .get(&table)
+                            .map(|c| c.key.as_slice())
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|k| cols.get(k).cloned().flatten())
+                            .collect();
+                        (table, key, Folded::Upsert(cols))
+                    }
+                    TargetOp::Delete { table, key } => {
+                        let k: Vec<Option<String>> = key.iter().map(|(_, v)| v.clone()).collect();
+                        (table, k, Folded::Delete(key))
+                    }
+                };
+                if let Some((role, phase)) = &dual {
+                    dual_keys
+                        .entry((table.clone(), key.clone()))
+                        .or_insert_with(|| (role.clone(), *phase, mapping.clone()));
+                }
+                match pending.entry((table, key)) {
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert((folded, vec![i]));
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut o) => {
+                        let (prev, srcs) = o.get_mut();
+                        srcs.push(i);
+                        match (prev, folded) {
+                            (Folded::Upsert(old), Folded::Upsert(new)) => old.extend(new),
+                            (slot, f) => *slot = f,
                         }
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::Data => items[i].dead = Some(e.context("mapping")),
-                Err(e) => return Err(e),
             }
         }
-        self.flush(tx, &mut pending, items, &mut outcome).await?;
+        self.settle_and_flush(
+            tx,
+            &mut pending,
+            &mut dual_keys,
+            &mut versions,
+            items,
+            &mut outcome,
+        )
+        .await?;
+        for v in &versions {
+            let tt = &self.catalogs[&v.table];
+            conflict::remember(tx, tt, &v.key, v.ts_us, v.side, v.deleted).await?;
+        }
 
         // Progress for every partition of the batch, then dead letters, then COMMIT.
         let changed: HashMap<(String, i32), Progress> = progress
@@ -812,6 +1024,176 @@ impl Sink {
             metrics::gauge!(names::SINK_LAST_APPLIED_COMMIT_SECONDS, names::LABEL_SINK => self.sink.name.clone())
                 .set(ts as f64 / 1e6);
         }
+    }
+
+    /// Every write of a batch goes out through here, so `dual`-phase keys are always settled
+    /// before they are written.
+    async fn settle_and_flush(
+        &mut self,
+        tx: &tokio_postgres::Client,
+        pending: &mut Pending,
+        dual_keys: &mut DualKeys,
+        versions: &mut Vec<Version>,
+        items: &mut [Item],
+        outcome: &mut BatchOutcome,
+    ) -> Result<()> {
+        self.settle_dual(tx, pending, dual_keys, items, versions, outcome)
+            .await?;
+        self.flush(tx, pending, items, outcome).await
+    }
+
+    /// Before a flush: check every pending write of a `dual`-phase table against the target
+    /// row, resolve conflicts by the policy (recording them in this transaction), and drop the
+    /// writes that lose. A key's writes in this batch are one unit: the first event's
+    /// before-image detects the conflict, the last event's commit time competes.
+    async fn settle_dual(
+        &self,
+        tx: &tokio_postgres::Client,
+        pending: &mut Pending,
+        dual_keys: &mut DualKeys,
+        items: &[Item],
+        versions: &mut Vec<Version>,
+        outcome: &mut BatchOutcome,
+    ) -> Result<()> {
+        for ((table, key), (role, phase, mapping)) in std::mem::take(dual_keys) {
+            let pk = (table.clone(), key);
+            let Some((folded, srcs)) = pending.get(&pk) else {
+                continue;
+            };
+            let events: Vec<&ChangeEvent> = srcs
+                .iter()
+                .filter_map(|&i| items[i].event.as_ref())
+                .collect();
+            let (Some(first), Some(ts)) =
+                (events.first(), events.iter().map(|e| e.commit_ts_us).max())
+            else {
+                continue;
+            };
+            let (apply, key_pairs) = self
+                .resolve_conflict(
+                    tx, &role, phase, &mapping, first, ts, &table, folded, outcome,
+                )
+                .await?;
+            if !apply {
+                pending.remove(&pk);
+            } else if role.policy == ConflictPolicy::LastWriterWins {
+                versions.push(Version {
+                    deleted: matches!(folded, Folded::Delete(_)),
+                    table,
+                    key: key_pairs,
+                    ts_us: ts,
+                    side: role.incoming(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Check one key's incoming writes against the target row; resolve and record a conflict.
+    /// Returns whether to apply, and the target key.
+    #[allow(clippy::too_many_arguments)]
+    async fn resolve_conflict(
+        &self,
+        tx: &tokio_postgres::Client,
+        role: &Role,
+        phase: Phase,
+        mapping: &Mapping,
+        ev: &ChangeEvent,
+        ts_us: i64,
+        table: &TableId,
+        folded: &Folded,
+        outcome: &mut BatchOutcome,
+    ) -> Result<(bool, Vec<(String, Option<String>)>)> {
+        let tt = self
+            .catalogs
+            .get(table)
+            .ok_or_else(|| Error::internal(format!("no catalog for {table}")))?;
+        // The before-image in this side's shape: the old row mapped like a new one.
+        let before: Option<BTreeMap<String, Option<String>>> = match &ev.before {
+            None => None,
+            Some(b) => {
+                let old = ChangeEvent {
+                    op: Op::Update,
+                    before: None,
+                    after: Some(b.clone()),
+                    unchanged: vec![],
+                    ..ev.clone()
+                };
+                let key_of = |t: &TableId| {
+                    self.catalogs
+                        .get(t)
+                        .map(|c| c.key.clone())
+                        .unwrap_or_default()
+                };
+                mapping.map(&old, &key_of).ok().and_then(|ops| {
+                    ops.into_iter().find_map(|op| match op {
+                        TargetOp::Upsert { table: t, cols } if &t == table => Some(cols),
+                        _ => None,
+                    })
+                })
+            }
+        };
+        let (incoming, key, image, incoming_row) = match folded {
+            Folded::Upsert(cols) => {
+                let key: Vec<(String, Option<String>)> = tt
+                    .key
+                    .iter()
+                    .map(|k| (k.clone(), cols.get(k).cloned().flatten()))
+                    .collect();
+                let has_before = before.is_some();
+                let image = before.clone().unwrap_or_else(|| cols.clone());
+                (
+                    Incoming::Upsert { has_before },
+                    key,
+                    Some(image),
+                    Some(cols),
+                )
+            }
+            Folded::Delete(key) => (Incoming::Delete, key.clone(), before.clone(), None),
+        };
+        let lww = role.policy == ConflictPolicy::LastWriterWins;
+        let (local, local_row) = conflict::compare(tx, tt, &key, image.as_ref(), lww).await?;
+        let from = role.incoming();
+        let r = conflict::resolve(
+            role.policy,
+            from,
+            phase.owner(),
+            incoming,
+            ev.commit_ts_us,
+            &local,
+        );
+        if let Some(kind) = r.conflict {
+            if r.apply {
+                outcome.conflicts_incoming_won += 1;
+            } else {
+                outcome.conflicts_local_won += 1;
+            }
+            let local_commit_ts_us = match local {
+                conflict::Local::Differs { commit_ts_us, .. } => commit_ts_us,
+                _ => None,
+            };
+            tracing::info!(sink = %self.sink.name, table = %table, kind = kind.as_str(), policy = role.policy.as_str(), incoming_won = r.apply, "conflict resolved");
+            conflict::record(
+                tx,
+                &conflict::Record {
+                    sink: &self.sink.name,
+                    table: tt,
+                    key: &key,
+                    kind,
+                    policy: role.policy,
+                    incoming_won: r.apply,
+                    local_row,
+                    local_commit_ts_us,
+                    incoming_row,
+                    incoming_commit_ts_us: ts_us,
+                    incoming_from: from,
+                    incoming_commit_lsn: ev.commit_lsn,
+                    incoming_seq: ev.seq,
+                },
+            )
+            .await?;
+        }
+        Ok((r.apply, key))
     }
 
     /// Execute the folded writes: per table, deletes then upserts grouped by column set. A
@@ -878,12 +1260,8 @@ impl Sink {
                 .get(t)
                 .cloned()
                 .ok_or_else(|| Error::internal(format!("no catalog for {t}")))?;
-            let cast = self
-                .mappings
-                .values()
-                .find(|m| m.targets().contains(t))
-                .map(|m| m.cast.clone())
-                .unwrap_or_default();
+            let no_cast = BTreeMap::new();
+            let cast = self.casts.get(t).unwrap_or(&no_cast);
             let mut deletes: Vec<Vec<Option<String>>> = vec![Vec::new(); tt.key.len()];
             let mut groups: BTreeMap<Vec<String>, Vec<Vec<Option<String>>>> = BTreeMap::new();
             for op in ops {
@@ -921,7 +1299,7 @@ impl Sink {
             }
             for (cols, values) in groups {
                 self.statements
-                    .upsert(tx, &tt, &cast, &cols, &values)
+                    .upsert(tx, &tt, cast, &cols, &values)
                     .await?;
             }
         }
@@ -986,30 +1364,44 @@ impl Sink {
 
 /// Every 5 s: lag = high watermark − next offset, per partition this sink has applied, read
 /// through a client of its own (a consumer's connection is busy with long fetches).
-fn spawn_lag_reporter(
-    cfg: &Config,
-    sink: &str,
-    positions: Arc<Mutex<HashMap<(String, i32), i64>>>,
-) -> tokio::task::JoinHandle<()> {
-    let (kafka_cfg, sink) = (cfg.kafka.clone(), sink.to_string());
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            let snapshot = positions.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let topics: HashSet<&String> = snapshot.keys().map(|(t, _)| t).collect();
-            for t in topics {
-                let Ok(wm) = kafka::watermarks(&kafka_cfg, t).await else {
-                    continue;
-                };
-                for (p, (_, hi)) in wm {
-                    if let Some(next) = snapshot.get(&(t.clone(), p)) {
-                        metrics::gauge!(names::SINK_LAG_MESSAGES, names::LABEL_SINK => sink.clone(), names::LABEL_TOPIC => t.clone(), names::LABEL_PARTITION => p.to_string())
-                            .set((hi - next).max(0) as f64);
-                    }
-                }
-            }
+/// Export every per-kind series of the sink at zero, so `rate()` and `increase()` see the
+/// first error instead of a series appearing from nowhere.
+fn init_metrics(sink: &str, policy: Option<ConflictPolicy>) {
+    if let Some(p) = policy {
+        metrics::counter!(names::SINK_PHASE_SKIPPED_TOTAL, names::LABEL_SINK => sink.to_string())
+            .increment(0);
+        for winner in ["incoming", "local"] {
+            metrics::counter!(names::SINK_CONFLICTS_TOTAL, names::LABEL_SINK => sink.to_string(), names::LABEL_POLICY => p.as_str(), names::LABEL_WINNER => winner)
+                .increment(0);
         }
-    })
+    }
+    for kind in ErrorKind::ALL {
+        metrics::counter!(names::SINK_ERRORS_TOTAL, names::LABEL_SINK => sink.to_string(), names::LABEL_KIND => kind.as_str()).increment(0);
+        if retry::policy(kind) == Decision::Retry {
+            metrics::counter!(names::SINK_RETRIES_TOTAL, names::LABEL_SINK => sink.to_string(), names::LABEL_KIND => kind.as_str()).increment(0);
+        }
+    }
+    metrics::counter!(names::SINK_DUPLICATES_SKIPPED_TOTAL, names::LABEL_SINK => sink.to_string())
+        .increment(0);
+    metrics::counter!(names::SINK_DLQ_EVENTS_TOTAL, names::LABEL_SINK => sink.to_string())
+        .increment(0);
+}
+
+/// Last-writer-wins compares commit timestamps, which PostgreSQL keeps only with
+/// `track_commit_timestamp = on`.
+async fn require_commit_timestamps(client: &tokio_postgres::Client, field: &str) -> Result<()> {
+    let on: String = client
+        .query_one("SELECT current_setting('track_commit_timestamp')", &[])
+        .await
+        .map_err(|e| Error::postgres("reading track_commit_timestamp", e))?
+        .get(0);
+    if on != "on" {
+        return Err(Error::new(
+            ErrorKind::Environment,
+            format!("{field}: backsync.conflict_policy = \"last_writer_wins\" needs track_commit_timestamp = on in this database's server (postgresql.conf; needs a restart)"),
+        ));
+    }
+    Ok(())
 }
 
 async fn savepoint(tx: &tokio_postgres::Client, sql: &str) -> Result<()> {

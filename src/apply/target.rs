@@ -25,6 +25,7 @@ pub fn qualified(t: &TableId) -> String {
 }
 
 pub const STATE_DDL: &str = "
+SET client_min_messages = warning;
 CREATE SCHEMA IF NOT EXISTS cutover;
 CREATE TABLE IF NOT EXISTS cutover.sink_progress (
     sink text NOT NULL,
@@ -61,7 +62,11 @@ impl Progress {
 
 pub async fn ensure_state(client: &Client) -> Result<()> {
     client
-        .batch_execute(STATE_DDL)
+        .batch_execute(&format!(
+            "{STATE_DDL}{}{}",
+            crate::backsync::conflict::CONFLICTS_DDL,
+            super::replay::REPLAY_DDL
+        ))
         .await
         .map_err(|e| Error::postgres("creating schema cutover and its progress tables", e))
 }

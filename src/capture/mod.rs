@@ -4,6 +4,7 @@
 //! slot, catalog lookups), [`stream`] runs the loop and holds the LSN-confirmation invariant
 //! (see its module docs for the diagram).
 
+pub mod backfill;
 pub mod pgoutput;
 pub mod setup;
 pub mod stream;

@@ -219,16 +219,21 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<Lsn> {
     }
 }
 
-/// Bytes of WAL the slot holds back (`pg_current_wal_lsn() - restart_lsn`).
-pub async fn slot_retained_bytes(client: &Client, slot: &str) -> Result<Option<(i64, bool)>> {
-    let row = client
-        .query_opt(
-            "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint, active FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
+/// The source tables `cfg` captures that exist now: `source.tables` plus every table of
+/// `source.schemas`, sorted.
+pub async fn captured_tables(cfg: &crate::config::Config, client: &Client) -> Result<Vec<String>> {
+    let mut t: Vec<String> = cfg.source.tables.clone();
+    let rows = client
+        .query(
+            "SELECT schemaname || '.' || tablename FROM pg_tables WHERE schemaname = ANY($1)",
+            &[&cfg.source.schemas],
         )
         .await
-        .map_err(|e| Error::postgres("reading slot WAL retention", e))?;
-    Ok(row.map(|r| (r.get::<_, Option<i64>>(0).unwrap_or(0), r.get(1))))
+        .map_err(|e| Error::postgres("listing the captured schemas' tables", e))?;
+    t.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+    t.sort();
+    t.dedup();
+    Ok(t)
 }
 
 /// Catalog lookups with caches: column kinds for user types, primary keys per relation.

@@ -50,16 +50,20 @@ pub struct TxnTracker {
     commit_ts_us: AtomicU64,
     failed: Mutex<Option<String>>,
     done: Notify,
+    /// Fired once the transaction is confirmed (backfill waits on its chunks this way).
+    confirmed: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl TxnTracker {
-    fn new() -> Arc<Self> {
+    /// A tracker for a transaction committed at `commit_ts_us` (Unix microseconds).
+    fn new(commit_ts_us: i64) -> Arc<Self> {
         Arc::new(TxnTracker {
             pending: AtomicUsize::new(1),
             end_lsn: AtomicU64::new(0),
-            commit_ts_us: AtomicU64::new(0),
+            commit_ts_us: AtomicU64::new(commit_ts_us.max(0) as u64),
             failed: Mutex::new(None),
             done: Notify::new(),
+            confirmed: Mutex::new(Vec::new()),
         })
     }
     fn release(&self) {
@@ -157,8 +161,11 @@ pub struct Capture {
     catalog: Catalog,
     relations: HashMap<u32, TableState>,
     db: String,
-    /// The capture dead-letter topic, once created.
-    dlq_topic: Option<String>,
+    /// The capture dead-letter topic has been created.
+    dlq_ready: bool,
+    /// Backfill chunks handed over by workers, and the open watermark windows.
+    backfill: Arc<super::backfill::Shared>,
+    windows: super::backfill::Windows,
 }
 
 impl Capture {
@@ -180,6 +187,10 @@ impl Capture {
         let producer: ThreadedProducer<AckContext> = pc
             .create_with_context(AckContext)
             .map_err(|e| Error::kafka("creating producer", e))?;
+        // Series that must exist before the first event, so rate() and alerts see them.
+        metrics::counter!(names::CAPTURE_TRANSACTIONS_TOTAL).increment(0);
+        metrics::counter!(names::CAPTURE_PRODUCER_ERRORS_TOTAL).increment(0);
+        metrics::gauge!(names::CAPTURE_PRODUCER_QUEUE_MESSAGES).set(0.0);
         Ok((
             Capture {
                 cfg: cfg.clone(),
@@ -189,7 +200,9 @@ impl Capture {
                 catalog: Catalog::default(),
                 relations: HashMap::new(),
                 db,
-                dlq_topic: None,
+                dlq_ready: false,
+                backfill: Arc::new(super::backfill::Shared::default()),
+                windows: super::backfill::Windows::default(),
             },
             start,
         ))
@@ -254,12 +267,20 @@ impl Capture {
                 let commit_us = t.commit_ts_us.load(Ordering::Acquire) as i64;
                 let lag = (now_ms() * 1000 - commit_us).max(0) as f64 / 1e6;
                 metrics::gauge!(names::CAPTURE_LAG_SECONDS).set(lag);
-                metrics::gauge!(names::CAPTURE_CONFIRMED_LSN).set(lsn.0 as f64);
+                metrics::gauge!(names::CAPTURE_CONFIRMED_POSITION_BYTES).set(lsn.0 as f64);
                 let _ = confirm_tx.send((lsn, None));
+                for n in std::mem::take(&mut *t.confirmed.lock().unwrap_or_else(|p| p.into_inner()))
+                {
+                    let _ = n.send(());
+                }
             }
         });
 
         let heartbeat = spawn_heartbeat(&self.cfg);
+        let backfill = tokio::spawn(super::backfill::coordinate(
+            self.cfg.clone(),
+            self.backfill.clone(),
+        ));
         let mut txn: Option<Txn> = None;
         let result: Result<()> = loop {
             tokio::select! {
@@ -288,6 +309,7 @@ impl Capture {
             }
         };
         heartbeat.abort();
+        backfill.abort();
         // Let in-flight deliveries finish so the final confirmation covers them.
         let _ = tokio::task::block_in_place(|| self.producer.flush(Duration::from_secs(30)));
         drop(track_tx);
@@ -317,13 +339,14 @@ impl Capture {
                 xid,
                 commit_time_micros,
             } => {
+                let commit_ts_us = commit_time_micros + PG_EPOCH_OFFSET_MICROS;
                 *txn = Some(Txn {
                     xid,
-                    commit_ts_us: commit_time_micros + PG_EPOCH_OFFSET_MICROS,
+                    commit_ts_us,
                     final_lsn: Lsn(final_lsn.as_u64()),
                     seq: 0,
                     origin: None,
-                    tracker: TxnTracker::new(),
+                    tracker: TxnTracker::new(commit_ts_us),
                 });
             }
             E::Commit { end_lsn, .. } => {
@@ -345,6 +368,14 @@ impl Capture {
                 data, wal_start, ..
             } => {
                 self.handle_message(&data, wal_start.as_u64(), txn).await?;
+            }
+            E::Message {
+                prefix,
+                content,
+                lsn,
+                ..
+            } if prefix == super::backfill::WATERMARK_PREFIX => {
+                self.on_watermark(&content, txn, lsn.as_u64()).await?;
             }
             E::Message { .. } | E::KeepAlive { .. } | E::StoppedAt { .. } => {}
         }
@@ -368,6 +399,20 @@ impl Capture {
                 let t = txn
                     .as_mut()
                     .ok_or_else(|| Error::internal("row change outside a transaction"))?;
+                // Written by cutover itself (a sink's replication origin): never sent back.
+                if crate::backsync::origin::is_cutover_origin(t.origin.as_deref()) {
+                    let table = self
+                        .relations
+                        .get(&rel_id)
+                        .map(|st| st.schema.table.to_string())
+                        .unwrap_or_default();
+                    metrics::counter!(names::CAPTURE_ECHOES_SUPPRESSED_TOTAL, names::LABEL_TABLE => table)
+                        .increment(1);
+                    return Ok(());
+                }
+                if !self.windows.is_empty() {
+                    self.note_window_keys(&msg, rel_id);
+                }
                 match self.on_row(&msg, t, wal_start).await {
                     Err(e) if e.kind() == ErrorKind::Data => {
                         self.dead_letter(rel_id, &msg, t, wal_start, &e).await?
@@ -474,24 +519,20 @@ impl Capture {
         wal_start: u64,
         error: &Error,
     ) -> Result<()> {
-        let topic = match &self.dlq_topic {
-            Some(topic) => topic.clone(),
-            None => {
-                let topic = capture_dlq_topic(&self.cfg.topic_prefix);
-                kafka::ensure_topics(
-                    &self.cfg.kafka,
-                    &[TopicSpec {
-                        name: topic.clone(),
-                        partitions: 1,
-                        replication_factor: self.cfg.kafka.replication_factor,
-                        configs: vec![],
-                    }],
-                )
-                .await?;
-                self.dlq_topic = Some(topic.clone());
-                topic
-            }
-        };
+        let topic = capture_dlq_topic(&self.cfg.topic_prefix);
+        if !self.dlq_ready {
+            kafka::ensure_topics(
+                &self.cfg.kafka,
+                &[TopicSpec {
+                    name: topic.clone(),
+                    partitions: 1,
+                    replication_factor: self.cfg.kafka.replication_factor,
+                    configs: vec![],
+                }],
+            )
+            .await?;
+            self.dlq_ready = true;
+        }
         let st = self.state(rel_id)?;
         let raw = |tuple: &[Datum]| -> serde_json::Value {
             let mut row = serde_json::Map::new();
@@ -540,6 +581,130 @@ impl Capture {
             &t.tracker,
         )
         .await
+    }
+
+    /// A row change while backfill windows are open: remember its key(s) for them.
+    fn note_window_keys(&mut self, msg: &Message, rel_id: u32) {
+        let tuples: Vec<&[Datum]> = match msg {
+            Message::Insert { new, .. } => vec![new.as_slice()],
+            Message::Update { old, new, .. } => {
+                let mut v = vec![new.as_slice()];
+                if let Some((_, o)) = old {
+                    v.push(o.as_slice());
+                }
+                v
+            }
+            Message::Delete { old, .. } => vec![old.1.as_slice()],
+            _ => vec![],
+        };
+        let Ok(st) = self.state(rel_id) else { return };
+        let table = st.schema.table.clone();
+        let keys: Vec<Vec<u8>> = tuples
+            .into_iter()
+            .filter_map(|tu| self.cells(rel_id, tu).ok())
+            .filter_map(|cells| st.schema.encode_key(&cells).ok())
+            .collect();
+        for k in keys {
+            self.windows.saw(&table, k);
+        }
+    }
+
+    /// A backfill watermark in the stream. Low opens the chunk's window; high emits the chunk's
+    /// rows that did not change inside the window, as `op=r`, in high's transaction.
+    async fn on_watermark(
+        &mut self,
+        content: &[u8],
+        txn: &mut Option<Txn>,
+        lsn: u64,
+    ) -> Result<()> {
+        let Some(w) = super::backfill::Watermark::parse(content) else {
+            tracing::warn!("ignoring a malformed backfill watermark");
+            return Ok(());
+        };
+        if !w.high {
+            self.windows
+                .open(w.id, crate::apply::mapping::table_id(&w.table));
+            return Ok(());
+        }
+        let seen = self.windows.close(w.id);
+        let chunk = self.backfill.take(w.id);
+        let (Some(seen), Some(chunk), Some(t)) = (seen, chunk, txn.as_mut()) else {
+            // A watermark of a chunk from before a restart, or one whose low was not seen:
+            // dropping the chunk tells its worker to read it again.
+            return Ok(());
+        };
+        let rel_id = self.relation_for(&chunk.table).await?;
+        let mut sent = 0usize;
+        for tuple in &chunk.rows {
+            let cells = self.cells(rel_id, tuple)?;
+            let key = self.state(rel_id)?.schema.encode_key(&cells)?;
+            if seen.contains(&key) {
+                continue;
+            }
+            self.emit(rel_id, t, Op::Read, None, Some(cells), lsn)
+                .await?;
+            sent += 1;
+        }
+        tracing::debug!(table = %chunk.table, rows = chunk.rows.len(), sent, superseded = chunk.rows.len() - sent, "backfill chunk emitted");
+        t.tracker
+            .confirmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(chunk.done);
+        Ok(())
+    }
+
+    /// The relation id of `table`, registering its schema from the catalog when the stream has
+    /// not described it yet (no change of it since capture started).
+    async fn relation_for(&mut self, table: &TableId) -> Result<u32> {
+        if let Some((id, _)) = self
+            .relations
+            .iter()
+            .find(|(_, st)| &st.schema.table == table)
+        {
+            return Ok(*id);
+        }
+        let q = crate::apply::target::qualified(table);
+        let r = self
+            .sql
+            .query_one(
+                "SELECT c.oid, c.relreplident::text FROM pg_class c WHERE c.oid = to_regclass($1)",
+                &[&q],
+            )
+            .await
+            .map_err(|e| Error::postgres(format!("describing {table} for backfill"), e))?;
+        let oid: u32 = r.get(0);
+        let ident: String = r.get(1);
+        let cols = self
+            .sql
+            .query(
+                "SELECT a.attname::text, a.atttypid, a.atttypmod,
+                        coalesce(a.attnum = ANY(i.indkey), false)
+                 FROM pg_attribute a
+                 LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                 ORDER BY a.attnum",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| Error::postgres(format!("columns of {table} for backfill"), e))?;
+        let rel = super::pgoutput::Relation {
+            id: oid,
+            namespace: table.schema.clone(),
+            name: table.name.clone(),
+            replica_identity: ident.as_bytes().first().copied().unwrap_or(b'd'),
+            columns: cols
+                .iter()
+                .map(|c| super::pgoutput::Column {
+                    key: ident == "f" || c.get::<_, bool>(3),
+                    name: c.get(0),
+                    type_oid: c.get(1),
+                    type_modifier: c.get(2),
+                })
+                .collect(),
+        };
+        self.on_relation(rel).await?;
+        Ok(oid)
     }
 
     fn state(&self, rel_id: u32) -> Result<&TableState> {
@@ -647,6 +812,9 @@ impl Capture {
         .await?;
         let partitions = kafka::watermarks(&self.cfg.kafka, &topic).await?.len() as i32;
         tracing::info!(table = %table, topic, key_id, value_id, "relation schema registered");
+        // The table's dead-letter series exists from its first relation, at zero.
+        metrics::counter!(names::CAPTURE_DLQ_EVENTS_TOTAL, names::LABEL_TABLE => table.to_string())
+            .increment(0);
         self.relations.insert(
             rel.id,
             TableState {
@@ -735,7 +903,12 @@ impl Capture {
         tracker: &Arc<TxnTracker>,
     ) -> Result<()> {
         tracker.pending.fetch_add(1, Ordering::AcqRel);
-        let mut record = BaseRecord::with_opaque_to(topic, tracker.clone()).payload(value);
+        // The record timestamp is the source commit time: lag monitoring reads the age of the
+        // oldest unapplied event from it, and replay --from-timestamp means source time.
+        let commit_ms = (tracker.commit_ts_us.load(Ordering::Acquire) / 1000) as i64;
+        let mut record = BaseRecord::with_opaque_to(topic, tracker.clone())
+            .payload(value)
+            .timestamp(commit_ms);
         if let Some(h) = headers {
             record = record.headers(h);
         }
@@ -768,7 +941,7 @@ impl Capture {
 }
 
 /// Periodically write a transactional logical message on the source, so the slot advances
-/// even when captured tables are idle, and export the slot's WAL retention.
+/// even when captured tables are idle. (Slot retention is the monitor's to report.)
 fn spawn_heartbeat(cfg: &Config) -> tokio::task::JoinHandle<()> {
     let cfg = cfg.clone();
     tokio::spawn(async move {
@@ -789,12 +962,6 @@ fn spawn_heartbeat(cfg: &Config) -> tokio::task::JoinHandle<()> {
             if let Err(e) = hb {
                 tracing::warn!(error = %e, "heartbeat failed");
                 client = None;
-                continue;
-            }
-            if let Ok(Some((bytes, active))) = setup::slot_retained_bytes(c, &cfg.source.slot).await
-            {
-                metrics::gauge!(names::CAPTURE_SLOT_WAL_RETAINED_BYTES).set(bytes as f64);
-                metrics::gauge!(names::CAPTURE_SLOT_ACTIVE).set(if active { 1.0 } else { 0.0 });
             }
         }
     })

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {}
+// The lag and slot monitor runs inside capture unless `monitor.embedded = false`.
 
 /// Start the observe server (if configured) for `command`; returns the readiness handle.
 pub(super) async fn observe(cfg: &Config, command: &'static str) -> Result<Readiness> {
@@ -90,6 +91,14 @@ pub async fn run(cli: &Cli, _args: &Args) -> Result<ExitCode> {
     let cfg = load_config(cli)?;
     let readiness = observe(&cfg, "capture").await?;
     let stop = stop_on_signal();
-    capture_loop(&cfg, &readiness, stop).await?;
+    let monitor = cfg.monitor.embedded.then(|| {
+        let (cfg, readiness, stop) = (cfg.clone(), readiness.clone(), stop.clone());
+        tokio::spawn(async move { crate::monitor::run(&cfg, &readiness, stop).await })
+    });
+    let result = capture_loop(&cfg, &readiness, stop).await;
+    if let Some(m) = monitor {
+        m.abort();
+    }
+    result?;
     Ok(ExitCode::SUCCESS)
 }

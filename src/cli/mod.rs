@@ -2,10 +2,19 @@
 //! together; everything below it is usable as a library.
 
 mod apply;
+mod backfill;
+mod backsync;
 mod capture;
 mod check_config;
+mod healthcheck;
+mod monitor;
+mod phase;
 mod registry;
+mod replay;
 mod run_all;
+mod status;
+mod tail;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,8 +54,26 @@ pub enum Command {
     Registry(registry::Args),
     /// Apply the captured topics to one sink's target store.
     Apply(apply::Args),
-    /// Run capture and every sink in one process.
+    /// Run capture, the monitor and every sink in one process.
     Run(run_all::Args),
+    /// Run only the lag and slot monitor (gauges on the observe port).
+    Monitor(monitor::Args),
+    /// One screen: slot, capture position, every sink's lag, DLQ sizes, and a verdict.
+    Status(status::Args),
+    /// Exit 0 if a running cutover's /readyz (or /healthz with --live) answers 200.
+    Healthcheck(healthcheck::Args),
+    /// The reverse pipeline: capture the new store, apply it to legacy (never echoed).
+    Backsync(backsync::Args),
+    /// Per-table cutover phases: show, set (gated, audited), history.
+    Phase(phase::Args),
+    /// Re-apply topic history into a stopped sink (rebuild a store, fix a mapping).
+    Replay(replay::Args),
+    /// Print a topic's change events decoded, as JSON lines.
+    Tail(tail::Args),
+    /// Compare source tables with a sink's target: parity, differing keys, --repair.
+    Verify(verify::Args),
+    /// Copy existing rows into the topics (op=r), consistent with the stream, via capture.
+    Backfill(backfill::Args),
 }
 
 /// Exit codes: 0 success, 1 runtime failure, 2 configuration error.
@@ -64,6 +91,15 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Capture(ref args) => capture::run(&cli, args).await,
         Command::Apply(ref args) => apply::run(&cli, args).await,
         Command::Run(ref args) => run_all::run(&cli, args).await,
+        Command::Monitor(ref args) => monitor::run(&cli, args).await,
+        Command::Status(ref args) => status::run(&cli, args).await,
+        Command::Healthcheck(ref args) => healthcheck::run(&cli, args).await,
+        Command::Backsync(ref args) => backsync::run(&cli, args).await,
+        Command::Phase(ref args) => phase::run(&cli, args).await,
+        Command::Replay(ref args) => replay::run(&cli, args).await,
+        Command::Tail(ref args) => tail::run(&cli, args).await,
+        Command::Verify(ref args) => verify::run(&cli, args).await,
+        Command::Backfill(ref args) => backfill::run(&cli, args).await,
     };
     match result {
         Ok(code) => code,
@@ -87,6 +123,46 @@ pub(crate) fn load_config(cli: &Cli) -> Result<Config, Error> {
         cli.log_level.as_deref().unwrap_or(&level),
     );
     cfg
+}
+
+/// `done/total unit (pct%), rate unit/s, ETA …` for progress displays; `since` is when the
+/// counted work began (`base` items were done before it).
+pub(crate) fn progress(
+    done: i64,
+    total: i64,
+    base: i64,
+    since: std::time::Instant,
+    unit: &str,
+) -> (f64, String) {
+    let rate = (done - base) as f64 / since.elapsed().as_secs_f64().max(0.001);
+    let eta = if rate > 0.0 {
+        format!("{:.0}s", (total - done).max(0) as f64 / rate)
+    } else {
+        "?".into()
+    };
+    let pct = if total > 0 {
+        100.0 * done as f64 / total as f64
+    } else {
+        100.0
+    };
+    (
+        pct,
+        format!("{done}/{total} {unit} ({pct:.1}%), {rate:.0} {unit}/s, ETA {eta}"),
+    )
+}
+
+/// Who runs this command, as audit trails record it: `user@host`.
+pub(crate) fn operator() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".into());
+    format!("{user}@{host}")
 }
 
 /// Resolves when the process receives SIGINT or SIGTERM.

@@ -1,11 +1,13 @@
-//! `cutover run`: capture and every configured sink in one process (small deployments, the
-//! demo). Each part keeps its own guarantees; the first fatal error stops them all.
+//! `cutover run`: capture, the monitor and every configured sink in one process (small
+//! deployments, the demo). Each part keeps its own guarantees; the first fatal error stops them
+//! all. `cutover backsync` runs the same three parts for the reverse direction.
 
 use std::process::ExitCode;
 
 use super::apply::sink_loop;
 use super::capture::{capture_loop, observe, stop_on_signal};
 use super::{load_config, Cli};
+use crate::config::Config;
 use crate::error::{Error, Result};
 
 #[derive(Debug, clap::Args)]
@@ -25,7 +27,16 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         }
         args.sinks.clone()
     };
-    let readiness = observe(&cfg, "run").await?;
+    run_pipeline(&cfg, names, "run").await
+}
+
+/// Capture, monitor and `sinks` of `cfg` until a signal or the first fatal error.
+pub(super) async fn run_pipeline(
+    cfg: &Config,
+    sinks: Vec<String>,
+    command: &'static str,
+) -> Result<ExitCode> {
+    let readiness = observe(cfg, command).await?;
     let signal = stop_on_signal();
     // One internal stop: a signal, or any part failing fatally.
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -47,7 +58,16 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
             )
         });
     }
-    for name in names {
+    {
+        let (cfg, readiness, stop) = (cfg.clone(), readiness.clone(), stop.clone());
+        tasks.spawn(async move {
+            (
+                "monitor".to_string(),
+                crate::monitor::run(&cfg, &readiness, stop).await,
+            )
+        });
+    }
+    for name in sinks {
         let (cfg, readiness, stop) = (cfg.clone(), readiness.clone(), stop.clone());
         tasks.spawn(async move {
             let r = sink_loop(&cfg, &name, &readiness, stop).await;

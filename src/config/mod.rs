@@ -50,8 +50,93 @@ pub struct Config {
     #[serde(default)]
     pub observe: ObserveConfig,
     #[serde(default)]
+    pub monitor: MonitorConfig,
+    #[serde(default)]
     pub sinks: Vec<SinkConfig>,
+    /// The reverse pipeline (new store → legacy) and the per-table cutover phases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backsync: Option<BacksyncConfig>,
+    /// Which way this configuration replicates: `Forward` as loaded; `Reverse` for the
+    /// configuration [`Config::reverse`] derives for `cutover backsync`.
+    #[serde(skip)]
+    pub direction: Direction,
 }
+
+/// Which way a pipeline replicates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Direction {
+    /// legacy → stores (capture of the legacy database).
+    #[default]
+    Forward,
+    /// new store → legacy (the back-sync).
+    Reverse,
+}
+
+/// How a conflict (both sides changed the same row in the `dual` phase) is resolved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictPolicy {
+    /// The side that owns the table in the current phase wins (legacy in `forward` and
+    /// `dual`, the new store in `reverse`).
+    #[default]
+    SourceOfTruth,
+    /// The change with the later commit timestamp wins; ties go to legacy; a delete beats a
+    /// concurrent update.
+    LastWriterWins,
+}
+
+impl ConflictPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictPolicy::SourceOfTruth => "source_of_truth",
+            ConflictPolicy::LastWriterWins => "last_writer_wins",
+        }
+    }
+}
+
+/// The back-sync: the new store is captured (its own slot and publication, the same capture
+/// code) to `<topic_prefix>.back.<schema>.<table>` and applied to legacy through `mappings`
+/// (new contract → old shape) by the sink `backsync`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BacksyncConfig {
+    /// The new store's database (libpq URL or key/value form).
+    pub url: DbUrl,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// Replication slot on the new store (created if missing).
+    pub slot: String,
+    /// Publication on the new store (created if missing).
+    pub publication: String,
+    /// Capture every table of these schemas of the new store.
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub schemas: Vec<String>,
+    /// Capture these tables of the new store (`schema.table`).
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub tables: Vec<String>,
+    /// The forward sink that writes the new store: it follows the table phases, and its
+    /// writes are the ones the back-sync must never echo.
+    pub forward_sink: String,
+    #[serde(default)]
+    pub conflict_policy: ConflictPolicy,
+    /// New table → legacy table (same keys as `[[sinks.tables]]`); tables without an entry
+    /// are not applied to legacy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mappings: Vec<TableMapping>,
+    /// `cutover phase set` refuses unless both directions' oldest unapplied event is younger
+    /// than this.
+    #[serde(default = "default_gate_max_lag_secs")]
+    pub gate_max_lag_secs: u64,
+    #[serde(default = "default_batch_max_ms")]
+    pub batch_max_ms: u64,
+}
+
+fn default_gate_max_lag_secs() -> u64 {
+    10
+}
+
+/// The name of the sink that applies the back-sync to legacy.
+pub const BACKSYNC_SINK: &str = "backsync";
 
 /// The legacy (captured) PostgreSQL database.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +168,13 @@ pub struct SourceConfig {
     pub status_interval_secs: u64,
     #[serde(default = "default_connect_timeout_secs")]
     pub connect_timeout_secs: u64,
+    /// How many tables a running capture backfills at once (`cutover backfill`).
+    #[serde(default = "default_backfill_concurrency")]
+    pub backfill_concurrency: usize,
+}
+
+fn default_backfill_concurrency() -> usize {
+    2
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,6 +250,39 @@ impl Default for ObserveConfig {
             listen: "127.0.0.1:9464".into(),
             log_format: "text".into(),
             log_level: "info".into(),
+        }
+    }
+}
+
+/// The lag and slot monitor (`crate::monitor`) and the thresholds `cutover status` judges
+/// health by. The monitor reads broker watermarks, every sink's committed offsets and the
+/// replication slot; it runs inside `cutover run`, inside `cutover capture` unless
+/// `embedded = false`, and on its own as `cutover monitor`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// Run the monitor inside `cutover capture`. Turn off when a separate `cutover monitor`
+    /// service runs (recommended in production: it keeps reporting while capture is down).
+    pub embedded: bool,
+    /// How often the monitor probes (and refreshes its gauges).
+    pub interval_ms: u64,
+    /// `cutover status` says degraded when a sink's oldest unapplied event is older than this.
+    pub lag_degraded_secs: u64,
+    /// `cutover status` says stalled when a sink has unapplied events and applied nothing
+    /// for this long.
+    pub stalled_after_secs: u64,
+    /// `cutover status` says degraded when the slot retains more WAL than this.
+    pub slot_retained_degraded_bytes: u64,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            embedded: true,
+            interval_ms: 10_000,
+            lag_degraded_secs: 300,
+            stalled_after_secs: 120,
+            slot_retained_degraded_bytes: 10 << 30,
         }
     }
 }
@@ -404,6 +529,43 @@ impl Config {
         } else {
             self.observe.listen.parse().ok()
         }
+    }
+}
+
+impl Config {
+    /// The configuration of the back-sync pipeline (`cutover backsync`): capture of the new
+    /// store to `<topic_prefix>.back.*`, applied to legacy by the sink `backsync`.
+    pub fn reverse(&self) -> Result<Config> {
+        let b = self
+            .backsync
+            .as_ref()
+            .ok_or_else(|| Error::config("backsync: not configured (add a [backsync] section)"))?;
+        let mut sink: SinkConfig = serde_json::from_value(serde_json::json!({
+            "name": BACKSYNC_SINK,
+            "url": self.source.url.expose(),
+            "group_id": format!("{}.{}", self.name, BACKSYNC_SINK),
+            "batch_max_ms": b.batch_max_ms,
+            "unmapped_tables": "skip",
+            "create_tables": false,
+        }))
+        .map_err(|e| Error::internal(format!("back-sync sink config: {e}")))?;
+        sink.password = self.source.password.clone();
+        sink.tables = b.mappings.clone();
+        let mut r = self.clone();
+        r.direction = Direction::Reverse;
+        r.topic_prefix = format!("{}.back", self.topic_prefix);
+        r.source = SourceConfig {
+            url: b.url.clone(),
+            password: b.password.clone(),
+            slot: b.slot.clone(),
+            publication: b.publication.clone(),
+            schemas: b.schemas.clone(),
+            tables: b.tables.clone(),
+            key_columns: BTreeMap::new(),
+            ..self.source.clone()
+        };
+        r.sinks = vec![sink];
+        Ok(r)
     }
 }
 

@@ -113,7 +113,10 @@ pub fn redact_conninfo(s: &str) -> String {
                         .collect();
                     u.query_pairs_mut().clear().extend_pairs(pairs);
                 }
+                // The URL encoder escapes `<`/`>`; show the marker as everywhere else.
                 u.to_string()
+                    .replace("%3Credacted%3E", REDACTED)
+                    .replace("%3Credacted%3e", REDACTED)
             }
             // Unparseable URL: do not risk echoing it.
             Err(_) => REDACTED.to_string(),

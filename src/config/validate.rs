@@ -244,6 +244,77 @@ impl Config {
             e.push("observe.log_level", "not a valid tracing filter directive");
         }
 
+        // backsync
+        if let Some(b) = &self.backsync {
+            check_db_url(&mut e, "backsync.url", &b.url);
+            if b.url.expose() == self.source.url.expose() {
+                e.push(
+                    "backsync.url",
+                    "must be the new store, not the legacy source.url",
+                );
+            }
+            for (path, v) in [
+                ("backsync.slot", &b.slot),
+                ("backsync.publication", &b.publication),
+            ] {
+                if !is_pg_name(v) {
+                    e.push(path, "must be 1-63 characters of a-z, 0-9, _");
+                }
+            }
+            if b.slot == self.source.slot && b.publication == self.source.publication {
+                // Different databases could share names; say it only if both are equal.
+                e.push("backsync.slot", "use names other than source.slot/publication, so the two directions are told apart");
+            }
+            if b.schemas.is_empty() && b.tables.is_empty() {
+                e.push(
+                    "backsync.tables",
+                    "backsync.tables and backsync.schemas are both empty: nothing to capture",
+                );
+            }
+            if !self.sinks.iter().any(|s| s.name == b.forward_sink) {
+                e.push(
+                    "backsync.forward_sink",
+                    format!("no sink named {:?} in sinks[]", b.forward_sink),
+                );
+            }
+            if self
+                .sinks
+                .iter()
+                .any(|s| s.name == crate::config::BACKSYNC_SINK)
+            {
+                e.push(
+                    "sinks",
+                    "the sink name \"backsync\" is reserved for the back-sync",
+                );
+            }
+            if b.mappings.is_empty() {
+                e.push(
+                    "backsync.mappings",
+                    "empty: no new-store table would be applied to legacy",
+                );
+            }
+            for (j, m) in b.mappings.iter().enumerate() {
+                if !m
+                    .source
+                    .split_once('.')
+                    .is_some_and(|(a, c)| !a.is_empty() && !c.is_empty())
+                {
+                    e.push(
+                        format!("backsync.mappings[{j}].source"),
+                        "must be schema.table",
+                    );
+                }
+            }
+        }
+
+        // monitor
+        if !(100..=600_000).contains(&self.monitor.interval_ms) {
+            e.push("monitor.interval_ms", "must be between 100 and 600000");
+        }
+        if self.monitor.stalled_after_secs == 0 {
+            e.push("monitor.stalled_after_secs", "must be at least 1");
+        }
+
         // sinks
         let mut seen = HashSet::new();
         for (i, sink) in self.sinks.iter().enumerate() {

@@ -12,6 +12,8 @@
 //! Topics are always created explicitly ([`ensure_topics`]); cutover never relies on broker
 //! auto-creation (the local broker does not do it, and production clusters should not).
 
+pub mod inspect;
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -4,6 +4,8 @@
 //! types that hold them print redacted (see `config::secret`). `RUST_LOG` overrides the
 //! configured level when set.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
@@ -32,6 +34,8 @@ pub fn init(format: &str, level: &str) {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_target(true)
+                    // Colours only for a human at a terminal, never into log files.
+                    .with_ansi(std::io::stderr().is_terminal())
                     .with_writer(std::io::stderr),
             )
             .try_init()

@@ -39,6 +39,12 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
     }
     let builder = PrometheusBuilder::new()
         .set_buckets(names::LATENCY_BUCKETS_SECONDS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(names::SINK_BATCH_EVENTS.into()),
+                names::BATCH_EVENTS_BUCKETS,
+            )
+        })
         .map_err(|e| Error::internal(format!("histogram buckets: {e}")))?;
     let recorder = builder.build_recorder();
     let handle = recorder.handle();

@@ -33,12 +33,8 @@ pub const CAPTURE_BYTES_TOTAL: &str = "cutover_capture_bytes_total";
 pub const CAPTURE_TRANSACTIONS_TOTAL: &str = "cutover_capture_transactions_total";
 /// Gauge: now − commit time of the last fully acknowledged transaction.
 pub const CAPTURE_LAG_SECONDS: &str = "cutover_capture_lag_seconds";
-/// Gauge: the LSN last confirmed to PostgreSQL (as a number).
-pub const CAPTURE_CONFIRMED_LSN: &str = "cutover_capture_confirmed_lsn";
-/// Gauge: WAL the slot retains (pg_current_wal_lsn() − restart_lsn).
-pub const CAPTURE_SLOT_WAL_RETAINED_BYTES: &str = "cutover_capture_slot_wal_retained_bytes";
-/// Gauge: 1 if the slot is active.
-pub const CAPTURE_SLOT_ACTIVE: &str = "cutover_capture_slot_active";
+/// Gauge: the LSN last confirmed to PostgreSQL, as a byte position.
+pub const CAPTURE_CONFIRMED_POSITION_BYTES: &str = "cutover_capture_confirmed_position_bytes";
 /// Gauge: messages in the producer queue, not yet acknowledged.
 pub const CAPTURE_PRODUCER_QUEUE_MESSAGES: &str = "cutover_capture_producer_queue_messages";
 /// Counter of rows sent to the capture dead-letter topic, label: table.
@@ -71,10 +67,75 @@ pub const SINK_ERRORS_TOTAL: &str = "cutover_sink_errors_total";
 pub const SINK_LAG_MESSAGES: &str = "cutover_sink_lag_messages";
 /// Gauge: source commit time (Unix seconds) of the newest applied event, label: sink.
 pub const SINK_LAST_APPLIED_COMMIT_SECONDS: &str = "cutover_sink_last_applied_commit_seconds";
+// ---- back-sync (sinks with a role, captures) ----
+pub const LABEL_POLICY: &str = "policy";
+pub const LABEL_WINNER: &str = "winner";
+pub const LABEL_PHASE: &str = "phase";
+/// Counter: conflicts resolved, labels: sink, policy, winner ∈ {incoming, local}.
+pub const SINK_CONFLICTS_TOTAL: &str = "cutover_sink_conflicts_total";
+/// Counter: events not applied because the other side owns the table in its phase, label: sink.
+pub const SINK_PHASE_SKIPPED_TOTAL: &str = "cutover_sink_phase_skipped_total";
+/// Counter: events of transactions written by cutover itself, dropped by capture, label: table.
+pub const CAPTURE_ECHOES_SUPPRESSED_TOTAL: &str = "cutover_capture_echoes_suppressed_total";
+/// Gauge (monitor): 1 for a table's current phase, labels: table, phase.
+pub const TABLE_PHASE: &str = "cutover_table_phase";
+/// Counter (monitor, from the audit table): phase changes recorded, label: forced ∈ {true, false}.
+pub const PHASE_CHANGES_TOTAL: &str = "cutover_phase_changes_total";
+pub const LABEL_FORCED: &str = "forced";
+
+/// Gauge (monitor): age of the oldest unapplied event, label: sink.
+pub const SINK_LAG_SECONDS: &str = "cutover_sink_lag_seconds";
+
+// ---- replication slot and source (monitor) ----
+pub const LABEL_SLOT: &str = "slot";
+/// Gauge: 1 if the slot exists and a walsender streams from it.
+pub const SLOT_ACTIVE: &str = "cutover_slot_active";
+/// Gauge: WAL the slot retains on the source (pg_current_wal_lsn() − restart_lsn).
+pub const SLOT_WAL_RETAINED_BYTES: &str = "cutover_slot_wal_retained_bytes";
+/// Gauge: WAL not yet confirmed by capture (pg_current_wal_lsn() − confirmed_flush_lsn).
+pub const SLOT_PENDING_BYTES: &str = "cutover_slot_pending_bytes";
+/// Gauge: the slot's confirmed_flush_lsn as a byte position.
+pub const SLOT_CONFIRMED_POSITION_BYTES: &str = "cutover_slot_confirmed_position_bytes";
+/// Gauge: the source's pg_current_wal_lsn() as a byte position (rises while the source writes).
+pub const SOURCE_WAL_POSITION_BYTES: &str = "cutover_source_wal_position_bytes";
+
+// ---- dead-letter topics (monitor) ----
+pub const LABEL_DLQ: &str = "dlq";
+/// Gauge: events held in a dead-letter topic (high − low watermark), label dlq ∈ {capture, a sink name}.
+pub const DLQ_MESSAGES: &str = "cutover_dlq_messages";
+
+// ---- backfill ----
+/// Counter: rows backfilled (chunks acknowledged by Kafka), label: table.
+pub const BACKFILL_ROWS_TOTAL: &str = "cutover_backfill_rows_total";
+/// Gauge: rows the table is estimated to hold when its backfill started, label: table.
+pub const BACKFILL_ROWS_ESTIMATED: &str = "cutover_backfill_rows_estimated";
+/// Gauge: estimated seconds until the table's backfill is done, label: table.
+pub const BACKFILL_ETA_SECONDS: &str = "cutover_backfill_eta_seconds";
+
+// ---- verify ----
+/// Counter: chunks compared, labels: table, outcome ∈ {match, mismatch}.
+pub const VERIFY_CHUNKS_TOTAL: &str = "cutover_verify_chunks_total";
+/// Counter: source rows covered by compared chunks, label: table.
+pub const VERIFY_ROWS_TOTAL: &str = "cutover_verify_rows_total";
+/// Gauge: differing rows found by the last verify, labels: table, kind ∈ {missing, extra, different}.
+pub const VERIFY_DIFFERENCES: &str = "cutover_verify_differences";
+/// Gauge: equal rows over rows on either side (0..1), label: table.
+pub const VERIFY_PARITY_RATIO: &str = "cutover_verify_parity_ratio";
+
+// ---- the monitor itself ----
+/// Counter of probes, label outcome ∈ {ok, error}.
+pub const MONITOR_PROBES_TOTAL: &str = "cutover_monitor_probes_total";
+/// Histogram of probe durations.
+pub const MONITOR_PROBE_DURATION_SECONDS: &str = "cutover_monitor_probe_duration_seconds";
 
 /// Histogram buckets for latencies in seconds: 1 ms … 60 s.
 pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Histogram buckets for batch sizes in events: 1 … 50 000.
+pub const BATCH_EVENTS_BUCKETS: &[f64] = &[
+    1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 50000.0,
 ];
 
 /// Register help texts with the recorder (shown as `# HELP` lines).
@@ -100,12 +161,11 @@ pub fn describe_all() {
         CAPTURE_LAG_SECONDS,
         "Seconds between now and the commit time of the last fully acknowledged transaction."
     );
-    metrics::describe_gauge!(CAPTURE_CONFIRMED_LSN, "LSN last confirmed to PostgreSQL.");
     metrics::describe_gauge!(
-        CAPTURE_SLOT_WAL_RETAINED_BYTES,
-        "WAL bytes retained by the replication slot."
+        CAPTURE_CONFIRMED_POSITION_BYTES,
+        metrics::Unit::Bytes,
+        "LSN last confirmed to PostgreSQL by capture, as a byte position."
     );
-    metrics::describe_gauge!(CAPTURE_SLOT_ACTIVE, "1 if the replication slot is active.");
     metrics::describe_gauge!(
         CAPTURE_PRODUCER_QUEUE_MESSAGES,
         "Messages produced and not yet acknowledged by Kafka."
@@ -150,6 +210,88 @@ pub fn describe_all() {
     metrics::describe_gauge!(
         SINK_LAST_APPLIED_COMMIT_SECONDS,
         "Source commit time (Unix seconds) of the newest applied event."
+    );
+    metrics::describe_gauge!(
+        SINK_LAG_SECONDS,
+        metrics::Unit::Seconds,
+        "Age of the sink's oldest unapplied event (now minus its source commit time); 0 without lag."
+    );
+    metrics::describe_gauge!(
+        SLOT_ACTIVE,
+        "1 if the replication slot exists and capture streams from it."
+    );
+    metrics::describe_gauge!(
+        SLOT_WAL_RETAINED_BYTES,
+        metrics::Unit::Bytes,
+        "WAL the replication slot keeps on the source (current WAL position minus restart_lsn)."
+    );
+    metrics::describe_gauge!(
+        SLOT_PENDING_BYTES,
+        metrics::Unit::Bytes,
+        "WAL written on the source and not yet confirmed by capture."
+    );
+    metrics::describe_gauge!(
+        SLOT_CONFIRMED_POSITION_BYTES,
+        metrics::Unit::Bytes,
+        "The slot's confirmed_flush_lsn as a byte position."
+    );
+    metrics::describe_gauge!(
+        SOURCE_WAL_POSITION_BYTES,
+        metrics::Unit::Bytes,
+        "The source's current WAL position as a byte position; rises while the source writes."
+    );
+    metrics::describe_gauge!(
+        DLQ_MESSAGES,
+        "Events held in a dead-letter topic (high minus low watermark), by dlq (capture or sink)."
+    );
+    metrics::describe_counter!(MONITOR_PROBES_TOTAL, "Monitor probes, by outcome.");
+    metrics::describe_counter!(
+        BACKFILL_ROWS_TOTAL,
+        "Rows backfilled as op=r events, counted when Kafka acknowledged their chunk."
+    );
+    metrics::describe_gauge!(
+        BACKFILL_ROWS_ESTIMATED,
+        "Rows the table was estimated to hold when its backfill started."
+    );
+    metrics::describe_gauge!(
+        BACKFILL_ETA_SECONDS,
+        metrics::Unit::Seconds,
+        "Estimated time until the table's backfill is done."
+    );
+    metrics::describe_counter!(VERIFY_CHUNKS_TOTAL, "Chunks verify compared, by outcome.");
+    metrics::describe_counter!(VERIFY_ROWS_TOTAL, "Source rows covered by verify.");
+    metrics::describe_gauge!(
+        VERIFY_DIFFERENCES,
+        "Rows that differ between source and target in the last verify, by kind."
+    );
+    metrics::describe_gauge!(
+        VERIFY_PARITY_RATIO,
+        "Equal rows over rows on either side in the last verify (1 = identical)."
+    );
+    metrics::describe_counter!(
+        SINK_CONFLICTS_TOTAL,
+        "Conflicts (both sides changed a row in the dual phase) resolved, by policy and winner."
+    );
+    metrics::describe_counter!(
+        SINK_PHASE_SKIPPED_TOTAL,
+        "Events not applied because the other side owns the table in its current phase."
+    );
+    metrics::describe_counter!(
+        CAPTURE_ECHOES_SUPPRESSED_TOTAL,
+        "Row changes written by cutover itself (a cutover replication origin), dropped by capture."
+    );
+    metrics::describe_gauge!(
+        TABLE_PHASE,
+        "1 for each table's current cutover phase (forward, dual, reverse), 0 for the others."
+    );
+    metrics::describe_counter!(
+        PHASE_CHANGES_TOTAL,
+        "Phase changes recorded in the audit trail, by whether they were forced."
+    );
+    metrics::describe_histogram!(
+        MONITOR_PROBE_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time one monitor probe took."
     );
     metrics::describe_counter!(
         REGISTRY_REGISTRATIONS_TOTAL,

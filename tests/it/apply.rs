@@ -18,7 +18,7 @@ pub(super) struct Env {
     pub schema: String,
 }
 
-async fn connect(url: &cutover::config::DbUrl) -> tokio_postgres::Client {
+pub(super) async fn connect(url: &cutover::config::DbUrl) -> tokio_postgres::Client {
     Endpoint {
         field: "test".into(),
         url: url.clone(),
@@ -30,19 +30,26 @@ async fn connect(url: &cutover::config::DbUrl) -> tokio_postgres::Client {
     .unwrap()
 }
 
+/// The local config, made private to one test `id`: its own slot, publication, captured schema
+/// and topic prefix, fast heartbeats, no observe port.
+pub(super) fn isolated_config(id: &str) -> Config {
+    let mut cfg = local_config();
+    cfg.source.slot = id.to_string();
+    cfg.source.publication = id.to_string();
+    cfg.source.schemas = vec![id.to_string()];
+    cfg.source.tables = vec![];
+    cfg.source.heartbeat_interval_secs = 1;
+    cfg.source.status_interval_secs = 1;
+    cfg.topic_prefix = id.replace('_', "-");
+    cfg.kafka.partitions = 2;
+    cfg.observe.listen = String::new();
+    cfg
+}
+
 impl Env {
     pub fn new(tag: &str) -> Env {
-        let mut cfg = local_config();
         let id = unique(tag);
-        cfg.source.slot = id.clone();
-        cfg.source.publication = id.clone();
-        cfg.source.schemas = vec![id.clone()];
-        cfg.source.tables = vec![];
-        cfg.source.heartbeat_interval_secs = 1;
-        cfg.source.status_interval_secs = 1;
-        cfg.topic_prefix = id.replace('_', "-");
-        cfg.kafka.partitions = 2;
-        cfg.observe.listen = String::new();
+        let mut cfg = isolated_config(&id);
         if let Ok(d) = std::env::var("CUTOVER_TEST_KAFKA_DEBUG") {
             cfg.kafka.properties.0.insert("debug".into(), d);
         }
@@ -126,6 +133,18 @@ impl Env {
 
     pub async fn legacy(&self) -> tokio_postgres::Client {
         connect(&self.cfg.source.url).await
+    }
+
+    /// The captured schema on legacy with one table: `ddl` is `name (columns...)`.
+    pub async fn create_source_table(&self, ddl: &str) {
+        let s = &self.schema;
+        self.legacy()
+            .await
+            .batch_execute(&format!(
+                r#"CREATE SCHEMA "{s}"; CREATE TABLE "{s}".{ddl};"#
+            ))
+            .await
+            .unwrap();
     }
 
     pub async fn target(&self, sink: usize) -> tokio_postgres::Client {
@@ -257,21 +276,35 @@ pub(super) async fn converge(
     target_sql: &str,
     secs: u64,
 ) {
+    if let Err(e) = try_converge(src, source_sql, dst, target_sql, secs).await {
+        panic!("{e}");
+    }
+}
+
+/// As [`converge`], returning what differed instead of panicking (so a caller can add the
+/// logs of the processes involved to the failure).
+pub(super) async fn try_converge(
+    src: &tokio_postgres::Client,
+    source_sql: &str,
+    dst: &tokio_postgres::Client,
+    target_sql: &str,
+    secs: u64,
+) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let want = rows(src, source_sql).await;
         let got = rows(dst, target_sql).await;
         if want == got {
-            return;
+            return Ok(());
         }
         if Instant::now() > deadline {
             let missing: Vec<_> = want.iter().filter(|r| !got.contains(r)).take(5).collect();
             let extra: Vec<_> = got.iter().filter(|r| !want.contains(r)).take(5).collect();
-            panic!(
+            return Err(format!(
                 "target never matched ({} vs {} rows)\n  query {target_sql}\n  missing {missing:?}\n  extra {extra:?}",
                 want.len(),
                 got.len()
-            );
+            ));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -464,6 +497,14 @@ async fn assert_each_written_once(env: &Env, expected: i64) {
     );
 }
 
+/// `SELECT count(*)` of a table (`schema.table`, quoted as needed).
+async fn count_rows(c: &tokio_postgres::Client, table: &str) -> i64 {
+    c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 fn write_config(cfg: &Config, dir: &std::path::Path) -> std::path::PathBuf {
     let p = dir.join("cutover.toml");
     std::fs::write(&p, cfg.to_redacted_toml()).unwrap();
@@ -475,23 +516,33 @@ async fn sigkill_of_apply_mid_batch_repeatedly_ends_equal_with_zero_duplicate_ap
     let mut env = Env::new("kill");
     env.cfg.sinks.truncate(1); // mirror only
     env.cfg.sinks[0].batch_max_rows = 500;
+    if let Ok(d) = std::env::var("KAFKA_DEBUG") {
+        env.cfg.kafka.properties.insert("debug".into(), d);
+    }
     counted_mirror_table(&env).await;
     let capture = Part::capture(&env.cfg).await;
-    let dir = tempfile::tempdir().unwrap();
+    let mut dir = tempfile::tempdir().unwrap();
     if std::env::var("KEEP_LOG").is_ok() {
+        dir.disable_cleanup(true);
         eprintln!("apply logs: {}", dir.path().join("apply.log").display());
     }
+    // A shorter session timeout: a SIGKILLed member (it never leaves the group) is expired
+    // after 6 s instead of 10.
+    env.cfg
+        .kafka
+        .properties
+        .insert("session.timeout.ms".into(), "6000".into());
     let config = write_config(&env.cfg, dir.path());
+    // Dynamic membership, and each restart waits out the session timeout: the local broker
+    // (Tansu 0.6) can wedge a group whose leader died without leaving when a new member
+    // joins before the dead one is expired. It never expires static members at all (join,
+    // sync and heartbeat skip the missed-heartbeat check when group.instance.id is set), and
+    // a member joining a formed group can be handed a leader that is gone, after which it
+    // stays assigned nothing. Kafka has neither problem; what this test proves is the sink's
+    // effectively-once apply across SIGKILLs, not the broker's group protocol.
     let spawn = || {
         std::process::Command::new(cutover_bin())
-            .args([
-                "apply",
-                "--sink",
-                "mirror",
-                "--instance-id",
-                "mirror-0",
-                "--config",
-            ])
+            .args(["apply", "--sink", "mirror", "--config"])
             .arg(&config)
             .stdout(std::process::Stdio::null())
             .stderr(
@@ -505,10 +556,21 @@ async fn sigkill_of_apply_mid_batch_repeatedly_ends_equal_with_zero_duplicate_ap
             .map(KillOnDrop)
             .unwrap()
     };
+    let log = dir.path().join("apply.log");
+    let log_tail = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let mut tail: Vec<&str> = text.lines().rev().take(60).collect();
+        tail.reverse();
+        tail.join("\n")
+    };
+    // The writer keeps inserting 500-row transactions until every kill is done, so each new
+    // instance has a stream to be killed in the middle of.
     let l = env.legacy().await;
     let s = env.schema.clone();
+    let (done, mut done_rx) = tokio::sync::watch::channel(false);
     let writer = tokio::spawn(async move {
-        for chunk in 0..40 {
+        let mut chunk = 0i64;
+        while chunk < 40 || !*done_rx.borrow_and_update() {
             l.batch_execute(&format!(
                 r#"INSERT INTO "{s}".events SELECT g, md5(g::text) FROM generate_series({} , {}) g"#,
                 chunk * 500 + 1,
@@ -516,31 +578,49 @@ async fn sigkill_of_apply_mid_batch_repeatedly_ends_equal_with_zero_duplicate_ap
             ))
             .await
             .unwrap();
+            chunk += 1;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        chunk * 500
+    });
+    let t = env.target(0).await;
+    for i in 0..4u64 {
+        let before = count_rows(&t, &format!(r#""{}".writes"#, env.schema)).await;
+        let mut child = spawn();
+        // Kill only once this instance is applying (it joined the group and committed a
+        // batch), then a little later, so the kill lands inside a later batch.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while count_rows(&t, &format!(r#""{}".writes"#, env.schema)).await <= before {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                panic!("sink instance {i} exited by itself ({status}); apply.log:\n{}", log_tail());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "restarted sink instance {i} applied nothing in 90 s; apply.log:\n{}",
+                log_tail()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    });
-    for i in 0..4 {
-        let mut child = spawn();
-        // Long enough to join the group and apply some batches, then die mid-stream.
-        tokio::time::sleep(Duration::from_millis(3000 + 700 * i)).await;
+        tokio::time::sleep(Duration::from_millis(40 * i)).await;
         child.kill(); // SIGKILL
+        tokio::time::sleep(Duration::from_secs(7)).await; // > session.timeout.ms (see above)
     }
-    writer.await.unwrap();
+    let _ = done.send(true);
+    let written = writer.await.unwrap();
     let mut child = spawn();
-    let dir = if std::env::var("KEEP_LOG").is_ok() {
-        let p = dir.path().to_path_buf();
-        std::mem::forget(dir);
-        Err(p)
-    } else {
-        Ok(dir)
-    };
     let q = format!(r#"SELECT * FROM "{}".events"#, env.schema);
-    converge(&env.legacy().await, &q, &env.target(0).await, &q, 120).await;
+    if let Err(e) = try_converge(&env.legacy().await, &q, &t, &q, 120).await {
+        panic!(
+            "{e}\n  last sink exit: {:?}\n  apply.log (last 60 lines):\n{}",
+            child.0.try_wait(),
+            log_tail()
+        );
+    }
     child.kill();
-    assert_each_written_once(&env, 20_000).await;
+    drop(dir);
+    assert_each_written_once(&env, written).await;
     capture.stop().await;
     env.cleanup().await;
-    drop(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -659,13 +739,8 @@ async fn poison_events_go_to_the_dead_letter_topic_with_headers_and_the_sink_goe
     let mut env = Env::new("poison");
     env.cfg.sinks.truncate(1);
     let s = env.schema.clone();
-    env.legacy()
-        .await
-        .batch_execute(&format!(
-            r#"CREATE SCHEMA "{s}"; CREATE TABLE "{s}".items (id int PRIMARY KEY, qty int);"#
-        ))
-        .await
-        .unwrap();
+    env.create_source_table("items (id int PRIMARY KEY, qty int)")
+        .await;
     // The target refuses negative quantities: a constraint violation no retry can fix.
     env.target(0)
         .await

@@ -288,16 +288,15 @@ async fn multi_table_transaction_keeps_commit_order_and_slot_is_confirmed() {
     cleanup(&cfg).await;
 }
 
-/// Read every message of `topic` up to its high watermarks, decoded with the writer schemas
-/// from the registry: (commit_lsn, seq, op, row id).
-pub(super) async fn read_all(cfg: &Config, topic: &str) -> Vec<(i64, i64, String, i64)> {
-    use apache_avro::types::Value as AV;
+/// Every message of `topic` up to its high watermarks (a fresh consumer group).
+pub(super) async fn read_messages(
+    cfg: &Config,
+    topic: &str,
+) -> Vec<rdkafka::message::OwnedMessage> {
     use futures::StreamExt;
     use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::Message;
     let wm = cutover::kafka::watermarks(&cfg.kafka, topic).await.unwrap();
     let total: i64 = wm.values().map(|(lo, hi)| hi - lo).sum();
-    let reg = cutover::registry::RegistryClient::new(&cfg.registry).unwrap();
     let consumer: StreamConsumer = cutover::kafka::consumer_config(&cfg.kafka, &unique("read"))
         .create()
         .unwrap();
@@ -310,6 +309,19 @@ pub(super) async fn read_all(cfg: &Config, topic: &str) -> Vec<(i64, i64, String
             .expect("messages")
             .unwrap()
             .unwrap();
+        out.push(m.detach());
+    }
+    out
+}
+
+/// Read every message of `topic` up to its high watermarks, decoded with the writer schemas
+/// from the registry: (commit_lsn, seq, op, row id).
+pub(super) async fn read_all(cfg: &Config, topic: &str) -> Vec<(i64, i64, String, i64)> {
+    use apache_avro::types::Value as AV;
+    use rdkafka::Message;
+    let reg = cutover::registry::RegistryClient::new(&cfg.registry).unwrap();
+    let mut out = Vec::new();
+    for m in read_messages(cfg, topic).await {
         let (id, datum) = cutover::codec::unwire(m.payload().unwrap()).unwrap();
         let schema = apache_avro::Schema::parse_str(&reg.schema_by_id(id).await.unwrap()).unwrap();
         let AV::Record(f) = apache_avro::from_avro_datum(&schema, &mut &datum[..], None).unwrap()
@@ -345,7 +357,6 @@ pub(super) async fn read_all(cfg: &Config, topic: &str) -> Vec<(i64, i64, String
         };
         out.push((lsn, seq, op, id));
     }
-    drop(stream);
     out
 }
 

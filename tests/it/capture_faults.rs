@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use super::capture::{cleanup, consume, read_all, sql, start, test_config};
-use super::support::{cutover_bin, free_port, unique, KillOnDrop, PrivatePostgres};
+use super::capture::{cleanup, consume, read_all, read_messages, sql, start, test_config};
+use super::support::{cutover_bin, free_port, scrape, unique, KillOnDrop, PrivatePostgres};
 use cutover::capture::setup::{ensure_publication, PublicationChange};
 use cutover::capture::{stream::capture_dlq_topic, topic_for, Capture};
 use cutover::config::{Config, DbUrl};
@@ -18,43 +18,30 @@ fn topic(cfg: &Config, table: &str) -> String {
     topic_for(&cfg.topic_prefix, &TableId::new("public", table))
 }
 
-/// Raw messages of `topic` (key, payload, headers), up to its high watermarks.
+/// Raw messages of `topic` (payload, headers), up to its high watermarks.
 async fn read_raw(cfg: &Config, topic: &str) -> Vec<(Vec<u8>, Vec<(String, String)>)> {
-    use futures::StreamExt;
-    use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::Headers;
     use rdkafka::Message;
-    let wm = cutover::kafka::watermarks(&cfg.kafka, topic).await.unwrap();
-    let total: i64 = wm.values().map(|(lo, hi)| hi - lo).sum();
-    let consumer: StreamConsumer = cutover::kafka::consumer_config(&cfg.kafka, &unique("raw"))
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
-    let mut stream = consumer.stream();
-    while (out.len() as i64) < total {
-        let m = tokio::time::timeout(Duration::from_secs(60), stream.next())
-            .await
-            .expect("messages")
-            .unwrap()
-            .unwrap();
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_string(),
-                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push((m.payload().unwrap_or_default().to_vec(), headers));
-    }
-    drop(stream);
-    out
+    read_messages(cfg, topic)
+        .await
+        .iter()
+        .map(|m| {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (m.payload().unwrap_or_default().to_vec(), headers)
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,15 +289,6 @@ async fn invalidated_slot_is_a_fatal_error_that_says_what_to_do() {
     assert!(msg.contains("recreate it and backfill"), "{msg}");
 }
 
-async fn scrape(port: u16) -> String {
-    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// Distinct ids on the topic, polled until `want` are there (or the deadline passes).
 async fn wait_ids(cfg: &Config, topic: &str, want: usize) -> BTreeSet<i64> {
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -394,11 +372,12 @@ async fn capture_reconnects_after_the_source_restarts_and_exports_its_metrics() 
     assert_eq!(ids, (1..=200).collect(), "logs:\n{logs}");
     assert!(logs.contains("reconnecting"), "{logs}");
 
-    // Every capture metric the issue names is exported, with sane values.
+    // Every capture metric the issue names is exported, with sane values (the slot gauges come
+    // from the monitor embedded in `cutover capture`).
     let deadline = Instant::now() + Duration::from_secs(20);
     let text = loop {
-        let text = scrape(metrics_port).await;
-        if text.contains("cutover_capture_slot_wal_retained_bytes") || Instant::now() > deadline {
+        let text = scrape(&format!("127.0.0.1:{metrics_port}")).await;
+        if text.contains("cutover_slot_wal_retained_bytes") || Instant::now() > deadline {
             break text;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -408,9 +387,9 @@ async fn capture_reconnects_after_the_source_restarts_and_exports_its_metrics() 
         "cutover_capture_bytes_total{table=\"public.orders\"}",
         "cutover_capture_transactions_total",
         "cutover_capture_lag_seconds",
-        "cutover_capture_confirmed_lsn",
-        "cutover_capture_slot_wal_retained_bytes",
-        "cutover_capture_slot_active",
+        "cutover_capture_confirmed_position_bytes",
+        "cutover_slot_wal_retained_bytes{slot=",
+        "cutover_slot_active{slot=",
         "cutover_capture_producer_queue_messages",
         "cutover_up{command=\"capture\"} 1",
     ] {

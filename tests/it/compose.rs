@@ -90,3 +90,102 @@ fn every_mounted_file_exists_and_configs_are_valid() {
         "{rule} not mounted"
     );
 }
+
+/// Every long-running cutover service is health-checked through `/readyz` and the monitor runs
+/// on its own (so it reports while capture is down); Grafana gets the dashboard.
+#[test]
+fn cutover_services_are_health_checked_and_monitored() {
+    let c = compose();
+    let services = c["services"].as_mapping().unwrap();
+    let mut checked = 0;
+    for (name, svc) in services {
+        let name = name.as_str().unwrap();
+        if svc["image"].as_str() != Some("cutover:local") || name == "cutover-preflight" {
+            continue;
+        }
+        let test: Vec<&str> = svc["healthcheck"]["test"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name}: no healthcheck"))
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(test, ["CMD", "cutover", "healthcheck"], "{name}");
+        assert_eq!(
+            svc["environment"]["CUTOVER__OBSERVE__LISTEN"].as_str(),
+            Some("0.0.0.0:9464"),
+            "{name}: the health check needs the observe port"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 4, "capture, monitor and two sinks: {checked}");
+    assert_eq!(
+        c["services"]["monitor"]["command"][0].as_str(),
+        Some("monitor")
+    );
+    assert_eq!(
+        c["services"]["capture"]["environment"]["CUTOVER__MONITOR__EMBEDDED"].as_str(),
+        Some("false")
+    );
+    let grafana: Vec<&str> = c["services"]["grafana"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        grafana
+            .iter()
+            .any(|v| v.starts_with("./deploy/grafana/cutover.json:")),
+        "{grafana:?}"
+    );
+    // Prometheus scrapes every cutover service.
+    let prom = std::fs::read_to_string(root().join("deploy/compose/prometheus.yml")).unwrap();
+    for s in [
+        "capture:9464",
+        "monitor:9464",
+        "sink-mirror:9464",
+        "sink-newstore:9464",
+    ] {
+        assert!(prom.contains(s), "prometheus does not scrape {s}");
+    }
+}
+
+/// The Kubernetes manifests probe liveness on /healthz and readiness on /readyz of the observe
+/// port, and run subcommands that exist.
+#[test]
+fn kubernetes_workloads_probe_healthz_and_readyz() {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(root().join("deploy/kubernetes/cutover.yaml")).unwrap();
+    let mut kinds = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let d = Value::deserialize(doc).unwrap();
+        kinds.push(d["kind"].as_str().unwrap().to_string());
+        let containers = d["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .unwrap();
+        for c in containers {
+            let name = c["name"].as_str().unwrap();
+            assert_eq!(
+                c["livenessProbe"]["httpGet"]["path"].as_str(),
+                Some("/healthz"),
+                "{name}"
+            );
+            assert_eq!(
+                c["readinessProbe"]["httpGet"]["path"].as_str(),
+                Some("/readyz"),
+                "{name}"
+            );
+            assert_eq!(
+                c["ports"][0]["containerPort"].as_i64(),
+                Some(9464),
+                "{name}"
+            );
+            let sub = c["args"][0].as_str().unwrap();
+            assert!(
+                ["capture", "monitor", "apply"].contains(&sub),
+                "{name}: {sub}"
+            );
+        }
+    }
+    assert_eq!(kinds, ["Deployment", "Deployment", "StatefulSet"]);
+}

@@ -1,14 +1,21 @@
 pub mod support;
 
+mod alert_rules;
 mod apply;
+mod backfill;
+mod backsync;
 mod broker_restart;
 mod capture;
 mod capture_faults;
 mod cli;
 mod compose;
 mod kafka_broker;
+mod logs;
 mod observe;
 mod pgoutput_crosscheck;
 mod postgres;
+mod prometheus;
 mod python_registry_client;
 mod registry_api;
+mod replay;
+mod verify;

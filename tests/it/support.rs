@@ -365,3 +365,13 @@ impl Drop for KillOnDrop {
         self.kill();
     }
 }
+
+/// The `/metrics` page of a cutover process at `addr` (host:port).
+pub async fn scrape(addr: &str) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}

@@ -1,0 +1,184 @@
+//! Replication origins: how cutover's own writes are recognised and never captured back.
+//!
+//! ```text
+//!   sink connection ── pg_replication_origin_session_setup('cutover:<pipeline>:<sink>[:<instance>]')
+//!        │              (once per connection, BEFORE any BEGIN: a session set up inside an
+//!        │               open transaction does not tag that transaction)
+//!        ▼
+//!   every transaction it commits carries the origin ──▶ WAL ──▶ pgoutput sends an Origin
+//!   message after Begin ──▶ capture sees a name starting with `cutover:` ──▶ drops the whole
+//!   transaction (counted in cutover_capture_echoes_suppressed_total), still confirms its LSN
+//! ```
+//!
+//! Invariant 5: what cutover writes is tagged, and captures skip their own origins, so a
+//! back-sync can never echo a change to the side it came from.
+//!
+//! An origin can be active in one session at a time, so each instance of a sink has its own
+//! (`--instance-id` is part of the name). The role a sink connects as needs `EXECUTE` on the
+//! origin functions (superusers have it): checked at start-up with the `GRANT` to run.
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Every origin cutover creates starts with this; captures skip transactions carrying one.
+pub const ORIGIN_PREFIX: &str = "cutover:";
+
+/// The origin name of one sink instance.
+pub fn origin_name(pipeline: &str, sink: &str, instance: Option<&str>) -> String {
+    match instance {
+        Some(i) => format!("{ORIGIN_PREFIX}{pipeline}:{sink}:{i}"),
+        None => format!("{ORIGIN_PREFIX}{pipeline}:{sink}"),
+    }
+}
+
+/// Is a transaction with this origin one of cutover's own writes?
+pub fn is_cutover_origin(origin: Option<&str>) -> bool {
+    origin.is_some_and(|o| o.starts_with(ORIGIN_PREFIX))
+}
+
+const FUNCTIONS: [&str; 4] = [
+    "pg_replication_origin_oid(text)",
+    "pg_replication_origin_create(text)",
+    "pg_replication_origin_session_setup(text)",
+    "pg_replication_origin_xact_setup(pg_lsn, timestamp with time zone)",
+];
+
+/// Check that the connected role may use replication origins; the error names the missing
+/// grants (`field` is the config path of the connection, e.g. `sinks[1].url`).
+pub async fn check_privileges(client: &Client, field: &str) -> Result<()> {
+    let mut missing = Vec::new();
+    for f in FUNCTIONS {
+        let ok: bool = client
+            .query_one("SELECT has_function_privilege($1, 'EXECUTE')", &[&f])
+            .await
+            .map_err(|e| Error::postgres(format!("checking EXECUTE on {f}"), e))?
+            .get(0);
+        if !ok {
+            missing.push(f);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let role: String = client
+        .query_one("SELECT current_user", &[])
+        .await
+        .map_err(|e| Error::postgres("current_user", e))?
+        .get(0);
+    let grants: Vec<String> = missing
+        .iter()
+        .map(|f| format!("GRANT EXECUTE ON FUNCTION {f} TO \"{role}\";"))
+        .collect();
+    Err(Error::new(
+        ErrorKind::Environment,
+        format!(
+            "{field}: role {role} may not use replication origins, which cutover needs to tag its \
+             writes so they are never captured back (echo suppression). As a superuser run: {}",
+            grants.join(" ")
+        ),
+    ))
+}
+
+/// Create the origin if needed and bind this connection's session to it. Call right after
+/// connecting, outside any transaction.
+pub async fn setup_session(client: &Client, origin: &str) -> Result<()> {
+    // Twice: an origin dropped by an operator between create and setup is created again.
+    for attempt in 0..2 {
+        client
+            .execute(
+                "SELECT pg_replication_origin_create($1) WHERE pg_replication_origin_oid($1) IS NULL",
+                &[&origin],
+            )
+            .await
+            .or_else(|e| {
+                // Two instances creating it at once: the other one won, which is fine.
+                if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                    Ok(0)
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| Error::postgres(format!("creating replication origin {origin}"), e))?;
+        match client
+            .execute("SELECT pg_replication_origin_session_setup($1)", &[&origin])
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) && attempt == 0 => continue,
+            Err(e) => {
+                let busy = e.code() == Some(&SqlState::OBJECT_IN_USE);
+                let err = Error::postgres(
+                    format!("binding the session to replication origin {origin}"),
+                    e,
+                );
+                return Err(if busy {
+                    Error::new(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "{err}: another process holds it (a previous connection still closing, \
+                             or a second instance of this sink without its own --instance-id)"
+                        ),
+                    )
+                } else {
+                    err
+                });
+            }
+        }
+    }
+    Err(Error::internal(format!(
+        "replication origin {origin} vanished twice"
+    )))
+}
+
+/// How many origins a sink without an `--instance-id` may use (one per concurrent instance).
+const POOL: u32 = 32;
+
+/// Bind this connection to the sink's origin. With an instance id, exactly its own origin;
+/// without, the first free one of a small fixed pool (`…`, `…:1`, … `…:31`), so several
+/// instances work without ids and restarts never create new origins.
+pub async fn bind(
+    client: &Client,
+    pipeline: &str,
+    sink: &str,
+    instance: Option<&str>,
+) -> Result<String> {
+    if instance.is_some() {
+        let name = origin_name(pipeline, sink, instance);
+        setup_session(client, &name).await?;
+        return Ok(name);
+    }
+    let base = origin_name(pipeline, sink, None);
+    let mut last = None;
+    for n in 0..POOL {
+        let name = if n == 0 {
+            base.clone()
+        } else {
+            format!("{base}:{n}")
+        };
+        match setup_session(client, &name).await {
+            Ok(()) => return Ok(name),
+            Err(e) if e.kind() == ErrorKind::Unavailable => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::internal("no origin tried")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_names_and_recognition() {
+        assert_eq!(origin_name("p", "newstore", None), "cutover:p:newstore");
+        assert_eq!(
+            origin_name("p", "backsync", Some("pod-0")),
+            "cutover:p:backsync:pod-0"
+        );
+        assert!(is_cutover_origin(Some("cutover:p:newstore")));
+        assert!(!is_cutover_origin(Some("pglogical_sub")));
+        assert!(!is_cutover_origin(None));
+    }
+}

@@ -1,0 +1,270 @@
+//! The phase of each migrated table and the audit trail of every change, kept in the legacy
+//! database (schema `cutover`), which every part of the migration can reach.
+//!
+//! A table is named by its legacy `schema.table`; a table without a row is in `forward`.
+//! Phase changes happen in one transaction with their audit row, so the trail can never miss
+//! a change. Sinks re-read the phases at every batch, so a change takes effect at the next
+//! batch boundary of each direction.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use super::Side;
+use crate::error::{Error, ErrorKind, Result};
+
+pub const CONTROL_DDL: &str = "
+SET client_min_messages = warning;
+CREATE SCHEMA IF NOT EXISTS cutover;
+CREATE TABLE IF NOT EXISTS cutover.table_phases (
+    pipeline text NOT NULL,
+    table_name text NOT NULL,
+    phase text NOT NULL CHECK (phase IN ('forward', 'dual', 'reverse')),
+    changed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (pipeline, table_name)
+);
+CREATE TABLE IF NOT EXISTS cutover.phase_audit (
+    id bigserial PRIMARY KEY,
+    pipeline text NOT NULL,
+    table_name text NOT NULL,
+    from_phase text NOT NULL,
+    to_phase text NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now(),
+    changed_by text NOT NULL,
+    forced boolean NOT NULL,
+    reason text,
+    checks jsonb NOT NULL
+);";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Forward,
+    Dual,
+    Reverse,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Forward => "forward",
+            Phase::Dual => "dual",
+            Phase::Reverse => "reverse",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Phase> {
+        match s {
+            "forward" => Ok(Phase::Forward),
+            "dual" => Ok(Phase::Dual),
+            "reverse" => Ok(Phase::Reverse),
+            other => Err(Error::config(format!(
+                "phase {other:?}: must be forward, dual or reverse"
+            ))),
+        }
+    }
+
+    /// The side that is the source of truth in this phase.
+    pub fn owner(self) -> Side {
+        match self {
+            Phase::Forward | Phase::Dual => Side::Legacy,
+            Phase::Reverse => Side::New,
+        }
+    }
+
+    /// Does a sink writing `to` apply changes of a table in this phase?
+    pub fn applies_towards(self, to: Side) -> bool {
+        matches!(
+            (self, to),
+            (Phase::Dual, _) | (Phase::Forward, Side::New) | (Phase::Reverse, Side::Legacy)
+        )
+    }
+
+    pub const ALL: [Phase; 3] = [Phase::Forward, Phase::Dual, Phase::Reverse];
+}
+
+pub async fn ensure_control(client: &Client) -> Result<()> {
+    client
+        .batch_execute(CONTROL_DDL)
+        .await
+        .map_err(|e| Error::postgres("creating cutover.table_phases and cutover.phase_audit", e))
+}
+
+/// Every table with a recorded phase (tables not listed are in `forward`).
+pub async fn load(client: &Client, pipeline: &str) -> Result<BTreeMap<String, Phase>> {
+    let rows = client
+        .query(
+            "SELECT table_name, phase FROM cutover.table_phases WHERE pipeline = $1",
+            &[&pipeline],
+        )
+        .await
+        .map_err(|e| Error::postgres("reading cutover.table_phases", e))?;
+    rows.iter()
+        .map(|r| Ok((r.get::<_, String>(0), Phase::parse(r.get(1))?)))
+        .collect()
+}
+
+/// Every migrated table with its phase: the forward sink's configured mappings and any table
+/// with a recorded phase (a table without a row is in `forward`), sorted.
+pub async fn all(client: &Client, cfg: &crate::config::Config) -> Result<Vec<(String, Phase)>> {
+    let recorded = load(client, &cfg.name).await?;
+    let mut tables: Vec<String> = cfg
+        .backsync
+        .as_ref()
+        .and_then(|b| cfg.sinks.iter().find(|s| s.name == b.forward_sink))
+        .map(|s| s.tables.iter().map(|m| m.source.clone()).collect())
+        .unwrap_or_default();
+    tables.extend(recorded.keys().cloned());
+    tables.sort();
+    tables.dedup();
+    Ok(tables
+        .into_iter()
+        .map(|t| {
+            let p = recorded.get(&t).copied().unwrap_or(Phase::Forward);
+            (t, p)
+        })
+        .collect())
+}
+
+/// One audited change.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub table: String,
+    pub from: Phase,
+    pub to: Phase,
+    pub changed_by: String,
+    pub forced: bool,
+    pub reason: Option<String>,
+    /// What the gate saw: lag, counts, checksums, the verdict of each check.
+    pub checks: serde_json::Value,
+}
+
+/// Set the phase of a table and record the change, atomically. Fails with `Conflict` if the
+/// table is no longer in `change.from` (someone else changed it meanwhile).
+pub async fn record(client: &mut Client, pipeline: &str, change: &Change) -> Result<()> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| Error::postgres("BEGIN", e))?;
+    let current: Option<String> = tx
+        .query_opt(
+            "SELECT phase FROM cutover.table_phases WHERE pipeline = $1 AND table_name = $2 FOR UPDATE",
+            &[&pipeline, &change.table],
+        )
+        .await
+        .map_err(|e| Error::postgres("locking the table's phase", e))?
+        .map(|r| r.get(0));
+    let current = current
+        .as_deref()
+        .map(Phase::parse)
+        .transpose()?
+        .unwrap_or(Phase::Forward);
+    if current != change.from {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "{} moved to {} while the checks ran; nothing changed",
+                change.table,
+                current.as_str()
+            ),
+        ));
+    }
+    tx.execute(
+        "INSERT INTO cutover.table_phases (pipeline, table_name, phase) VALUES ($1, $2, $3)
+         ON CONFLICT (pipeline, table_name) DO UPDATE SET phase = EXCLUDED.phase, changed_at = now()",
+        &[&pipeline, &change.table, &change.to.as_str()],
+    )
+    .await
+    .map_err(|e| Error::postgres("writing cutover.table_phases", e))?;
+    tx.execute(
+        "INSERT INTO cutover.phase_audit
+           (pipeline, table_name, from_phase, to_phase, changed_by, forced, reason, checks)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb)",
+        &[
+            &pipeline,
+            &change.table,
+            &change.from.as_str(),
+            &change.to.as_str(),
+            &change.changed_by,
+            &change.forced,
+            &change.reason,
+            &change.checks.to_string(),
+        ],
+    )
+    .await
+    .map_err(|e| Error::postgres("writing cutover.phase_audit", e))?;
+    tx.commit()
+        .await
+        .map_err(|e| Error::postgres("COMMIT of the phase change", e))
+}
+
+/// One row of the audit trail.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub table: String,
+    pub from: String,
+    pub to: String,
+    pub changed_at: String,
+    pub changed_by: String,
+    pub forced: bool,
+    pub reason: Option<String>,
+    pub checks: serde_json::Value,
+}
+
+pub async fn history(
+    client: &Client,
+    pipeline: &str,
+    table: Option<&str>,
+) -> Result<Vec<AuditEntry>> {
+    let rows = client
+        .query(
+            "SELECT id, table_name, from_phase, to_phase,
+                    to_char(changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS \"UTC\"'),
+                    changed_by, forced, reason, checks::text
+             FROM cutover.phase_audit
+             WHERE pipeline = $1 AND ($2::text IS NULL OR table_name = $2)
+             ORDER BY id",
+            &[&pipeline, &table],
+        )
+        .await
+        .map_err(|e| Error::postgres("reading cutover.phase_audit", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| AuditEntry {
+            id: r.get(0),
+            table: r.get(1),
+            from: r.get(2),
+            to: r.get(3),
+            changed_at: r.get(4),
+            changed_by: r.get(5),
+            forced: r.get(6),
+            reason: r.get(7),
+            checks: serde_json::from_str(r.get::<_, &str>(8)).unwrap_or_default(),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_and_directions_per_phase() {
+        assert_eq!(Phase::Forward.owner(), Side::Legacy);
+        assert_eq!(Phase::Dual.owner(), Side::Legacy);
+        assert_eq!(Phase::Reverse.owner(), Side::New);
+        assert!(Phase::Forward.applies_towards(Side::New));
+        assert!(!Phase::Forward.applies_towards(Side::Legacy));
+        assert!(
+            Phase::Dual.applies_towards(Side::New) && Phase::Dual.applies_towards(Side::Legacy)
+        );
+        assert!(Phase::Reverse.applies_towards(Side::Legacy));
+        assert!(!Phase::Reverse.applies_towards(Side::New));
+        assert!(Phase::parse("sideways")
+            .unwrap_err()
+            .to_string()
+            .contains("forward, dual or reverse"));
+    }
+}

@@ -1,0 +1,481 @@
+//! Backfill: existing rows into the topics as `op=r` events while the stream keeps running,
+//! consistent with it — the DBLog watermark scheme, inside the capture process.
+//!
+//! ```text
+//!   worker (own SQL connection)             replication stream (capture loop)
+//!   ─────────────────────────               ──────────────────────────────────
+//!   emit message low(id)  ───── WAL ──────▶ low(id): open a window for the table
+//!   SELECT next chunk by key                 row changes of the table: remember their keys
+//!     (short, no long transaction)
+//!   hand the rows to capture
+//!   emit message high(id) ───── WAL ──────▶ high(id): drop the chunk rows whose key changed in
+//!                                           the window (the stream already carries newer
+//!                                           state), emit the rest as op=r in high's
+//!                                           transaction, close the window
+//!   wait until that transaction is acked ◀── acker: Kafka acknowledged every event of it
+//!   progress := chunk's last key (durable, in cutover.backfill on the source); throttle
+//! ```
+//!
+//! Invariants: chunk rows are emitted at the high watermark's position, after every stream
+//! event before it, so per-key order holds; progress moves only after Kafka acknowledged the
+//! chunk, so a crash redoes at most the chunk in flight (upserts: harmless) and never skips
+//! one. No transaction stays open longer than one chunk's SELECT, so nothing pins the source.
+//!
+//! Requests live in `cutover.backfill` on the source (`cutover backfill` writes them and shows
+//! progress); the coordinator in the running capture picks them up, `source.backfill_concurrency`
+//! tables at a time.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use super::pgoutput::Datum;
+use crate::apply::target::{qualified, quote};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::event::TableId;
+use crate::observe::names;
+
+/// Prefix of the watermark messages.
+pub const WATERMARK_PREFIX: &str = "cutover.backfill";
+
+pub const BACKFILL_DDL: &str = "
+SET client_min_messages = warning;
+CREATE SCHEMA IF NOT EXISTS cutover;
+CREATE TABLE IF NOT EXISTS cutover.backfill (
+    pipeline text NOT NULL,
+    table_name text NOT NULL,
+    state text NOT NULL CHECK (state IN ('pending', 'running', 'done', 'failed')),
+    last_key text[],
+    rows_done bigint NOT NULL DEFAULT 0,
+    rows_estimated bigint NOT NULL DEFAULT 0,
+    chunks_done bigint NOT NULL DEFAULT 0,
+    chunk_rows int NOT NULL,
+    rows_per_sec int NOT NULL DEFAULT 0,
+    error text,
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (pipeline, table_name)
+);";
+
+/// A chunk handed from a worker to the stream.
+pub struct Chunk {
+    pub table: TableId,
+    pub rows: Vec<Vec<Datum>>,
+    /// Fired once the high watermark's transaction (with the chunk's events) is acknowledged.
+    pub done: oneshot::Sender<()>,
+}
+
+/// What workers and the stream share.
+#[derive(Default)]
+pub struct Shared {
+    chunks: Mutex<HashMap<u64, Chunk>>,
+}
+
+impl Shared {
+    pub fn take(&self, id: u64) -> Option<Chunk> {
+        self.chunks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+    }
+    fn put(&self, id: u64, c: Chunk) {
+        self.chunks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, c);
+    }
+}
+
+/// A watermark message: `<id> low|high <schema.table>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watermark {
+    pub id: u64,
+    pub high: bool,
+    pub table: String,
+}
+
+impl Watermark {
+    pub fn parse(content: &[u8]) -> Option<Watermark> {
+        let s = std::str::from_utf8(content).ok()?;
+        let mut it = s.splitn(3, ' ');
+        let id = it.next()?.parse().ok()?;
+        let high = match it.next()? {
+            "low" => false,
+            "high" => true,
+            _ => return None,
+        };
+        Some(Watermark {
+            id,
+            high,
+            table: it.next()?.to_string(),
+        })
+    }
+}
+
+fn next_id() -> u64 {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    (t << 12) ^ N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn lit(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+async fn connect(cfg: &Config) -> Result<Client> {
+    let c = super::stream::source_endpoint(cfg).connect().await?;
+    // The replication session's text formats, so chunk rows encode like stream rows.
+    c.batch_execute(
+        "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET IntervalStyle = 'iso_8601';
+         SET extra_float_digits = 3; SET bytea_output = 'hex';",
+    )
+    .await
+    .map_err(|e| Error::postgres("backfill session settings", e))?;
+    Ok(c)
+}
+
+/// The coordinator: picks up requested tables, runs up to `source.backfill_concurrency`
+/// workers, until the capture stops (the task is aborted with it).
+pub async fn coordinate(cfg: Config, shared: Arc<Shared>) {
+    let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut client: Option<Client> = None;
+    loop {
+        running.retain(|_, h| !h.is_finished());
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = match connect(&cfg).await {
+                Ok(c) => match c.batch_execute(BACKFILL_DDL).await {
+                    Ok(()) => Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "backfill: cannot create cutover.backfill");
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "backfill coordinator: source unreachable");
+                    None
+                }
+            };
+        }
+        if let Some(c) = &client {
+            match c
+                .query(
+                    "SELECT table_name FROM cutover.backfill
+                     WHERE pipeline = $1 AND state IN ('pending', 'running') ORDER BY requested_at",
+                    &[&cfg.name],
+                )
+                .await
+            {
+                Ok(rows) => {
+                    for r in rows {
+                        let table: String = r.get(0);
+                        if running.contains_key(&table)
+                            || running.len() >= cfg.source.backfill_concurrency.max(1)
+                        {
+                            continue;
+                        }
+                        let (cfg, shared, t) = (cfg.clone(), shared.clone(), table.clone());
+                        running.insert(
+                            table,
+                            tokio::spawn(async move {
+                                if let Err(e) = run_table(&cfg, &shared, &t).await {
+                                    tracing::warn!(table = %t, error = %e, "backfill worker stopped (resumes from its last chunk)");
+                                }
+                            }),
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "backfill coordinator: cannot read requests");
+                    client = None;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Key columns (primary key or configured) and every replicated column, in attnum order.
+async fn layout(
+    c: &Client,
+    cfg: &Config,
+    t: &TableId,
+) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
+    let cols: Vec<String> = c
+        .query(
+            "SELECT attname::text FROM pg_attribute
+             WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
+             ORDER BY attnum",
+            &[&qualified(t)],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("columns of {t}"), e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if cols.is_empty() {
+        return Err(Error::config(format!("backfill: table {t} does not exist")));
+    }
+    let key: Vec<String> = match cfg.source.key_columns.get(&t.to_string()) {
+        Some(k) => k.clone(),
+        None => c
+            .query(
+                "SELECT a.attname::text FROM pg_index i
+                 JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(n, ord) ON true
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n
+                 WHERE i.indrelid = to_regclass($1) AND i.indisprimary ORDER BY k.ord",
+                &[&qualified(t)],
+            )
+            .await
+            .map_err(|e| Error::postgres(format!("primary key of {t}"), e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
+    };
+    if key.is_empty() {
+        return Err(Error::config(format!(
+            "backfill: table {t} has no primary key (configure source.key_columns.\"{t}\")"
+        )));
+    }
+    let mut types = Vec::new();
+    for k in &key {
+        let ty: String = c
+            .query_one(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+                 WHERE attrelid = to_regclass($1) AND attname = $2",
+                &[&qualified(t), k],
+            )
+            .await
+            .map_err(|e| Error::postgres(format!("type of {t}.{k}"), e))?
+            .get(0);
+        types.push(ty);
+    }
+    Ok((key, cols, types))
+}
+
+/// Backfill one table from its stored position to the end.
+async fn run_table(cfg: &Config, shared: &Shared, table: &str) -> Result<()> {
+    let c = connect(cfg).await?;
+    let t = crate::apply::mapping::table_id(table);
+    let (key, cols, key_types) = layout(&c, cfg, &t).await?;
+    let key_idx: Vec<usize> = key
+        .iter()
+        .map(|k| cols.iter().position(|c| c == k).unwrap_or(0))
+        .collect();
+    let row = c
+        .query_one(
+            "UPDATE cutover.backfill SET state = 'running', updated_at = now()
+             WHERE pipeline = $1 AND table_name = $2
+             RETURNING last_key, chunk_rows, rows_per_sec, rows_done, rows_estimated",
+            &[&cfg.name, &table],
+        )
+        .await
+        .map_err(|e| Error::postgres("claiming the backfill request", e))?;
+    let mut last: Option<Vec<String>> = row.get(0);
+    let chunk_rows: i32 = row.get(1);
+    let per_sec: i32 = row.get(2);
+    let mut done_rows: i64 = row.get(3);
+    let estimated: i64 = row.get(4);
+    metrics::gauge!(names::BACKFILL_ROWS_ESTIMATED, names::LABEL_TABLE => table.to_string())
+        .set(estimated as f64);
+    tracing::info!(table, chunk_rows, rows_per_sec = per_sec, resume_after = ?last, "backfill started");
+    let started = Instant::now();
+    let mut this_run = 0i64;
+    let select_cols: Vec<String> = cols.iter().map(|c| quote(c)).collect();
+    let key_row = format!(
+        "ROW({})",
+        key.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
+    );
+    loop {
+        let id = next_id();
+        let mark = |m: &str| {
+            format!(
+                "SELECT pg_logical_emit_message(true, {}, {})",
+                lit(WATERMARK_PREFIX),
+                lit(&format!("{id} {m} {table}"))
+            )
+        };
+        c.simple_query(&mark("low"))
+            .await
+            .map_err(|e| Error::postgres("writing the low watermark", e))?;
+        let after = match &last {
+            None => "true".to_string(),
+            Some(vals) => {
+                // Compare in the key columns' own types, not as text.
+                let typed: Vec<String> = vals
+                    .iter()
+                    .zip(&key_types)
+                    .map(|(v, ty)| format!("{}::{ty}", lit(v)))
+                    .collect();
+                format!("{key_row} > ROW({})", typed.join(", "))
+            }
+        };
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {after} ORDER BY {} LIMIT {chunk_rows}",
+            select_cols.join(", "),
+            qualified(&t),
+            key.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
+        );
+        let mut rows: Vec<Vec<Datum>> = Vec::new();
+        let mut last_key: Option<Vec<String>> = None;
+        for m in c
+            .simple_query(&sql)
+            .await
+            .map_err(|e| Error::postgres(format!("reading a chunk of {t}"), e))?
+        {
+            if let SimpleQueryMessage::Row(r) = m {
+                let vals: Vec<Option<&str>> = (0..r.len()).map(|i| r.get(i)).collect();
+                last_key = Some(
+                    key_idx
+                        .iter()
+                        .map(|&i| vals[i].unwrap_or_default().to_string())
+                        .collect(),
+                );
+                rows.push(
+                    vals.iter()
+                        .map(|v| match v {
+                            None => Datum::Null,
+                            Some(s) => Datum::Text(bytes::Bytes::copy_from_slice(s.as_bytes())),
+                        })
+                        .collect(),
+                );
+            }
+        }
+        let n = rows.len() as i64;
+        let (tx, rx) = oneshot::channel();
+        shared.put(
+            id,
+            Chunk {
+                table: t.clone(),
+                rows,
+                done: tx,
+            },
+        );
+        c.simple_query(&mark("high"))
+            .await
+            .map_err(|e| Error::postgres("writing the high watermark", e))?;
+        // The chunk is durable in Kafka once capture's acker confirmed high's transaction.
+        tokio::time::timeout(Duration::from_secs(600), rx)
+            .await
+            .map_err(|_| {
+                Error::new(
+                    crate::ErrorKind::Timeout,
+                    "chunk not acknowledged within 600 s",
+                )
+            })?
+            .map_err(|_| {
+                Error::new(
+                    crate::ErrorKind::Unavailable,
+                    "capture stopped before the chunk was acknowledged",
+                )
+            })?;
+        done_rows += n;
+        this_run += n;
+        if last_key.is_some() {
+            last = last_key;
+        }
+        let finished = n < chunk_rows as i64;
+        c.execute(
+            "UPDATE cutover.backfill SET last_key = $3, rows_done = $4, chunks_done = chunks_done + 1,
+                    state = CASE WHEN $5 THEN 'done' ELSE 'running' END, updated_at = now()
+             WHERE pipeline = $1 AND table_name = $2",
+            &[&cfg.name, &table, &last, &done_rows, &finished],
+        )
+        .await
+        .map_err(|e| Error::postgres("saving backfill progress", e))?;
+        metrics::counter!(names::BACKFILL_ROWS_TOTAL, names::LABEL_TABLE => table.to_string())
+            .increment(n as u64);
+        let rate = this_run as f64 / started.elapsed().as_secs_f64().max(0.001);
+        let eta = if rate > 0.0 {
+            (estimated - done_rows).max(0) as f64 / rate
+        } else {
+            0.0
+        };
+        metrics::gauge!(names::BACKFILL_ETA_SECONDS, names::LABEL_TABLE => table.to_string())
+            .set(if finished { 0.0 } else { eta });
+        if finished {
+            tracing::info!(
+                table,
+                rows = done_rows,
+                secs = started.elapsed().as_secs_f64(),
+                "backfill done"
+            );
+            return Ok(());
+        }
+        if per_sec > 0 {
+            let due = Duration::from_secs_f64(this_run as f64 / per_sec as f64);
+            let spent = started.elapsed();
+            if due > spent {
+                tokio::time::sleep(due - spent).await;
+            }
+        }
+    }
+}
+
+/// Open watermark windows of the stream: chunk id → (table, encoded keys changed since low).
+#[derive(Default)]
+pub struct Windows {
+    open: HashMap<u64, (TableId, HashSet<Vec<u8>>)>,
+}
+
+impl Windows {
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+    pub fn open(&mut self, id: u64, table: TableId) {
+        self.open.insert(id, (table, HashSet::new()));
+    }
+    pub fn close(&mut self, id: u64) -> Option<HashSet<Vec<u8>>> {
+        self.open.remove(&id).map(|(_, k)| k)
+    }
+    /// A row change of `table` with this encoded key happened inside every open window of it.
+    pub fn saw(&mut self, table: &TableId, key: Vec<u8>) {
+        for (t, keys) in self.open.values_mut() {
+            if t == table {
+                keys.insert(key.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermarks_round_trip() {
+        let w = Watermark::parse(b"42 low public.orders").unwrap();
+        assert_eq!(
+            w,
+            Watermark {
+                id: 42,
+                high: false,
+                table: "public.orders".into()
+            }
+        );
+        assert!(Watermark::parse(b"42 high s.t with space").unwrap().high);
+        assert_eq!(Watermark::parse(b"x low t"), None);
+        assert_eq!(Watermark::parse(b"1 middle t"), None);
+    }
+
+    #[test]
+    fn windows_collect_keys_of_their_table_only() {
+        let mut w = Windows::default();
+        let (a, b) = (TableId::new("s", "a"), TableId::new("s", "b"));
+        w.open(1, a.clone());
+        w.saw(&a, vec![1]);
+        w.saw(&b, vec![2]);
+        w.open(2, a.clone());
+        w.saw(&a, vec![3]);
+        assert_eq!(w.close(1).unwrap(), HashSet::from([vec![1], vec![3]]));
+        assert_eq!(w.close(2).unwrap(), HashSet::from([vec![3]]));
+        assert!(w.close(1).is_none() && w.is_empty());
+    }
+}

@@ -1,0 +1,242 @@
+//! `cutover replay --sink NAME (--from-beginning | --from-offset N | --from-timestamp T)
+//! [--to-timestamp T] [--topic T ...] [--dry-run]`: re-apply topic history into a stopped sink.
+//! See `crate::apply::replay` for the protocol. Exit 0 done, 1 error (a running sink is one).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use super::{load_config, Cli};
+use crate::apply::service::{captured_topics, target_endpoint, Bounds};
+use crate::apply::{replay, Sink};
+use crate::error::{Error, Result};
+use crate::kafka::inspect::Inspector;
+use crate::observe::Readiness;
+use crate::registry::RegistryClient;
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("from").required(true).args(["from_beginning", "from_offset", "from_timestamp"])))]
+pub struct Args {
+    /// The sink to replay into (it must be stopped).
+    #[arg(long)]
+    pub sink: String,
+    /// From the oldest retained record of every partition.
+    #[arg(long)]
+    pub from_beginning: bool,
+    /// From this offset in every partition (clamped to what is retained).
+    #[arg(long)]
+    pub from_offset: Option<i64>,
+    /// From the first event committed at or after this time (RFC 3339, or Unix ms).
+    #[arg(long)]
+    pub from_timestamp: Option<String>,
+    /// Stop before the first event committed after this time (default: the current end).
+    #[arg(long)]
+    pub to_timestamp: Option<String>,
+    /// Only these topics (default: every captured topic).
+    #[arg(long = "topic")]
+    pub topics: Vec<String>,
+    /// Only report how many events per topic would be replayed.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn parse_time(field: &str, s: &str) -> Result<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| Error::config(format!("{field}: {s:?} is not RFC 3339 or Unix ms ({e})")))
+}
+
+pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
+    let cfg = load_config(cli)?;
+    let i = cfg
+        .sinks
+        .iter()
+        .position(|s| s.name == args.sink)
+        .ok_or_else(|| {
+            cfg.sink(&args.sink)
+                .err()
+                .unwrap_or_else(|| Error::config("sink"))
+        })?;
+    let sink_cfg = cfg.sinks[i].clone();
+    let registry = RegistryClient::new(&cfg.registry)?;
+    let captured = captured_topics(&cfg, &registry).await?;
+    let topics: Vec<String> = if args.topics.is_empty() {
+        captured
+    } else {
+        for t in &args.topics {
+            if !captured.contains(t) {
+                return Err(Error::config(format!(
+                    "--topic {t}: not a captured topic of this pipeline (known: {captured:?})"
+                )));
+            }
+        }
+        args.topics.clone()
+    };
+    let inspector = Inspector::new(&cfg.kafka)?;
+    let marks = inspector.watermarks(&topics).await?;
+    let mut tps = Vec::new();
+    let mut low_high = HashMap::new();
+    for (t, parts) in &marks {
+        for (p, w) in parts.iter().flatten() {
+            tps.push((t.clone(), *p));
+            low_high.insert((t.clone(), *p), (w.low, w.high));
+        }
+    }
+    let starts: HashMap<(String, i32), i64> = if args.from_beginning {
+        low_high
+            .iter()
+            .map(|(k, (lo, _))| (k.clone(), *lo))
+            .collect()
+    } else if let Some(o) = args.from_offset {
+        low_high
+            .iter()
+            .map(|(k, (lo, hi))| (k.clone(), o.clamp(*lo, *hi)))
+            .collect()
+    } else {
+        let ts = parse_time(
+            "--from-timestamp",
+            args.from_timestamp.as_deref().unwrap_or(""),
+        )?;
+        inspector.offsets_for_time(&tps, ts).await?
+    };
+    let ends: HashMap<(String, i32), i64> = match &args.to_timestamp {
+        None => low_high
+            .iter()
+            .map(|(k, (_, hi))| (k.clone(), *hi))
+            .collect(),
+        Some(s) => {
+            let ts = parse_time("--to-timestamp", s)?;
+            // The first record committed after `ts` is where the replay stops.
+            inspector.offsets_for_time(&tps, ts + 1).await?
+        }
+    };
+    let starts: HashMap<(String, i32), i64> = starts
+        .into_iter()
+        .map(|(k, s)| {
+            let e = ends.get(&k).copied().unwrap_or(s);
+            (k, s.min(e))
+        })
+        .collect();
+    let mut per_topic: BTreeMap<String, i64> = BTreeMap::new();
+    for (k, s) in &starts {
+        *per_topic.entry(k.0.clone()).or_default() += ends.get(k).copied().unwrap_or(*s) - s;
+    }
+    let total: i64 = per_topic.values().sum();
+    println!("{:<60} {:>12}", "TOPIC", "EVENTS");
+    for (t, n) in &per_topic {
+        println!("{t:<60} {n:>12}");
+    }
+    println!("{:<60} {:>12}", "total", total);
+    if args.dry_run {
+        println!("dry run: nothing changed");
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    // Exclusive lock (refused while the sink runs), reset, audit.
+    let endpoint = target_endpoint(&sink_cfg, i);
+    let mut control = endpoint.connect().await?;
+    crate::apply::target::ensure_state(&control).await?;
+    let group = sink_cfg.group_id(&cfg.name);
+    replay::hold_exclusive(&control, &args.sink, &group).await?;
+    let tables: Vec<String> = crate::apply::target::truncates(&control, &args.sink)
+        .await?
+        .into_keys()
+        .filter(|t| {
+            let topic =
+                crate::capture::topic_for(&cfg.topic_prefix, &crate::apply::mapping::table_id(t));
+            topics.contains(&topic)
+        })
+        .collect();
+    let spec = format!(
+        "from {} to {}",
+        if args.from_beginning {
+            "beginning".to_string()
+        } else if let Some(o) = args.from_offset {
+            format!("offset {o}")
+        } else {
+            format!(
+                "timestamp {}",
+                args.from_timestamp.clone().unwrap_or_default()
+            )
+        },
+        args.to_timestamp.clone().unwrap_or_else(|| "end".into())
+    );
+    let audit = replay::reset(
+        &mut control,
+        &args.sink,
+        &starts,
+        &tables,
+        (&super::operator(), &spec, total),
+    )
+    .await?;
+    if let Err(e) = inspector.commit(&group, &starts).await {
+        tracing::warn!(error = %e, "could not move the group's committed offsets (lag will read high until the first batch)");
+    }
+    tracing::info!(sink = %args.sink, %spec, events = total, "replay started");
+
+    // Run the sink, bounded, until every partition's progress reaches its end.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let sink = Sink::start_with(
+        &cfg,
+        &args.sink,
+        Readiness::new(),
+        Some(Bounds {
+            topics: topics.clone(),
+            end: ends.clone(),
+        }),
+    )
+    .await?;
+    let task = tokio::spawn(sink.run(stop));
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = Instant::now() - Duration::from_secs(60);
+    loop {
+        let progress = crate::apply::target::progress(&control, &args.sink).await?;
+        let done: i64 = starts
+            .iter()
+            .map(|(k, s)| {
+                let e = ends.get(k).copied().unwrap_or(*s);
+                progress
+                    .get(k)
+                    .map(|p| p.next_offset.clamp(*s, e) - s)
+                    .unwrap_or(0)
+            })
+            .sum();
+        let (_, text) = super::progress(done, total, 0, started, "events");
+        let line = format!("replay {}: {text}", args.sink);
+        if tty {
+            eprint!("\r{line}   ");
+        } else if last_line.elapsed() >= Duration::from_secs(5) || done >= total {
+            eprintln!("{line}");
+            last_line = Instant::now();
+        }
+        if done >= total {
+            break;
+        }
+        if task.is_finished() {
+            let r = task
+                .await
+                .map_err(|e| Error::internal(format!("sink task: {e}")))?;
+            r?;
+            return Err(Error::internal("the replay's sink stopped before the end"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if tty {
+        eprintln!();
+    }
+    let _ = stop_tx.send(true);
+    task.await
+        .map_err(|e| Error::internal(format!("sink task: {e}")))??;
+    replay::finish(&control, audit).await?;
+    println!(
+        "replayed {total} events into sink {} in {:.1}s (audit id {audit})",
+        args.sink,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,259 @@
+//! The monitor: how far behind is every part of the pipeline, measured from the outside.
+//!
+//! ```text
+//!   legacy PG ── pg_replication_slots, pg_current_wal_lsn() ──┐
+//!   broker ───── high/low watermarks per partition ───────────┤
+//!   broker ───── each sink group's committed offsets ─────────┼─▶ Snapshot ─┬─▶ gauges (/metrics)
+//!   broker ───── timestamp of the oldest unapplied record ────┤             └─▶ cutover status
+//!   targets ──── cutover.sink_progress.updated_at (status) ───┘                 (+ verdict)
+//! ```
+//!
+//! Invariant: **lag is observed, never self-reported.** A sink that is down reports nothing,
+//! and a dead sink is exactly when lag matters; so lag is computed from the broker's high
+//! watermarks and the group's committed offsets by a component that does not depend on the
+//! sink being alive. The group is read with OffsetFetch and never joined, so probing cannot
+//! trigger a rebalance. The oldest unapplied event's age comes from its record timestamp, which
+//! capture sets to the source commit time.
+//!
+//! Committed offsets are a copy of the sink's true progress (which lives in the target,
+//! committed with the data); a sink commits them right after each durable batch, so lag read
+//! here is at most one batch pessimistic, never optimistic.
+//!
+//! The monitor runs inside `cutover run`, inside `cutover capture` unless
+//! `monitor.embedded = false`, and alone as `cutover monitor` — the production shape, so slot
+//! growth is still reported while capture itself is down.
+
+mod probe;
+mod verdict;
+
+pub use probe::Monitor;
+pub use verdict::{human_bytes, judge, Health, Verdict};
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::observe::{names, Readiness};
+
+/// Everything the monitor saw in one probe.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub pipeline: String,
+    /// When the probe ran (Unix ms).
+    pub taken_at_ms: i64,
+    pub capture: CaptureStatus,
+    pub sinks: Vec<SinkStatus>,
+    /// Per-table cutover phases (with a back-sync configured; read from legacy).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<(String, crate::backsync::phase::Phase)>,
+    /// Phase changes in the audit trail: (not forced, forced).
+    #[serde(skip)]
+    pub phase_changes: Option<(i64, i64)>,
+    /// Peers that could not be read, as `what: error` (the rest of the snapshot is still valid).
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CaptureStatus {
+    pub slot: String,
+    /// `None` when the source could not be read.
+    pub slot_state: Option<SlotState>,
+    /// Captured topics known (from the registry and configuration).
+    pub topics: usize,
+    /// Commit time of the newest captured event (Unix ms), when asked for detail.
+    pub last_captured_commit_ms: Option<i64>,
+    /// Events parked in the capture dead-letter topic.
+    pub dlq_messages: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotState {
+    pub exists: bool,
+    pub active: bool,
+    /// `reserved`, `extended`, `unreserved` or `lost` (PostgreSQL 13+).
+    pub wal_status: Option<String>,
+    pub confirmed_lsn: Option<String>,
+    pub restart_lsn: Option<String>,
+    pub current_lsn: String,
+    /// The source's current WAL position as a byte number.
+    pub current_bytes: u64,
+    /// The slot's confirmed position as a byte number.
+    pub confirmed_bytes: Option<u64>,
+    /// WAL the slot keeps on the source's disk (current − restart_lsn).
+    pub retained_bytes: Option<i64>,
+    /// WAL written and not yet confirmed by capture (current − confirmed_flush_lsn).
+    pub pending_bytes: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkStatus {
+    pub name: String,
+    pub group: String,
+    /// Messages not yet applied, over every partition.
+    pub lag_messages: i64,
+    /// Age of the oldest unapplied event (0 without lag; `None` when it could not be read).
+    pub lag_seconds: Option<f64>,
+    /// Commit time (Unix ms) of the oldest unapplied event.
+    pub oldest_unapplied_commit_ms: Option<i64>,
+    /// Commit time (Unix ms) of the newest applied event, when asked for detail.
+    pub last_applied_commit_ms: Option<i64>,
+    /// When the sink last committed a batch to its target (Unix ms), when asked for detail.
+    pub last_progress_ms: Option<i64>,
+    pub dlq_messages: Option<i64>,
+    pub partitions: Vec<PartitionLag>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    pub low: i64,
+    pub high: i64,
+    /// The group's committed offset (next to apply); `None`: never committed.
+    pub committed: Option<i64>,
+    pub lag_messages: i64,
+    pub oldest_unapplied_commit_ms: Option<i64>,
+}
+
+impl PartitionLag {
+    /// The next offset the sink will apply: its committed offset, or the earliest retained
+    /// one when it never committed (`auto.offset.reset=earliest`) or retention passed it.
+    pub fn next_offset(low: i64, high: i64, committed: Option<i64>) -> i64 {
+        committed.unwrap_or(low).clamp(low, high.max(low))
+    }
+}
+
+/// Label sets exported at start with zero values, so `rate()` and absence checks work from
+/// the first scrape.
+fn init_metrics(cfg: &Config) {
+    for outcome in ["ok", "error"] {
+        metrics::counter!(names::MONITOR_PROBES_TOTAL, names::LABEL_OUTCOME => outcome)
+            .increment(0);
+    }
+    metrics::gauge!(names::SLOT_ACTIVE, names::LABEL_SLOT => cfg.source.slot.clone()).set(0.0);
+}
+
+/// Publish a snapshot as gauges.
+pub fn export(s: &Snapshot) {
+    let slot = s.capture.slot.clone();
+    if let Some(st) = &s.capture.slot_state {
+        metrics::gauge!(names::SLOT_ACTIVE, names::LABEL_SLOT => slot.clone()).set(if st.active {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!(names::SOURCE_WAL_POSITION_BYTES, names::LABEL_SLOT => slot.clone())
+            .set(st.current_bytes as f64);
+        if let Some(b) = st.retained_bytes {
+            metrics::gauge!(names::SLOT_WAL_RETAINED_BYTES, names::LABEL_SLOT => slot.clone())
+                .set(b as f64);
+        }
+        if let Some(b) = st.pending_bytes {
+            metrics::gauge!(names::SLOT_PENDING_BYTES, names::LABEL_SLOT => slot.clone())
+                .set(b as f64);
+        }
+        if let Some(b) = st.confirmed_bytes {
+            metrics::gauge!(names::SLOT_CONFIRMED_POSITION_BYTES, names::LABEL_SLOT => slot.clone())
+                .set(b as f64);
+        }
+    }
+    if let Some(n) = s.capture.dlq_messages {
+        metrics::gauge!(names::DLQ_MESSAGES, names::LABEL_DLQ => "capture").set(n as f64);
+    }
+    for (table, phase) in &s.phases {
+        for p in crate::backsync::phase::Phase::ALL {
+            metrics::gauge!(names::TABLE_PHASE, names::LABEL_TABLE => table.clone(), names::LABEL_PHASE => p.as_str())
+                .set(if p == *phase { 1.0 } else { 0.0 });
+        }
+    }
+    if let Some((unforced, forced)) = s.phase_changes {
+        metrics::counter!(names::PHASE_CHANGES_TOTAL, names::LABEL_FORCED => "false")
+            .absolute(unforced as u64);
+        metrics::counter!(names::PHASE_CHANGES_TOTAL, names::LABEL_FORCED => "true")
+            .absolute(forced as u64);
+    }
+    for sink in &s.sinks {
+        for p in &sink.partitions {
+            metrics::gauge!(names::SINK_LAG_MESSAGES,
+                names::LABEL_SINK => sink.name.clone(),
+                names::LABEL_TOPIC => p.topic.clone(),
+                names::LABEL_PARTITION => p.partition.to_string())
+            .set(p.lag_messages as f64);
+        }
+        if let Some(secs) = sink.lag_seconds {
+            metrics::gauge!(names::SINK_LAG_SECONDS, names::LABEL_SINK => sink.name.clone())
+                .set(secs);
+        }
+        if let Some(n) = sink.dlq_messages {
+            metrics::gauge!(names::DLQ_MESSAGES, names::LABEL_DLQ => sink.name.clone())
+                .set(n as f64);
+        }
+    }
+}
+
+/// Probe every `monitor.interval_ms` and export, until `stop` flips. Probe failures are
+/// reported (log, `cutover_monitor_probes_total{outcome="error"}`, readiness) and retried on
+/// the next tick; only a client that cannot be created at all is an error.
+pub async fn run(
+    cfg: &Config,
+    readiness: &Readiness,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut monitor = Monitor::new(cfg)?;
+    init_metrics(cfg);
+    let every = Duration::from_millis(cfg.monitor.interval_ms);
+    tracing::info!(
+        interval_ms = cfg.monitor.interval_ms,
+        sinks = cfg.sinks.len(),
+        "monitor started"
+    );
+    let mut last_problems: Vec<String> = Vec::new();
+    loop {
+        let started = Instant::now();
+        let snap = monitor.probe(false).await;
+        export(&snap);
+        metrics::histogram!(names::MONITOR_PROBE_DURATION_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        let outcome = if snap.problems.is_empty() {
+            "ok"
+        } else {
+            "error"
+        };
+        metrics::counter!(names::MONITOR_PROBES_TOTAL, names::LABEL_OUTCOME => outcome)
+            .increment(1);
+        readiness.set("monitor.source", snap.capture.slot_state.is_some());
+        readiness.set(
+            "monitor.broker",
+            !snap.problems.iter().any(|p| p.starts_with("broker")),
+        );
+        // One log line when the set of problems changes, not one per tick.
+        if snap.problems != last_problems {
+            if snap.problems.is_empty() {
+                tracing::info!("monitor probes healthy again");
+            } else {
+                tracing::warn!(problems = ?snap.problems, "monitor cannot read everything");
+            }
+            last_problems = snap.problems.clone();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every.saturating_sub(started.elapsed())) => {}
+            _ = stop.changed() => break,
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
+    tracing::info!("monitor stopped");
+    Ok(())
+}
+
+/// Unix time now in ms.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

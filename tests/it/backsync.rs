@@ -1,0 +1,733 @@
+//! Back-sync and cutover phases against the real stack: legacy PG15 ⇄ Tansu ⇄ new store PG15,
+//! both directions running at once (forward capture + forward sink, back capture + back sink),
+//! phases changed through the `cutover phase` command as an operator would.
+//!
+//! The legacy table `accounts(id, owner, balance)` maps to the new store's
+//! `accounts(id, owner_name, balance)` (a rename each way), both REPLICA IDENTITY FULL.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::apply::{connect, converge, isolated_config, Part};
+use super::capture::read_all;
+use super::support::{cutover_bin, local_config, unique};
+use cutover::capture::topic_for;
+use cutover::config::{BacksyncConfig, Config, ConflictPolicy, DbUrl, TableMapping, Unmapped};
+use cutover::event::TableId;
+
+struct Mig {
+    cfg: Config,
+    /// Legacy schema; the new store's schema is `<id>_n`.
+    id: String,
+    dir: tempfile::TempDir,
+}
+
+/// Drop the replication origins earlier runs of these tests left behind (each origin with
+/// progress holds one of the server's max_replication_slots origin slots until dropped).
+/// Origins in use by a running test fail to drop and are skipped.
+async fn sweep_origins(c: &tokio_postgres::Client) {
+    c.batch_execute(
+        "DO $$ DECLARE r record; BEGIN
+           FOR r IN SELECT roname FROM pg_replication_origin
+                    WHERE roname LIKE 'cutover:bs%' OR roname LIKE 'cutover:noorigin%' LOOP
+             BEGIN PERFORM pg_replication_origin_drop(r.roname);
+             EXCEPTION WHEN OTHERS THEN NULL; END;
+           END LOOP; END $$",
+    )
+    .await
+    .unwrap();
+}
+
+impl Mig {
+    async fn new(tag: &str, policy: ConflictPolicy) -> Mig {
+        let id = unique(tag);
+        let mut cfg = isolated_config(&id);
+        cfg.name = id.clone();
+        cfg.sinks.retain(|s| s.name == "newstore");
+        let newstore_url = cfg.sinks[0].url.clone();
+        let ns = format!("{id}_n");
+        let s = &mut cfg.sinks[0];
+        s.group_id = Some(format!("{id}.newstore"));
+        s.batch_max_ms = 50;
+        s.unmapped_tables = Unmapped::Skip;
+        s.tables = vec![TableMapping {
+            source: format!("{id}.accounts"),
+            target: Some(format!("{ns}.accounts")),
+            rename: [("owner".to_string(), "owner_name".to_string())].into(),
+            ..Default::default()
+        }];
+        cfg.backsync = Some(BacksyncConfig {
+            url: newstore_url,
+            password: None,
+            slot: format!("{id}_b"),
+            publication: format!("{id}_b"),
+            schemas: vec![ns.clone()],
+            tables: vec![],
+            forward_sink: "newstore".into(),
+            conflict_policy: policy,
+            mappings: vec![TableMapping {
+                source: format!("{ns}.accounts"),
+                target: Some(format!("{id}.accounts")),
+                rename: [("owner_name".to_string(), "owner".to_string())].into(),
+                ..Default::default()
+            }],
+            gate_max_lag_secs: 10,
+            batch_max_ms: 50,
+        });
+        cfg.validate().unwrap();
+        let m = Mig {
+            cfg,
+            id,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let s = &m.id;
+        m.legacy()
+            .await
+            .batch_execute(&format!(
+                r#"CREATE SCHEMA "{s}";
+                CREATE TABLE "{s}".accounts (id bigint PRIMARY KEY, owner text, balance numeric(12,2));
+                ALTER TABLE "{s}".accounts REPLICA IDENTITY FULL;"#
+            ))
+            .await
+            .unwrap();
+        m.new_store()
+            .await
+            .batch_execute(&format!(
+                r#"CREATE SCHEMA "{s}_n";
+                CREATE TABLE "{s}_n".accounts (id bigint PRIMARY KEY, owner_name text, balance numeric(12,2));
+                ALTER TABLE "{s}_n".accounts REPLICA IDENTITY FULL;"#
+            ))
+            .await
+            .unwrap();
+        std::fs::write(m.config_path(), m.cfg.to_redacted_toml()).unwrap();
+        sweep_origins(&m.legacy().await).await;
+        sweep_origins(&m.new_store().await).await;
+        m
+    }
+
+    fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("cutover.toml")
+    }
+
+    async fn legacy(&self) -> tokio_postgres::Client {
+        connect(&self.cfg.source.url).await
+    }
+
+    async fn new_store(&self) -> tokio_postgres::Client {
+        connect(&self.cfg.backsync.as_ref().unwrap().url).await
+    }
+
+    fn legacy_sql(&self) -> String {
+        format!(r#"SELECT id, owner, balance FROM "{}".accounts"#, self.id)
+    }
+
+    fn new_sql(&self) -> String {
+        format!(
+            r#"SELECT id, owner_name, balance FROM "{}_n".accounts"#,
+            self.id
+        )
+    }
+
+    /// Both sides equal (through the rename), within `secs`.
+    async fn converged(&self, secs: u64) {
+        converge(
+            &self.legacy().await,
+            &self.legacy_sql(),
+            &self.new_store().await,
+            &self.new_sql(),
+            secs,
+        )
+        .await;
+    }
+
+    /// Forward capture + sink and back capture + sink, in this process.
+    async fn start(&self) -> Vec<Part> {
+        let rev = self.cfg.reverse().unwrap();
+        vec![
+            Part::capture(&self.cfg).await,
+            Part::sink(&self.cfg, "newstore").await,
+            Part::capture(&rev).await,
+            Part::sink(&rev, "backsync").await,
+        ]
+    }
+
+    fn phase_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(cutover_bin())
+            .arg("phase")
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .env_remove("CUTOVER_CONFIG")
+            .output()
+            .unwrap()
+    }
+
+    /// `cutover phase <args>` → (exit code, stdout + stderr).
+    fn phase(&self, args: &[&str]) -> (i32, String) {
+        let o = self.phase_output(args);
+        (
+            o.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    }
+
+    /// `cutover phase <args> --json` → the JSON it prints on stdout.
+    fn phase_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let o = self.phase_output(&a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+    }
+
+    fn table(&self) -> String {
+        format!("{}.accounts", self.id)
+    }
+
+    /// Switch phase through the gate, retrying while the gate sees in-flight lag.
+    async fn switch(&self, to: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (code, out) = self.phase(&["set", "--table", &self.table(), "--to", to]);
+            if code == 0 {
+                assert!(out.contains(&format!("-> {to}")), "{out}");
+                return;
+            }
+            assert_eq!(code, 3, "{out}");
+            assert!(
+                Instant::now() < deadline,
+                "gate never passed into {to}: {out}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    fn forward_topic(&self) -> String {
+        topic_for(&self.cfg.topic_prefix, &TableId::new(&self.id, "accounts"))
+    }
+
+    fn back_topic(&self) -> String {
+        topic_for(
+            &format!("{}.back", self.cfg.topic_prefix),
+            &TableId::new(format!("{}_n", self.id), "accounts"),
+        )
+    }
+
+    async fn conflicts(
+        &self,
+        c: &tokio_postgres::Client,
+        sink: &str,
+    ) -> Vec<(String, String, bool, bool)> {
+        c.query(
+            "SELECT kind, winner, local_row IS NOT NULL, incoming_row IS NOT NULL
+             FROM cutover.conflicts WHERE sink = $1 AND target_table LIKE $2 ORDER BY id",
+            &[&sink, &format!("{}%", self.id)],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+    }
+
+    async fn cleanup(&self, parts: Vec<Part>) {
+        for p in parts {
+            p.stop().await;
+        }
+        let l = self.legacy().await;
+        let n = self.new_store().await;
+        let b = self.cfg.backsync.as_ref().unwrap();
+        let _ = l
+            .execute(
+                "SELECT pg_drop_replication_slot($1)",
+                &[&self.cfg.source.slot],
+            )
+            .await;
+        let _ = n
+            .execute("SELECT pg_drop_replication_slot($1)", &[&b.slot])
+            .await;
+        let s = &self.id;
+        let _ = l
+            .batch_execute(&format!(
+                r#"DROP PUBLICATION IF EXISTS "{s}"; DROP SCHEMA IF EXISTS "{s}" CASCADE;
+                DELETE FROM cutover.table_phases WHERE pipeline = '{s}';"#
+            ))
+            .await;
+        let _ = n
+            .batch_execute(&format!(
+                r#"DROP PUBLICATION IF EXISTS "{s}_b"; DROP SCHEMA IF EXISTS "{s}_n" CASCADE;"#
+            ))
+            .await;
+        sweep_origins(&l).await;
+        sweep_origins(&n).await;
+    }
+}
+
+/// Events on a topic (all of it, up to the high watermarks).
+async fn events(cfg: &Config, topic: &str) -> usize {
+    read_all(cfg, topic).await.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_forward_dual_reverse_and_back_loses_nothing_and_never_echoes() {
+    // Each test is its own process: this recorder sees only this pipeline's metrics.
+    let metrics = cutover::observe::install_recorder().unwrap();
+    let m = Mig::new("bsrt", ConflictPolicy::SourceOfTruth).await;
+    let parts = m.start().await;
+    let (l, n) = (m.legacy().await, m.new_store().await);
+    let (s, ns) = (m.id.clone(), format!("{}_n", m.id));
+    let mut legacy_writes = 0;
+    let mut new_writes = 0;
+
+    // forward: legacy owns the table.
+    l.batch_execute(&format!(
+        r#"INSERT INTO "{s}".accounts SELECT g, 'owner ' || g, g * 10 FROM generate_series(1, 20) g"#
+    ))
+    .await
+    .unwrap();
+    legacy_writes += 20;
+    m.converged(60).await;
+    let (_, out) = m.phase(&["show"]);
+    assert!(
+        out.contains(&format!("{}  ", m.table())) && out.contains("forward"),
+        "{out}"
+    );
+
+    // dual: writes on the new store flow back.
+    m.switch("dual").await;
+    n.batch_execute(&format!(
+        r#"UPDATE "{ns}".accounts SET balance = balance + 1 WHERE id <= 5;
+           INSERT INTO "{ns}".accounts SELECT g, 'new ' || g, 1 FROM generate_series(101, 105) g;"#
+    ))
+    .await
+    .unwrap();
+    new_writes += 10;
+    l.batch_execute(&format!(
+        r#"UPDATE "{s}".accounts SET owner = 'legacy still writes' WHERE id = 20"#
+    ))
+    .await
+    .unwrap();
+    legacy_writes += 1;
+    m.converged(60).await;
+
+    // reverse: the new store owns the table; legacy is kept warm by the back-sync.
+    m.switch("reverse").await;
+    n.batch_execute(&format!(
+        r#"INSERT INTO "{ns}".accounts SELECT g, 'reverse ' || g, 2 FROM generate_series(106, 110) g;
+           UPDATE "{ns}".accounts SET owner_name = 'renamed in new' WHERE id IN (1, 2, 3);
+           DELETE FROM "{ns}".accounts WHERE id IN (4, 101);"#
+    ))
+    .await
+    .unwrap();
+    new_writes += 5 + 3 + 2;
+    m.converged(60).await;
+
+    // Roll back to forward: legacy holds every write made on the new store.
+    m.switch("forward").await;
+    let legacy_rows = super::apply::rows(&l, &m.legacy_sql()).await;
+    assert_eq!(legacy_rows.len(), 20 + 5 + 5 - 2, "{legacy_rows:?}");
+    for probe in [
+        "(1,\"renamed in new\",11.00)",
+        "(110,\"reverse 110\",2.00)",
+        "(105,\"new 105\",1.00)",
+    ] {
+        assert!(
+            legacy_rows.iter().any(|r| r == probe),
+            "{probe} missing: {legacy_rows:?}"
+        );
+    }
+    assert!(!legacy_rows
+        .iter()
+        .any(|r| r.starts_with("(4,") || r.starts_with("(101,")));
+
+    // No echo: each topic holds exactly the writes made by applications on its side.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        events(&m.cfg, &m.forward_topic()).await,
+        legacy_writes,
+        "forward topic"
+    );
+    assert_eq!(
+        events(&m.cfg.reverse().unwrap(), &m.back_topic()).await,
+        new_writes,
+        "back topic"
+    );
+
+    // Every change is in the audit trail, unforced, with what the gate saw.
+    let h = m.phase_json(&["history"]);
+    let steps: Vec<(String, String, bool)> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["from"].as_str().unwrap().into(),
+                e["to"].as_str().unwrap().into(),
+                e["forced"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("forward", "dual"),
+            ("dual", "reverse"),
+            ("reverse", "forward")
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string(), false))
+    );
+    let checks = &h[0]["checks"]["checks"];
+    let names: Vec<&str> = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["lag.newstore", "lag.backsync", "rows", "replica_identity"],
+        "{checks}"
+    );
+    assert!(h[0]["changed_by"].as_str().unwrap().contains('@'));
+
+    // The back-sync metrics, as documented; the monitor reports phases and audited changes.
+    let snap = cutover::monitor::Monitor::new(&m.cfg)
+        .unwrap()
+        .probe(false)
+        .await;
+    cutover::monitor::export(&snap);
+    let page = metrics.render();
+    let exported = super::prometheus::exported(&page);
+    for (name, (kind, labels, by)) in super::prometheus::documented() {
+        if !by.contains("back-sync") {
+            continue;
+        }
+        let (k, l) = exported
+            .get(&name)
+            .unwrap_or_else(|| panic!("{name} not exported:\n{page}"));
+        assert_eq!(k, &kind, "{name}");
+        assert!(
+            l.is_subset(&labels),
+            "{name}: {l:?} vs documented {labels:?}"
+        );
+    }
+    let value = |series: &str| -> f64 {
+        page.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{page}"))
+    };
+    // Every write that crossed was dropped once by the capture on the other side.
+    let echoes: f64 = page
+        .lines()
+        .filter(|l| l.starts_with("cutover_capture_echoes_suppressed_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(echoes as usize, legacy_writes + new_writes, "{page}");
+    let t = m.table();
+    assert_eq!(
+        value(&format!(
+            "cutover_table_phase{{table=\"{t}\",phase=\"forward\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        value(&format!(
+            "cutover_table_phase{{table=\"{t}\",phase=\"reverse\"}}"
+        )),
+        0.0
+    );
+    assert_eq!(value("cutover_phase_changes_total{forced=\"false\"}"), 3.0);
+    m.cleanup(parts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_refuses_while_lagging_or_mismatched_and_force_is_audited() {
+    let mut m = Mig::new("bsgate", ConflictPolicy::SourceOfTruth).await;
+    m.cfg.backsync.as_mut().unwrap().gate_max_lag_secs = 1;
+    std::fs::write(m.config_path(), m.cfg.to_redacted_toml()).unwrap();
+    // Only the forward capture runs: the forward sink is down, so the new store falls behind.
+    let capture = Part::capture(&m.cfg).await;
+    let s = m.id.clone();
+    m.legacy()
+        .await
+        .batch_execute(&format!(
+            r#"INSERT INTO "{s}".accounts SELECT g, 'x', 1 FROM generate_series(1, 10) g"#
+        ))
+        .await
+        .unwrap();
+    // Let the capture publish and the oldest unapplied event age past the 1 s limit.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (code, out) = m.phase(&["set", "--table", &m.table(), "--to", "dual"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("refused"), "{out}");
+    assert!(
+        out.contains("FAIL lag.newstore: 10 event(s) unapplied"),
+        "{out}"
+    );
+    assert!(out.contains("FAIL rows: legacy"), "{out}");
+    assert!(out.contains("10 rows") && out.contains("0 rows"), "{out}");
+    assert!(
+        out.contains(
+            "verify: parity 0.00%, missing 10 [(1) (10) (2) (3) (4)], extra 0, different 0"
+        ),
+        "{out}"
+    );
+    let shown = m.phase_json(&["show"]);
+    assert_eq!(shown[0]["phase"], "forward", "{shown}");
+
+    // A forced switch needs a reason, and is audited as forced with the failed checks.
+    let (code, out) = m.phase(&["set", "--table", &m.table(), "--to", "dual", "--force"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--force needs --reason"), "{out}");
+    let (code, out) = m.phase(&[
+        "set",
+        "--table",
+        &m.table(),
+        "--to",
+        "dual",
+        "--force",
+        "--reason",
+        "rollback drill",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("FORCED"), "{out}");
+    let (_, out) = m.phase(&["history"]);
+    assert!(
+        out.contains("forward -> dual") && out.contains("FORCED"),
+        "{out}"
+    );
+    assert!(out.contains("reason: rollback drill"), "{out}");
+    assert!(out.contains("FAIL rows"), "{out}");
+    let (_, shown) = m.phase(&["show"]);
+    assert!(shown.contains("dual"), "{shown}");
+    m.cleanup(vec![capture]).await;
+}
+
+/// Both sides update the same rows for a while in `dual`, with both directions running.
+/// Returns (legacy app writes, new-store app writes).
+async fn concurrent_writes(m: &Mig, secs: u64) -> (usize, usize) {
+    let (s, ns) = (m.id.clone(), format!("{}_n", m.id));
+    let l = m.legacy().await;
+    let n = m.new_store().await;
+    let until = Instant::now() + Duration::from_secs(secs);
+    let legacy = tokio::spawn(async move {
+        let mut w = 0usize;
+        let mut i = 0u64;
+        while Instant::now() < until {
+            i += 1;
+            let id = i * 7 % 30 + 1;
+            l.execute(
+                &format!(r#"UPDATE "{s}".accounts SET owner = $1, balance = $2::text::numeric WHERE id = $3"#),
+                &[&format!("L{i}"), &format!("{}.25", i % 1000), &(id as i64)],
+            )
+            .await
+            .unwrap();
+            w += 1;
+            if i.is_multiple_of(5) {
+                l.execute(
+                    &format!(r#"INSERT INTO "{s}".accounts VALUES ($1, 'L-new', 0)"#),
+                    &[&(1000 + i as i64)],
+                )
+                .await
+                .unwrap();
+                w += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        w
+    });
+    let new = tokio::spawn(async move {
+        let mut w = 0usize;
+        let mut i = 0u64;
+        while Instant::now() < until {
+            i += 1;
+            let id = i * 11 % 30 + 1;
+            n.execute(
+                &format!(r#"UPDATE "{ns}".accounts SET owner_name = $1, balance = $2::text::numeric WHERE id = $3"#),
+                &[&format!("N{i}"), &format!("{}.75", i % 1000), &(id as i64)],
+            )
+            .await
+            .unwrap();
+            w += 1;
+            if i.is_multiple_of(5) {
+                n.execute(
+                    &format!(r#"INSERT INTO "{ns}".accounts VALUES ($1, 'N-new', 0)"#),
+                    &[&(5000 + i as i64)],
+                )
+                .await
+                .unwrap();
+                w += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        w
+    });
+    (legacy.await.unwrap(), new.await.unwrap())
+}
+
+async fn dual_with_concurrent_writes(policy: ConflictPolicy) {
+    let metrics = cutover::observe::install_recorder().unwrap();
+    let m = Mig::new("bsdual", policy).await;
+    let parts = m.start().await;
+    let s = m.id.clone();
+    m.legacy()
+        .await
+        .batch_execute(&format!(
+            r#"INSERT INTO "{s}".accounts SELECT g, 'seed', 0 FROM generate_series(1, 30) g"#
+        ))
+        .await
+        .unwrap();
+    m.converged(60).await;
+    m.switch("dual").await;
+    let (lw, nw) = concurrent_writes(&m, 8).await;
+    // Both sides converge to the same rows.
+    m.converged(120).await;
+    // Checksums agree too (the gate's row check, through the CLI).
+    m.switch("forward").await;
+
+    // Conflicts happened, were resolved by the policy and recorded with both versions.
+    let at_new = m.conflicts(&m.new_store().await, "newstore").await;
+    let at_legacy = m.conflicts(&m.legacy().await, "backsync").await;
+    assert!(
+        !at_new.is_empty() || !at_legacy.is_empty(),
+        "no conflict in {lw}+{nw} concurrent writes"
+    );
+    for (kind, winner, local, incoming) in at_new.iter().chain(&at_legacy) {
+        assert!(*local && *incoming, "{kind}: both versions recorded");
+        assert!(
+            ["update_differs", "insert_exists"].contains(&kind.as_str()),
+            "{kind}"
+        );
+        assert!(["incoming", "local"].contains(&winner.as_str()));
+    }
+    if policy == ConflictPolicy::LastWriterWins {
+        // Every decision follows the commit times recorded with it (ties to legacy).
+        for (c, sink) in [
+            (m.new_store().await, "newstore"),
+            (m.legacy().await, "backsync"),
+        ] {
+            let wrong: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM cutover.conflicts WHERE sink = $1 AND target_table LIKE $2
+                       AND kind IN ('update_differs', 'insert_exists')
+                       AND (winner = 'incoming') <> (incoming_commit_ts > local_commit_ts
+                            OR (incoming_commit_ts = local_commit_ts AND incoming_from = 'legacy'))",
+                    &[&sink, &format!("{}%", m.id)],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(
+                wrong, 0,
+                "{sink}: decisions against the recorded commit times"
+            );
+        }
+    }
+    if policy == ConflictPolicy::SourceOfTruth {
+        // Legacy owns the table in dual: its changes win on both sides.
+        assert!(at_new.iter().all(|c| c.1 == "incoming"), "{at_new:?}");
+        assert!(at_legacy.iter().all(|c| c.1 == "local"), "{at_legacy:?}");
+    }
+
+    // Zero echoes: each topic holds exactly its side's application writes.
+    assert_eq!(
+        events(&m.cfg, &m.forward_topic()).await,
+        30 + lw,
+        "forward topic"
+    );
+    assert_eq!(
+        events(&m.cfg.reverse().unwrap(), &m.back_topic()).await,
+        nw,
+        "back topic"
+    );
+    // The metric counts what the tables record, labelled with the policy.
+    let page = metrics.render();
+    let counted: f64 = page
+        .lines()
+        .filter(|l| l.starts_with("cutover_sink_conflicts_total{"))
+        .inspect(|l| {
+            assert!(
+                l.contains(&format!("policy=\"{}\"", policy.as_str())),
+                "{l}"
+            )
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted as usize, at_new.len() + at_legacy.len(), "{page}");
+    let counts: BTreeMap<&str, usize> = [("legacy", lw), ("new", nw)].into();
+    eprintln!(
+        "{policy:?}: writes {counts:?}, conflicts at new {}, at legacy {}",
+        at_new.len(),
+        at_legacy.len()
+    );
+    m.cleanup(parts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_phase_concurrent_writes_converge_under_source_of_truth() {
+    dual_with_concurrent_writes(ConflictPolicy::SourceOfTruth).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_phase_concurrent_writes_converge_under_last_writer_wins() {
+    dual_with_concurrent_writes(ConflictPolicy::LastWriterWins).await;
+}
+
+/// A sink whose role may not use replication origins refuses to start, naming the grants; the
+/// grants it names are enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_without_origin_privileges_fails_naming_the_grants() {
+    let role = unique("noorigin");
+    let mut cfg = local_config();
+    cfg.sinks.truncate(1);
+    cfg.sinks[0].url = DbUrl::new(format!("postgres://{role}@127.0.0.1:5434/app"));
+    cfg.sinks[0].group_id = Some(role.clone());
+    let admin = connect(&local_config().sinks[0].url).await;
+    admin
+        .batch_execute(&format!(r#"CREATE ROLE "{role}" LOGIN"#))
+        .await
+        .unwrap();
+    let err = match cutover::apply::Sink::start(&cfg, "mirror", cutover::observe::Readiness::new())
+        .await
+    {
+        Ok(_) => panic!("a role without origin privileges started"),
+        Err(e) => e,
+    };
+    let msg = err.to_string();
+    assert_eq!(err.kind(), cutover::ErrorKind::Environment, "{msg}");
+    assert!(msg.contains("sinks[0].url"), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            r#"GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup(text) TO "{role}";"#
+        )),
+        "{msg}"
+    );
+    // Run exactly what the message says: the role can now tag its writes.
+    let grants = msg.split("As a superuser run: ").nth(1).unwrap();
+    admin.batch_execute(grants).await.unwrap();
+    let c = connect(&cfg.sinks[0].url).await;
+    cutover::backsync::origin::check_privileges(&c, "sinks[0].url")
+        .await
+        .unwrap();
+    let origin = cutover::backsync::origin::bind(&c, &role, "mirror", None)
+        .await
+        .unwrap();
+    assert_eq!(origin, format!("cutover:{role}:mirror"));
+    drop(c);
+    let _ = admin
+        .execute("SELECT pg_replication_origin_drop($1)", &[&origin])
+        .await;
+    let _ = admin
+        .batch_execute(&format!(
+            r#"REASSIGN OWNED BY "{role}" TO postgres; DROP OWNED BY "{role}"; DROP ROLE "{role}""#
+        ))
+        .await;
+}
