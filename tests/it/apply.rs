@@ -592,7 +592,10 @@ async fn sigkill_of_apply_mid_batch_repeatedly_ends_equal_with_zero_duplicate_ap
         let deadline = Instant::now() + Duration::from_secs(90);
         while count_rows(&t, &format!(r#""{}".writes"#, env.schema)).await <= before {
             if let Ok(Some(status)) = child.0.try_wait() {
-                panic!("sink instance {i} exited by itself ({status}); apply.log:\n{}", log_tail());
+                panic!(
+                    "sink instance {i} exited by itself ({status}); apply.log:\n{}",
+                    log_tail()
+                );
             }
             assert!(
                 Instant::now() < deadline,
