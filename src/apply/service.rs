@@ -838,8 +838,9 @@ impl Sink {
             .max()
         {
             tx.execute(
-                "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, to_timestamp($2::float8))",
-                &[&crate::event::Lsn(lsn as u64).to_string(), &(ts as f64 / 1e6)],
+                "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn,
+                    'epoch'::timestamptz + $2::int8 * interval '1 microsecond')",
+                &[&crate::event::Lsn(lsn as u64).to_string(), &ts],
             )
             .await
             .map_err(|e| Error::postgres("pg_replication_origin_xact_setup", e))?;
@@ -1154,14 +1155,9 @@ impl Sink {
         let lww = role.policy == ConflictPolicy::LastWriterWins;
         let (local, local_row) = conflict::compare(tx, tt, &key, image.as_ref(), lww).await?;
         let from = role.incoming();
-        let r = conflict::resolve(
-            role.policy,
-            from,
-            phase.owner(),
-            incoming,
-            ev.commit_ts_us,
-            &local,
-        );
+        // `ts_us` is the latest commit time among the key's events in this batch: the folded
+        // write is that event's row, so that is the time that competes (and is recorded).
+        let r = conflict::resolve(role.policy, from, phase.owner(), incoming, ts_us, &local);
         if let Some(kind) = r.conflict {
             if r.apply {
                 outcome.conflicts_incoming_won += 1;

@@ -352,13 +352,14 @@ fn json_object<'a>(pairs: impl Iterator<Item = (&'a String, &'a Option<String>)>
 pub async fn record(tx: &Client, r: &Record<'_>) -> Result<()> {
     let key = json_object(r.key.iter().map(|(k, v)| (k, v)));
     let incoming = r.incoming_row.map(|m| json_object(m.iter()));
-    let to_secs = |us: i64| us as f64 / 1e6;
     tx.execute(
         "INSERT INTO cutover.conflicts (sink, target_table, row_key, kind, policy, winner,
             local_row, local_commit_ts, incoming_row, incoming_commit_ts, incoming_from,
             incoming_commit_lsn, incoming_seq)
-         VALUES ($1, $2, $3::text::jsonb, $4, $5, $6, $7::text::jsonb, to_timestamp($8),
-                 $9::text::jsonb, to_timestamp($10), $11, $12, $13)",
+         VALUES ($1, $2, $3::text::jsonb, $4, $5, $6, $7::text::jsonb,
+                 'epoch'::timestamptz + $8::int8 * interval '1 microsecond',
+                 $9::text::jsonb, 'epoch'::timestamptz + $10::int8 * interval '1 microsecond',
+                 $11, $12, $13)",
         &[
             &r.sink,
             &r.table.id.to_string(),
@@ -367,9 +368,9 @@ pub async fn record(tx: &Client, r: &Record<'_>) -> Result<()> {
             &r.policy.as_str(),
             &if r.incoming_won { "incoming" } else { "local" },
             &r.local_row,
-            &r.local_commit_ts_us.map(to_secs),
+            &r.local_commit_ts_us,
             &incoming,
-            &to_secs(r.incoming_commit_ts_us),
+            &r.incoming_commit_ts_us,
             &r.incoming_from.as_str(),
             &r.incoming_commit_lsn,
             &r.incoming_seq,
