@@ -59,6 +59,7 @@ test-rules: bootstrap
 	cd deploy/prometheus && promtool test rules alerts_test.yml
 
 test-only:
+	@bash $(STACK) sweep-tests
 	cargo nextest run --all-targets --profile ci
 
 fmt:

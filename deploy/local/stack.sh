@@ -140,7 +140,35 @@ status() {
   status_line "schema registry" "http://127.0.0.1:$REGISTRY_PORT" "$s"
 }
 
+# Replication slots and origins that integration tests left behind when they failed before
+# their cleanup (names are <tag>_<pid>_<millis>_<n>, see tests/it/support.rs unique()). Each
+# holds one of a cluster's max_replication_slots, so a few failed runs would exhaust them.
+# Only objects whose test process is gone are dropped; a user's own pipelines never match.
+sweep_tests() {
+  local port db name pid n=0
+  for port in "$LEGACY_PORT" "$NEW_PORT"; do
+    while IFS='|' read -r db name; do
+      [ -n "$name" ] || continue
+      pid="$(sed -E 's/^[a-z]+(_[a-z]+)*_([0-9]+)_[0-9]+_[0-9]+.*$/\2/' <<<"$name")"
+      [ -d "/proc/$pid" ] && continue
+      psql_at "$port" -d "$db" -tAc "SELECT pg_drop_replication_slot('$name')" >/dev/null 2>&1 && n=$((n + 1))
+    done < <(psql_at "$port" -d postgres -tAc "SELECT database, slot_name FROM pg_replication_slots
+               WHERE NOT active AND slot_name ~ '^[a-z]+(_[a-z]+)*_[0-9]+_[0-9]+_[0-9]+(_[a-z]+)?$'")
+    while read -r name; do
+      [ -n "$name" ] || continue
+      pid="$(sed -E 's/^cutover:[a-z]+(_[a-z]+)*_([0-9]+)_[0-9]+_[0-9]+.*$/\2/' <<<"$name")"
+      [ -d "/proc/$pid" ] && continue
+      psql_at "$port" -d postgres -tAc "SELECT pg_replication_origin_drop('$name')" >/dev/null 2>&1 && n=$((n + 1))
+    done < <(psql_at "$port" -d postgres -tAc "SELECT roname FROM pg_replication_origin
+               WHERE roname ~ '^cutover:[a-z]+(_[a-z]+)*_[0-9]+_[0-9]+_[0-9]+'")
+  done
+  log "swept $n replication slots/origins left by earlier test runs"
+}
+
 case "${1:-}" in
+  sweep-tests)
+    sweep_tests
+    ;;
   up)
     pg_up legacy
     pg_up new
@@ -178,7 +206,7 @@ case "${1:-}" in
     rm -rf "$STATE/pg" "$STATE/tansu" "$STATE/registry"
     ;;
   *)
-    echo "usage: $0 up|down|status|restart-broker|destroy" >&2
+    echo "usage: $0 up|down|status|restart-broker|destroy|sweep-tests" >&2
     exit 2
     ;;
 esac

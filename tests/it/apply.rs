@@ -204,6 +204,19 @@ impl Env {
             .await
             .batch_execute(&format!(r#"DROP SCHEMA IF EXISTS "{s}" CASCADE;"#))
             .await;
+        // A pipeline of its own (isolated config) leaves replication origins on the target;
+        // each holds one of the server's max_replication_slots until dropped.
+        if self.cfg.name != "cutover" {
+            let _ = self
+                .target(0)
+                .await
+                .execute(
+                    "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin
+                     WHERE roname LIKE 'cutover:' || $1 || ':%'",
+                    &[&self.cfg.name],
+                )
+                .await;
+        }
         if self.cfg.sinks.len() < 2 {
             return;
         }
