@@ -11,6 +11,7 @@ mod monitor;
 mod phase;
 mod registry;
 mod replay;
+mod retire;
 mod run_all;
 mod status;
 mod tail;
@@ -74,6 +75,8 @@ pub enum Command {
     Verify(verify::Args),
     /// Copy existing rows into the topics (op=r), consistent with the stream, via capture.
     Backfill(backfill::Args),
+    /// Remove a stopped sink's replication origins, progress and consumer group for good.
+    Retire(retire::Args),
 }
 
 /// Exit codes: 0 success, 1 runtime failure, 2 configuration error.
@@ -100,6 +103,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Tail(ref args) => tail::run(&cli, args).await,
         Command::Verify(ref args) => verify::run(&cli, args).await,
         Command::Backfill(ref args) => backfill::run(&cli, args).await,
+        Command::Retire(ref args) => retire::run(&cli, args).await,
     };
     match result {
         Ok(code) => code,

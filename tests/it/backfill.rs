@@ -246,3 +246,85 @@ async fn killed_capture_resumes_backfill_without_recopying_finished_chunks() {
     capture.kill(); // an active slot cannot be dropped
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_are_backfilled_in_parallel_up_to_the_configured_concurrency() {
+    let (mut env, dir, _) = setup("bfpar", 900).await;
+    let s = env.schema.clone();
+    // Two more tables with existing rows: three requested, two at a time.
+    env.legacy()
+        .await
+        .batch_execute(&format!(
+            r#"CREATE TABLE "{s}".second (id bigint PRIMARY KEY, payload text);
+               CREATE TABLE "{s}".third (id bigint PRIMARY KEY, payload text);
+               INSERT INTO "{s}".second SELECT g, 'two-' || g FROM generate_series(1, 900) g;
+               INSERT INTO "{s}".third SELECT g, 'three-' || g FROM generate_series(1, 900) g;
+               ANALYZE "{s}".second; ANALYZE "{s}".third;"#
+        ))
+        .await
+        .unwrap();
+    env.cfg.source.backfill_concurrency = 2;
+    let config = dir.path().join("cutover.toml");
+    std::fs::write(&config, env.cfg.to_redacted_toml()).unwrap();
+    let capture = Part::capture(&env.cfg).await;
+    let sink = Part::sink(&env.cfg, "mirror").await;
+    let tables: Vec<String> = ["events", "second", "third"]
+        .iter()
+        .map(|t| format!("{s}.{t}"))
+        .collect();
+    let mut args = vec![
+        "backfill",
+        "--chunk-rows",
+        "100",
+        "--rows-per-sec",
+        "600",
+        "--no-wait",
+    ];
+    for t in &tables {
+        args.extend(["--table", t.as_str()]);
+    }
+    let (code, out, err) = cli(&config, &args);
+    assert_eq!(code, 0, "{out}{err}");
+    // Each table takes about 1.5 s at its throttle: sample how many run at once.
+    let l = env.legacy().await;
+    let mut most = 0i64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = l
+            .query_one(
+                "SELECT count(*) FILTER (WHERE state = 'running'),
+                        count(*) FILTER (WHERE state = 'done'),
+                        count(*) FILTER (WHERE state = 'failed')
+                 FROM cutover.backfill WHERE pipeline = $1",
+                &[&env.cfg.name],
+            )
+            .await
+            .unwrap();
+        let (running, done, failed): (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
+        assert_eq!(failed, 0, "a table's backfill failed");
+        assert!(running <= 2, "{running} tables backfilled at once, limit 2");
+        most = most.max(running);
+        if done == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backfill of 3 tables did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(most, 2, "never two tables at once: not parallel");
+    for t in ["events", "second", "third"] {
+        let q = format!(r#"SELECT * FROM "{s}".{t}"#);
+        converge(&l, &q, &env.target(0).await, &q, 90).await;
+    }
+    sink.stop().await;
+    capture.stop().await;
+    let _ = l
+        .execute(
+            "DELETE FROM cutover.backfill WHERE pipeline = $1",
+            &[&env.cfg.name],
+        )
+        .await;
+    env.cleanup().await;
+}

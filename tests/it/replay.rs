@@ -210,3 +210,77 @@ async fn replay_a_time_window_by_source_commit_time() {
     capture.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retire_refuses_a_running_sink_then_removes_its_origins_and_progress() {
+    let (mut env, dir, _) = setup("retire").await;
+    // A pipeline of its own: retire removes this pipeline's origins and progress only.
+    env.cfg.name = env.schema.clone();
+    let config = dir.path().join("cutover.toml");
+    std::fs::write(&config, env.cfg.to_redacted_toml()).unwrap();
+    let s = env.schema.clone();
+    let capture = Part::capture(&env.cfg).await;
+    let sink = Part::sink(&env.cfg, "mirror").await;
+    let (l, t) = (env.legacy().await, env.target(0).await);
+    l.batch_execute(&format!(
+        r#"INSERT INTO "{s}".events SELECT g, 'v' FROM generate_series(1, 50) g"#
+    ))
+    .await
+    .unwrap();
+    let q = format!(r#"SELECT * FROM "{s}".events"#);
+    converge(&l, &q, &t, &q, 60).await;
+    let origins = || async {
+        env.target(0)
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE $1",
+                &[&format!("cutover:{}:mirror%", env.cfg.name)],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let progress = || async {
+        env.target(0)
+            .await
+            .query_one(
+                "SELECT count(*) FROM cutover.sink_progress WHERE sink = 'mirror' AND topic = $1",
+                &[&topic(&env)],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(origins().await, 1);
+    assert!(progress().await >= 1);
+
+    // Refused while the sink runs; nothing removed.
+    let (code, out, err) = cli(&config, &["retire", "--sink", "mirror"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("sink mirror is running"), "{err}");
+    assert_eq!(origins().await, 1);
+
+    sink.stop().await;
+    // A dry run lists and keeps.
+    let (code, out, err) = cli(&config, &["retire", "--sink", "mirror", "--dry-run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 replication origin(s)"), "{out}");
+    assert!(out.contains("nothing removed"), "{out}");
+    assert_eq!(origins().await, 1);
+
+    let (code, out, err) = cli(&config, &["retire", "--sink", "mirror"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("dropped 1 origin(s)"), "{out}");
+    assert!(
+        out.contains(&format!("deleted consumer group {}.mirror", env.cfg.name)),
+        "{out}"
+    );
+    assert_eq!(origins().await, 0);
+    assert_eq!(progress().await, 0);
+    // Idempotent: nothing left to do is not an error.
+    let (code, out, err) = cli(&config, &["retire", "--sink", "mirror"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("0 replication origin(s)"), "{out}");
+    capture.stop().await;
+    env.cleanup().await;
+}

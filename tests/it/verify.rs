@@ -1,6 +1,7 @@
 //! `cutover verify` against the real stack: an equal pair is 100%; a corrupted, a missing and
 //! two extra rows are found by chunk checksums and bisection; `--repair` fixes them through
-//! the pipeline; rows written while verify runs are not reported (re-checked after the lag).
+//! the pipeline; rows written while verify runs are not reported (re-checked after the lag);
+//! the read throttle holds.
 
 use std::time::Duration;
 
@@ -63,6 +64,18 @@ async fn verify_finds_and_repairs_corrupted_missing_and_extra_rows() {
         "6 full chunks and the open-ended last one: {r}"
     );
     assert_eq!(r["mismatched_chunks"], 0);
+
+    // Throttled: 3000 rows read on each side at 3000 rows/s (both sides together) take at
+    // least the 2 s the limit allows, and the answer is the same.
+    let started = std::time::Instant::now();
+    let (code, out, err) = verify(&["--rows-per-sec", "3000"]);
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(report(&out)["parity_pct"], 100.0);
+    assert!(
+        took >= 6000.0 / 3000.0 * 0.9,
+        "verify took {took:.2}s: throttle not held"
+    );
 
     // Rows written while verify runs are in flight, not differences.
     let writer = {
