@@ -43,7 +43,7 @@ CONF
   if pg_running "$name"; then
     log "$name PostgreSQL already running on 127.0.0.1:$port"
   else
-    if port_open "$port"; then die "port $port is taken by another process; stop it or set CUTOVER_${name^^}_PORT"; fi
+    if port_open "$port"; then die "port $port is taken by another process (another checkout's stack? run make down there); stop it or set CUTOVER_${name^^}_PORT"; fi
     log "starting $name PostgreSQL on 127.0.0.1:$port"
     as_pg "$PGBIN/pg_ctl" -D "$dir" -l "$STATE/pg/$name.log" -w -t 60 start >/dev/null \
       || { tail -20 "$STATE/pg/$name.log" >&2; die "$name PostgreSQL did not start"; }
@@ -73,7 +73,7 @@ broker_up() {
   if pid_alive "$dir/tansu.pid"; then
     log "broker already running on 127.0.0.1:$KAFKA_PORT"
   else
-    if port_open "$KAFKA_PORT"; then die "port $KAFKA_PORT is taken by another process"; fi
+    if port_open "$KAFKA_PORT"; then die "port $KAFKA_PORT is taken by another process (another checkout's stack? run make down there)"; fi
     log "starting Tansu broker on 127.0.0.1:$KAFKA_PORT (SQLite storage in $dir)"
     # The sqlite:// path is resolved against the working directory: start from $dir.
     # exec: the backgrounded subshell becomes the broker, so $! is the broker's pid and no
@@ -112,7 +112,7 @@ registry_up() {
   if pid_alive "$dir/registry.pid"; then
     log "registry already running on 127.0.0.1:$REGISTRY_PORT"
   else
-    if port_open "$REGISTRY_PORT"; then die "port $REGISTRY_PORT is taken by another process"; fi
+    if port_open "$REGISTRY_PORT"; then die "port $REGISTRY_PORT is taken by another process (another checkout's stack? run make down there)"; fi
     echo "$stamp" > "$dir/registry.stamp"
     log "starting schema registry on 127.0.0.1:$REGISTRY_PORT"
     nohup "$CUTOVER_BIN" registry --listen "127.0.0.1:$REGISTRY_PORT" --data-dir "$dir" \
