@@ -120,9 +120,15 @@ pub struct BacksyncConfig {
     #[serde(default)]
     pub conflict_policy: ConflictPolicy,
     /// New table → legacy table (same keys as `[[sinks.tables]]`); tables without an entry
-    /// are not applied to legacy.
+    /// follow `unmapped_tables`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mappings: Vec<TableMapping>,
+    /// New-store tables without a `mappings` entry: `skip` (default: not applied to legacy) or
+    /// `identity` (applied to the legacy table of the same schema, name and columns; for
+    /// migrations where the new store keeps the legacy shape). Legacy tables are never
+    /// created by the back-sync.
+    #[serde(default = "default_backsync_unmapped")]
+    pub unmapped_tables: Unmapped,
     /// `cutover phase set` refuses unless both directions' oldest unapplied event is younger
     /// than this.
     #[serde(default = "default_gate_max_lag_secs")]
@@ -133,6 +139,10 @@ pub struct BacksyncConfig {
 
 fn default_gate_max_lag_secs() -> u64 {
     10
+}
+
+fn default_backsync_unmapped() -> Unmapped {
+    Unmapped::Skip
 }
 
 /// The name of the sink that applies the back-sync to legacy.
@@ -545,7 +555,7 @@ impl Config {
             "url": self.source.url.expose(),
             "group_id": format!("{}.{}", self.name, BACKSYNC_SINK),
             "batch_max_ms": b.batch_max_ms,
-            "unmapped_tables": "skip",
+            "unmapped_tables": b.unmapped_tables,
             "create_tables": false,
         }))
         .map_err(|e| Error::internal(format!("back-sync sink config: {e}")))?;

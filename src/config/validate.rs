@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 
-use super::{Config, DbUrl};
+use super::{Config, DbUrl, Unmapped};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
@@ -287,10 +287,10 @@ impl Config {
                     "the sink name \"backsync\" is reserved for the back-sync",
                 );
             }
-            if b.mappings.is_empty() {
+            if b.mappings.is_empty() && b.unmapped_tables == Unmapped::Skip {
                 e.push(
                     "backsync.mappings",
-                    "empty: no new-store table would be applied to legacy",
+                    "empty and unmapped_tables = \"skip\": no new-store table would be applied to legacy",
                 );
             }
             for (j, m) in b.mappings.iter().enumerate() {

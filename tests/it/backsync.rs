@@ -18,8 +18,12 @@ use cutover::event::TableId;
 
 struct Mig {
     cfg: Config,
-    /// Legacy schema; the new store's schema is `<id>_n`.
+    /// Legacy schema.
     id: String,
+    /// The new store's schema: `<id>_n` with a mapping (owner → owner_name), `<id>` for an
+    /// identity migration (same schema, table and columns on both sides).
+    ns: String,
+    new_owner: &'static str,
     dir: tempfile::TempDir,
 }
 
@@ -41,22 +45,41 @@ async fn sweep_origins(c: &tokio_postgres::Client) {
 
 impl Mig {
     async fn new(tag: &str, policy: ConflictPolicy) -> Mig {
+        Self::build(tag, policy, false).await
+    }
+
+    /// No mappings either way: `unmapped_tables = "identity"` on the forward sink and the
+    /// back-sync, the new store's table has the legacy table's schema, name and columns.
+    async fn identity(tag: &str, policy: ConflictPolicy) -> Mig {
+        Self::build(tag, policy, true).await
+    }
+
+    async fn build(tag: &str, policy: ConflictPolicy, identity: bool) -> Mig {
         let id = unique(tag);
         let mut cfg = isolated_config(&id);
         cfg.name = id.clone();
         cfg.sinks.retain(|s| s.name == "newstore");
         let newstore_url = cfg.sinks[0].url.clone();
-        let ns = format!("{id}_n");
+        let (ns, new_owner) = if identity {
+            (id.clone(), "owner")
+        } else {
+            (format!("{id}_n"), "owner_name")
+        };
         let s = &mut cfg.sinks[0];
         s.group_id = Some(format!("{id}.newstore"));
         s.batch_max_ms = 50;
-        s.unmapped_tables = Unmapped::Skip;
-        s.tables = vec![TableMapping {
-            source: format!("{id}.accounts"),
-            target: Some(format!("{ns}.accounts")),
-            rename: [("owner".to_string(), "owner_name".to_string())].into(),
-            ..Default::default()
-        }];
+        if identity {
+            s.unmapped_tables = Unmapped::Identity;
+            s.tables = vec![];
+        } else {
+            s.unmapped_tables = Unmapped::Skip;
+            s.tables = vec![TableMapping {
+                source: format!("{id}.accounts"),
+                target: Some(format!("{ns}.accounts")),
+                rename: [("owner".to_string(), "owner_name".to_string())].into(),
+                ..Default::default()
+            }];
+        }
         cfg.backsync = Some(BacksyncConfig {
             url: newstore_url,
             password: None,
@@ -66,12 +89,21 @@ impl Mig {
             tables: vec![],
             forward_sink: "newstore".into(),
             conflict_policy: policy,
-            mappings: vec![TableMapping {
-                source: format!("{ns}.accounts"),
-                target: Some(format!("{id}.accounts")),
-                rename: [("owner_name".to_string(), "owner".to_string())].into(),
-                ..Default::default()
-            }],
+            mappings: if identity {
+                vec![]
+            } else {
+                vec![TableMapping {
+                    source: format!("{ns}.accounts"),
+                    target: Some(format!("{id}.accounts")),
+                    rename: [("owner_name".to_string(), "owner".to_string())].into(),
+                    ..Default::default()
+                }]
+            },
+            unmapped_tables: if identity {
+                Unmapped::Identity
+            } else {
+                Unmapped::Skip
+            },
             gate_max_lag_secs: 10,
             batch_max_ms: 50,
         });
@@ -79,6 +111,8 @@ impl Mig {
         let m = Mig {
             cfg,
             id,
+            ns,
+            new_owner,
             dir: tempfile::tempdir().unwrap(),
         };
         let s = &m.id;
@@ -91,12 +125,13 @@ impl Mig {
             ))
             .await
             .unwrap();
+        let (ns, owner) = (&m.ns, m.new_owner);
         m.new_store()
             .await
             .batch_execute(&format!(
-                r#"CREATE SCHEMA "{s}_n";
-                CREATE TABLE "{s}_n".accounts (id bigint PRIMARY KEY, owner_name text, balance numeric(12,2));
-                ALTER TABLE "{s}_n".accounts REPLICA IDENTITY FULL;"#
+                r#"CREATE SCHEMA "{ns}";
+                CREATE TABLE "{ns}".accounts (id bigint PRIMARY KEY, {owner} text, balance numeric(12,2));
+                ALTER TABLE "{ns}".accounts REPLICA IDENTITY FULL;"#
             ))
             .await
             .unwrap();
@@ -124,8 +159,8 @@ impl Mig {
 
     fn new_sql(&self) -> String {
         format!(
-            r#"SELECT id, owner_name, balance FROM "{}_n".accounts"#,
-            self.id
+            r#"SELECT id, {}, balance FROM "{}".accounts"#,
+            self.new_owner, self.ns
         )
     }
 
@@ -215,7 +250,7 @@ impl Mig {
     fn back_topic(&self) -> String {
         topic_for(
             &format!("{}.back", self.cfg.topic_prefix),
-            &TableId::new(format!("{}_n", self.id), "accounts"),
+            &TableId::new(&self.ns, "accounts"),
         )
     }
 
@@ -261,7 +296,8 @@ impl Mig {
             .await;
         let _ = n
             .batch_execute(&format!(
-                r#"DROP PUBLICATION IF EXISTS "{s}_b"; DROP SCHEMA IF EXISTS "{s}_n" CASCADE;"#
+                r#"DROP PUBLICATION IF EXISTS "{s}_b"; DROP SCHEMA IF EXISTS "{}" CASCADE;"#,
+                self.ns
             ))
             .await;
         sweep_origins(&l).await;
@@ -281,7 +317,7 @@ async fn round_trip_forward_dual_reverse_and_back_loses_nothing_and_never_echoes
     let m = Mig::new("bsrt", ConflictPolicy::SourceOfTruth).await;
     let parts = m.start().await;
     let (l, n) = (m.legacy().await, m.new_store().await);
-    let (s, ns) = (m.id.clone(), format!("{}_n", m.id));
+    let (s, ns) = (m.id.clone(), m.ns.clone());
     let mut legacy_writes = 0;
     let mut new_writes = 0;
 
@@ -514,7 +550,7 @@ async fn gate_refuses_while_lagging_or_mismatched_and_force_is_audited() {
 /// Both sides update the same rows for a while in `dual`, with both directions running.
 /// Returns (legacy app writes, new-store app writes).
 async fn concurrent_writes(m: &Mig, secs: u64) -> (usize, usize) {
-    let (s, ns) = (m.id.clone(), format!("{}_n", m.id));
+    let (s, ns) = (m.id.clone(), m.ns.clone());
     let l = m.legacy().await;
     let n = m.new_store().await;
     let until = Instant::now() + Duration::from_secs(secs);
@@ -730,4 +766,41 @@ async fn sink_without_origin_privileges_fails_naming_the_grants() {
             r#"REASSIGN OWNED BY "{role}" TO postgres; DROP OWNED BY "{role}"; DROP ROLE "{role}""#
         ))
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_back_sync_needs_no_mappings_and_never_echoes() {
+    let m = Mig::identity("bsident", ConflictPolicy::SourceOfTruth).await;
+    let parts = m.start().await;
+    let s = m.id.clone();
+    m.legacy()
+        .await
+        .batch_execute(&format!(
+            r#"INSERT INTO "{s}".accounts SELECT g, 'seed', 0 FROM generate_series(1, 20) g"#
+        ))
+        .await
+        .unwrap();
+    m.converged(60).await;
+    m.switch("dual").await;
+    m.switch("reverse").await;
+    // The new store owns the table now: its writes reach the same-named legacy table.
+    m.new_store()
+        .await
+        .batch_execute(&format!(
+            r#"INSERT INTO "{s}".accounts SELECT g, 'new', 1 FROM generate_series(101, 110) g;
+               UPDATE "{s}".accounts SET owner = 'moved' WHERE id <= 5;"#
+        ))
+        .await
+        .unwrap();
+    m.converged(60).await;
+    let moved = super::apply::rows(
+        &m.legacy().await,
+        &format!(r#"SELECT id FROM "{s}".accounts WHERE owner = 'moved' OR owner = 'new'"#),
+    )
+    .await;
+    assert_eq!(moved.len(), 15, "{moved:?}");
+    // No echo: each topic holds exactly its side's application writes.
+    assert_eq!(events(&m.cfg, &m.forward_topic()).await, 20);
+    assert_eq!(events(&m.cfg, &m.back_topic()).await, 15);
+    m.cleanup(parts).await;
 }

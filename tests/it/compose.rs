@@ -24,6 +24,7 @@ fn compose_file_parses_and_has_the_stack() {
         "prometheus",
         "grafana",
         "cutover-preflight",
+        "backsync",
     ] {
         assert!(services.contains_key(s), "service {s} missing");
     }
@@ -72,6 +73,13 @@ fn every_mounted_file_exists_and_configs_are_valid() {
     )
     .expect("deploy/compose/cutover.toml is valid");
     assert_eq!(cfg.kafka.brokers, vec!["kafka:29092"]);
+    // The back-sync service's reverse pipeline: identity, like the newstore sink.
+    let rev = cfg.reverse().expect("the [backsync] section reverses");
+    assert_eq!(
+        rev.sinks[0].unmapped_tables,
+        cutover::config::Unmapped::Identity
+    );
+    assert_eq!(rev.source.schemas, vec!["public"]);
 
     // Prometheus loads the rules file that is mounted next to its config.
     let prom: Value = serde_yaml_ng::from_str(
