@@ -25,11 +25,12 @@ use super::{load_config, Cli};
 use crate::apply::replay;
 use crate::apply::service::target_endpoint;
 use crate::backsync::origin::origin_name;
+use crate::config::BACKSYNC_SINK;
 use crate::error::{Error, Result};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The sink to retire (a `[[sinks]]` name; every instance of it must be stopped).
+    /// The sink to retire (a `[[sinks]]` name, or `backsync`; every instance must be stopped).
     #[arg(long)]
     pub sink: String,
     /// Only list what would be removed.
@@ -77,6 +78,15 @@ async fn leftovers(
 
 pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let cfg = load_config(cli)?;
+    // The back-sync's sink lives in the reversed pipeline (it writes legacy).
+    let cfg = if args.sink == BACKSYNC_SINK
+        && cfg.backsync.is_some()
+        && !cfg.sinks.iter().any(|s| s.name == args.sink)
+    {
+        cfg.reverse()?
+    } else {
+        cfg
+    };
     let i = cfg
         .sinks
         .iter()

@@ -802,5 +802,20 @@ async fn identity_back_sync_needs_no_mappings_and_never_echoes() {
     // No echo: each topic holds exactly its side's application writes.
     assert_eq!(events(&m.cfg, &m.forward_topic()).await, 20);
     assert_eq!(events(&m.cfg, &m.back_topic()).await, 15);
-    m.cleanup(parts).await;
+    // Retiring the back-sync's sink (it lives in the reversed pipeline) drops its origin on
+    // legacy once it is stopped.
+    for p in parts {
+        p.stop().await;
+    }
+    let o = Command::new(cutover_bin())
+        .args(["retire", "--sink", "backsync", "--config"])
+        .arg(m.config_path())
+        .env_remove("CUTOVER_CONFIG")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains(&format!("\"cutover:{s}:backsync\"")), "{out}");
+    assert!(out.contains("dropped 1 origin(s)"), "{out}");
+    m.cleanup(vec![]).await;
 }
