@@ -814,7 +814,11 @@ async fn identity_back_sync_needs_no_mappings_and_never_echoes() {
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(out.contains(&format!("\"cutover:{s}:backsync\"")), "{out}");
     assert!(out.contains("dropped 1 origin(s)"), "{out}");
     m.cleanup(vec![]).await;
