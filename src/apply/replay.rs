@@ -125,12 +125,7 @@ pub async fn reset(
     )
     .await
     .map_err(|e| Error::postgres("resetting cutover.sink_progress", e))?;
-    tx.execute(
-        "DELETE FROM cutover.sink_truncates WHERE sink = $1 AND source_table = ANY($2)",
-        &[&sink, &tables],
-    )
-    .await
-    .map_err(|e| Error::postgres("clearing cutover.sink_truncates", e))?;
+    super::target::clear_truncates(&tx, sink, tables).await?;
     let all_topics: Vec<String> = {
         let mut v: Vec<String> = starts.keys().map(|(t, _)| t.clone()).collect();
         v.sort();

@@ -319,10 +319,7 @@ impl Sink {
         let dlq: FutureProducer = kafka::producer_config(&cfg.kafka)
             .create()
             .map_err(|e| Error::kafka("creating dead-letter producer", e))?;
-        let group = sink
-            .group_id
-            .clone()
-            .unwrap_or_else(|| sink.group_id(&cfg.name));
+        let group = sink.group_id(&cfg.name);
         let mut cc = kafka::consumer_config(&cfg.kafka, &group);
         if let Some(id) = &sink.instance_id {
             cc.set("group.instance.id", id);

@@ -181,6 +181,36 @@ pub async fn save_truncate(tx: &Client, sink: &str, table: &str, at: (i64, i64))
     Ok(())
 }
 
+/// Drop `sink`'s truncate watermarks of `tables` (replay, retire).
+pub async fn clear_truncates(
+    tx: &impl tokio_postgres::GenericClient,
+    sink: &str,
+    tables: &[String],
+) -> Result<()> {
+    tx.execute(
+        "DELETE FROM cutover.sink_truncates WHERE sink = $1 AND source_table = ANY($2)",
+        &[&sink, &tables],
+    )
+    .await
+    .map_err(|e| Error::postgres("clearing cutover.sink_truncates", e))?;
+    Ok(())
+}
+
+/// Drop `sink`'s progress rows of `topics` (retire: the sink is gone for good). Returns the
+/// number of rows removed.
+pub async fn forget_progress(
+    tx: &impl tokio_postgres::GenericClient,
+    sink: &str,
+    topics: &[String],
+) -> Result<u64> {
+    tx.execute(
+        "DELETE FROM cutover.sink_progress WHERE sink = $1 AND topic = ANY($2)",
+        &[&sink, &topics],
+    )
+    .await
+    .map_err(|e| Error::postgres("deleting from cutover.sink_progress", e))
+}
+
 /// The target's view of a table, `None` if it does not exist.
 pub async fn describe(client: &Client, t: &TableId) -> Result<Option<TargetTable>> {
     let name = qualified(t);

@@ -16,17 +16,16 @@
 //! Exit 0 done (or nothing to do), 1 error (a running sink is one), 2 configuration error.
 
 use std::process::ExitCode;
-use std::time::Duration;
-
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
 
 use super::{load_config, Cli};
-use crate::apply::replay;
 use crate::apply::service::target_endpoint;
+use crate::apply::{replay, target};
 use crate::backsync::origin::origin_name;
-use crate::config::BACKSYNC_SINK;
+use crate::capture::topic_for;
+use crate::config::{Config, BACKSYNC_SINK};
 use crate::error::{Error, Result};
+use crate::event::TableId;
+use crate::kafka;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -41,15 +40,15 @@ pub struct Args {
 /// What a sink left in its target.
 struct Leftovers {
     origins: Vec<String>,
-    progress_rows: i64,
+    /// This pipeline's topics with stored progress, and the progress rows on them.
+    topics: Vec<String>,
+    progress_rows: usize,
+    /// Source tables with a truncate watermark whose topic is one of `topics`.
+    truncated_tables: Vec<String>,
 }
 
-async fn leftovers(
-    client: &tokio_postgres::Client,
-    base: &str,
-    sink: &str,
-    prefix: &str,
-) -> Result<Leftovers> {
+async fn leftovers(client: &tokio_postgres::Client, cfg: &Config, sink: &str) -> Result<Leftovers> {
+    let base = origin_name(&cfg.name, sink, None);
     let origins = client
         .query(
             "SELECT roname FROM pg_replication_origin
@@ -61,18 +60,30 @@ async fn leftovers(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let progress_rows = client
-        .query_one(
-            "SELECT count(*) FROM cutover.sink_progress
-             WHERE sink = $1 AND starts_with(topic, $2 || '.')",
-            &[&sink, &prefix],
-        )
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or(0); // no progress table: the sink never ran here
+    // Progress rows are per (sink name, topic): only this pipeline's topics
+    // (`<topic_prefix>.…`), so another pipeline's sink of the same name keeps its own.
+    let ours = format!("{}.", cfg.topic_prefix);
+    let progress = target::progress(client, sink).await?;
+    let mut topics: Vec<String> = progress
+        .into_keys()
+        .filter_map(|(t, _)| t.starts_with(&ours).then_some(t))
+        .collect();
+    let progress_rows = topics.len();
+    topics.sort();
+    topics.dedup();
+    let truncated_tables = target::truncates(client, sink)
+        .await?
+        .into_keys()
+        .filter(|t| {
+            let (schema, name) = t.split_once('.').unwrap_or(("", t));
+            topics.contains(&topic_for(&cfg.topic_prefix, &TableId::new(schema, name)))
+        })
+        .collect();
     Ok(Leftovers {
         origins,
+        topics,
         progress_rows,
+        truncated_tables,
     })
 }
 
@@ -96,8 +107,8 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let group = sink.group_id(&cfg.name);
     let mut client = target_endpoint(sink, i).connect().await?;
     replay::hold_exclusive(&client, &sink.name, &group).await?;
-    let base = origin_name(&cfg.name, &sink.name, None);
-    let found = leftovers(&client, &base, &sink.name, &cfg.topic_prefix).await?;
+    target::ensure_state(&client).await?;
+    let found = leftovers(&client, &cfg, &sink.name).await?;
     println!(
         "sink {}: {} replication origin(s) {:?}, {} progress row(s), consumer group {group}",
         sink.name,
@@ -118,59 +129,8 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
             .await
             .map_err(|e| Error::postgres(format!("dropping replication origin {o}"), e))?;
     }
-    // Progress rows are per (sink name, topic): only this pipeline's topics
-    // (`<topic_prefix>.…`) are removed, so another pipeline with a sink of the same name in
-    // the same database keeps its own. Truncate watermarks go with their table's topic.
-    let exists: bool = tx
-        .query_one(
-            "SELECT to_regclass('cutover.sink_progress') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| Error::postgres("to_regclass", e))?
-        .get(0);
-    if exists {
-        let topics: Vec<String> = tx
-            .query(
-                "SELECT DISTINCT topic FROM cutover.sink_progress
-                 WHERE sink = $1 AND starts_with(topic, $2 || '.')",
-                &[&sink.name, &cfg.topic_prefix],
-            )
-            .await
-            .map_err(|e| Error::postgres("reading cutover.sink_progress", e))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let truncates: Vec<String> = tx
-            .query(
-                "SELECT source_table FROM cutover.sink_truncates WHERE sink = $1",
-                &[&sink.name],
-            )
-            .await
-            .map_err(|e| Error::postgres("reading cutover.sink_truncates", e))?
-            .iter()
-            .map(|r| r.get::<_, String>(0))
-            .filter(|t| {
-                let (schema, name) = t.split_once('.').unwrap_or(("", t));
-                topics.contains(&crate::capture::topic_for(
-                    &cfg.topic_prefix,
-                    &crate::event::TableId::new(schema, name),
-                ))
-            })
-            .collect();
-        tx.execute(
-            "DELETE FROM cutover.sink_truncates WHERE sink = $1 AND source_table = ANY($2)",
-            &[&sink.name, &truncates],
-        )
-        .await
-        .map_err(|e| Error::postgres("deleting the sink's truncate watermarks", e))?;
-        tx.execute(
-            "DELETE FROM cutover.sink_progress WHERE sink = $1 AND topic = ANY($2)",
-            &[&sink.name, &topics],
-        )
-        .await
-        .map_err(|e| Error::postgres("deleting the sink's progress", e))?;
-    }
+    target::clear_truncates(&tx, &sink.name, &found.truncated_tables).await?;
+    target::forget_progress(&tx, &sink.name, &found.topics).await?;
     tx.commit()
         .await
         .map_err(|e| Error::postgres("COMMIT", e))?;
@@ -180,7 +140,7 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         found.origins.len(),
         found.progress_rows
     );
-    match delete_group(&cfg, &group).await {
+    match kafka::delete_group(&cfg.kafka, &group).await {
         Ok(()) => println!("deleted consumer group {group}"),
         Err(e) => println!(
             "consumer group {group} not deleted ({e}); it only holds committed offsets, which \
@@ -188,25 +148,4 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         ),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-async fn delete_group(cfg: &crate::config::Config, group: &str) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        crate::kafka::base_config(&cfg.kafka)
-            .create()
-            .map_err(|e| Error::kafka("creating admin client", e))?;
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin
-        .delete_groups(&[group], &opts)
-        .await
-        .map_err(|e| Error::kafka("DeleteGroups", e))?;
-    for r in results {
-        if let Err((g, code)) = r {
-            return Err(Error::new(
-                crate::kafka::classify_code(code),
-                format!("DeleteGroups {g}: {code}"),
-            ));
-        }
-    }
-    Ok(())
 }

@@ -166,17 +166,39 @@ pub struct TopicSpec {
     pub configs: Vec<(String, String)>,
 }
 
+fn admin(cfg: &KafkaConfig) -> Result<(AdminClient<DefaultClientContext>, AdminOptions)> {
+    let admin: AdminClient<DefaultClientContext> = base_config(cfg)
+        .create()
+        .map_err(|e| Error::kafka("creating Kafka admin client", e))?;
+    let timeout = Duration::from_millis(cfg.request_timeout_ms);
+    Ok((admin, AdminOptions::new().operation_timeout(Some(timeout))))
+}
+
+/// Delete a consumer group (its committed offsets); it must have no members.
+pub async fn delete_group(cfg: &KafkaConfig, group: &str) -> Result<()> {
+    let (admin, opts) = admin(cfg)?;
+    let results = admin
+        .delete_groups(&[group], &opts)
+        .await
+        .map_err(|e| Error::kafka("DeleteGroups", e))?;
+    for r in results {
+        if let Err((g, code)) = r {
+            return Err(Error::new(
+                classify_code(code),
+                format!("DeleteGroups {g}: {code}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Create the topics that do not exist yet ("already exists" is success). Returns the names
 /// that were newly created.
 pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[TopicSpec]) -> Result<Vec<String>> {
     if topics.is_empty() {
         return Ok(vec![]);
     }
-    let admin: AdminClient<DefaultClientContext> = base_config(cfg)
-        .create()
-        .map_err(|e| Error::kafka("creating Kafka admin client", e))?;
-    let timeout = Duration::from_millis(cfg.request_timeout_ms);
-    let opts = AdminOptions::new().operation_timeout(Some(timeout));
+    let (admin, opts) = admin(cfg)?;
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {

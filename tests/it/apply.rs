@@ -597,13 +597,14 @@ async fn sigkill_of_apply_mid_batch_repeatedly_ends_equal_with_zero_duplicate_ap
         chunk * 500
     });
     let t = env.target(0).await;
+    let writes = format!(r#""{}".writes"#, env.schema);
     for i in 0..4u64 {
-        let before = count_rows(&t, &format!(r#""{}".writes"#, env.schema)).await;
+        let before = count_rows(&t, &writes).await;
         let mut child = spawn();
         // Kill only once this instance is applying (it joined the group and committed a
         // batch), then a little later, so the kill lands inside a later batch.
         let deadline = Instant::now() + Duration::from_secs(90);
-        while count_rows(&t, &format!(r#""{}".writes"#, env.schema)).await <= before {
+        while count_rows(&t, &writes).await <= before {
             if let Ok(Some(status)) = child.0.try_wait() {
                 panic!(
                     "sink instance {i} exited by itself ({status}); apply.log:\n{}",

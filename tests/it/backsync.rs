@@ -23,7 +23,6 @@ struct Mig {
     /// The new store's schema: `<id>_n` with a mapping (owner → owner_name), `<id>` for an
     /// identity migration (same schema, table and columns on both sides).
     ns: String,
-    new_owner: &'static str,
     dir: tempfile::TempDir,
 }
 
@@ -60,10 +59,10 @@ impl Mig {
         cfg.name = id.clone();
         cfg.sinks.retain(|s| s.name == "newstore");
         let newstore_url = cfg.sinks[0].url.clone();
-        let (ns, new_owner) = if identity {
-            (id.clone(), "owner")
+        let ns = if identity {
+            id.clone()
         } else {
-            (format!("{id}_n"), "owner_name")
+            format!("{id}_n")
         };
         let s = &mut cfg.sinks[0];
         s.group_id = Some(format!("{id}.newstore"));
@@ -112,7 +111,6 @@ impl Mig {
             cfg,
             id,
             ns,
-            new_owner,
             dir: tempfile::tempdir().unwrap(),
         };
         let s = &m.id;
@@ -125,7 +123,7 @@ impl Mig {
             ))
             .await
             .unwrap();
-        let (ns, owner) = (&m.ns, m.new_owner);
+        let (ns, owner) = (&m.ns, m.new_owner());
         m.new_store()
             .await
             .batch_execute(&format!(
@@ -139,6 +137,15 @@ impl Mig {
         sweep_origins(&m.legacy().await).await;
         sweep_origins(&m.new_store().await).await;
         m
+    }
+
+    /// The owner column in the new store: renamed unless the migration is an identity one.
+    fn new_owner(&self) -> &'static str {
+        if self.ns == self.id {
+            "owner"
+        } else {
+            "owner_name"
+        }
     }
 
     fn config_path(&self) -> std::path::PathBuf {
@@ -160,7 +167,8 @@ impl Mig {
     fn new_sql(&self) -> String {
         format!(
             r#"SELECT id, {}, balance FROM "{}".accounts"#,
-            self.new_owner, self.ns
+            self.new_owner(),
+            self.ns
         )
     }
 
