@@ -8,7 +8,7 @@ STACK := deploy/local/stack.sh
 help:
 	@echo "make demo      stack + legacy shop + cutover run + live workload view (Ctrl-C stops)"
 	@echo "make bench     catch-up vs native logical replication, stage ceilings, latency, RSS"
-	@echo "make up        start the local stack (2x PostgreSQL, Tansu broker, schema registry)"
+	@echo "make up        start the local stack (2x PostgreSQL, Apache Kafka, schema registry)"
 	@echo "make down      stop it (data kept);  make destroy  stop and delete its data"
 	@echo "make status    show what runs where"
 	@echo "make test      start the stack if needed, then lint + unit + integration tests"

@@ -8,9 +8,12 @@ LEGACY_PORT="${CUTOVER_LEGACY_PORT:-5433}"
 NEW_PORT="${CUTOVER_NEW_PORT:-5434}"
 KAFKA_PORT="${CUTOVER_KAFKA_PORT:-9092}"
 REGISTRY_PORT="${CUTOVER_REGISTRY_PORT:-8081}"
-TANSU_VERSION="0.6.0"
+KAFKA_CONTROLLER_PORT="${CUTOVER_KAFKA_CONTROLLER_PORT:-9093}"
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
-TANSU_BIN="${TANSU_BIN:-$CARGO_BIN/tansu}"
+# Apache Kafka: the version is pinned in deploy/local/kafka/pom.xml only; its jars are cached
+# outside the checkout (~/.m2 survives between CI runs and checkouts).
+KAFKA_VERSION="$(sed -nE 's#.*<kafka.version>([^<]+)</kafka.version>.*#\1#p' "$ROOT/deploy/local/kafka/pom.xml")"
+KAFKA_HOME="${CUTOVER_KAFKA_HOME:-$HOME/.m2/cutover-kafka/$KAFKA_VERSION}"
 VENV="$STATE/venv"
 CUTOVER_BIN="$ROOT/target/debug/cutover"
 

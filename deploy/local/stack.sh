@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The local stack: legacy PostgreSQL (5433), new PostgreSQL (5434), Tansu broker (9092) and the
-# embedded schema registry (8081). Usage: stack.sh up|down|status|restart-broker|destroy
+# The local stack: legacy PostgreSQL (5433), new PostgreSQL (5434), Apache Kafka in KRaft mode
+# (9092, controller 9093) and the embedded schema registry (8081). Usage: stack.sh up|down|status|restart-broker|destroy
 # Idempotent and safe to re-run; works as root (clusters run as the postgres user) and as a
 # normal user. Data lives under $STATE (default <repo>/.local). The system cluster on 5432 is
 # never touched.
@@ -67,35 +67,35 @@ create_db() { # create_db PORT NAME
 }
 
 broker_up() {
-  local dir="$STATE/tansu"
+  local dir="$STATE/kafka"
   mkdir -p "$dir"
-  [ -x "$TANSU_BIN" ] || die "Tansu not found at $TANSU_BIN (run deploy/local/bootstrap.sh)"
-  if pid_alive "$dir/tansu.pid"; then
-    log "broker already running on 127.0.0.1:$KAFKA_PORT"
+  if pid_alive "$dir/kafka.pid"; then
+    log "Kafka already running on 127.0.0.1:$KAFKA_PORT"
   else
-    if port_open "$KAFKA_PORT"; then die "port $KAFKA_PORT is taken by another process (another checkout's stack? run make down there)"; fi
-    log "starting Tansu broker on 127.0.0.1:$KAFKA_PORT (SQLite storage in $dir)"
-    # The sqlite:// path is resolved against the working directory: start from $dir.
-    # exec: the backgrounded subshell becomes the broker, so $! is the broker's pid and no
-    # intermediate shell keeps the caller's stdout open.
-    ( cd "$dir" || exit 1
-      exec nohup "$TANSU_BIN" broker \
-        --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-        --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-        --storage-engine "sqlite://tansu.db" </dev/null >>"$dir/tansu.log" 2>&1 ) &
-    echo $! > "$dir/tansu.pid"
+    for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+      if port_open "$p"; then die "port $p is taken by another process (another checkout's stack? run make down there)"; fi
+    done
+    log "starting Apache Kafka $KAFKA_VERSION (KRaft) on 127.0.0.1:$KAFKA_PORT (data in $dir/data)"
+    # run.sh execs the JVM: $! is the broker's pid, and no shell keeps the caller's stdout open.
+    nohup bash "$ROOT/deploy/local/kafka/run.sh" "$dir" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" \
+      </dev/null >>"$dir/stdout.log" 2>&1 &
+    echo $! > "$dir/kafka.pid"
   fi
-  wait_for 60 "broker" port_open "$KAFKA_PORT" || { tail -20 "$dir/tansu.log" >&2; die "broker does not answer"; }
+  kafka_ready 90 || { tail -20 "$dir/server.log" "$dir/stdout.log" >&2 2>/dev/null; die "Kafka does not answer a metadata request"; }
+  log "Kafka is up"
 }
 
-stop_pidfile() { # stop_pidfile FILE NAME — SIGTERM, then SIGKILL after 10 s (Tansu ignores SIGTERM)
-  local f=$1 name=$2 pid i
+# Ready = the broker answers a metadata request (stock Python client from the venv).
+kafka_ready() { "$VENV/bin/python" "$ROOT/deploy/local/kafka/ready.py" "127.0.0.1:$KAFKA_PORT" "$1" 2>/dev/null; }
+
+stop_pidfile() { # stop_pidfile FILE NAME [SECS] — SIGTERM, SIGKILL only if it outlives SECS (default 10)
+  local f=$1 name=$2 secs=${3:-10} pid i
   pid_alive "$f" || { rm -f "$f"; return 0; }
   pid=$(cat "$f")
   log "stopping $name (pid $pid)"
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; fi
+  for i in $(seq 1 $((secs * 5))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  if kill -0 "$pid" 2>/dev/null; then log "$name did not stop within ${secs}s: SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; fi
   rm -f "$f"
 }
 
@@ -134,8 +134,8 @@ status() {
     if [ -f "$(pg_dir "$n")/PG_VERSION" ] && pg_running "$n"; then s=running; else s=stopped; fi
     status_line "postgres $n" "127.0.0.1:$(pg_port "$n")" "$s"
   done
-  if pid_alive "$STATE/tansu/tansu.pid" && port_open "$KAFKA_PORT"; then s=running; else s=stopped; fi
-  status_line "kafka (tansu)" "127.0.0.1:$KAFKA_PORT" "$s"
+  if pid_alive "$STATE/kafka/kafka.pid" && kafka_ready 2; then s=running; else s=stopped; fi
+  status_line "kafka $KAFKA_VERSION" "127.0.0.1:$KAFKA_PORT" "$s"
   if curl -sf "http://127.0.0.1:$REGISTRY_PORT/subjects" >/dev/null 2>&1; then s=running; else s=stopped; fi
   status_line "schema registry" "http://127.0.0.1:$REGISTRY_PORT" "$s"
 }
@@ -181,19 +181,19 @@ case "${1:-}" in
     echo "local stack is up:"
     echo "  legacy PostgreSQL  postgres://postgres@127.0.0.1:$LEGACY_PORT/app"
     echo "  new PostgreSQL     postgres://postgres@127.0.0.1:$NEW_PORT/app  and  .../newapp"
-    echo "  Kafka (Tansu)      127.0.0.1:$KAFKA_PORT"
+    echo "  Apache Kafka       127.0.0.1:$KAFKA_PORT (KRaft, $KAFKA_VERSION)"
     echo "  schema registry    http://127.0.0.1:$REGISTRY_PORT"
-    echo "  logs               $STATE/{pg/*.log,tansu/tansu.log,registry/registry.log}"
+    echo "  logs               $STATE/{pg/*.log,kafka/server.log,registry/registry.log}"
     ;;
   down)
     stop_pidfile "$STATE/registry/registry.pid" "schema registry"
-    stop_pidfile "$STATE/tansu/tansu.pid" "broker"
+    stop_pidfile "$STATE/kafka/kafka.pid" "Kafka" 60
     pg_down new
     pg_down legacy
     log "local stack is down (data kept in $STATE)"
     ;;
   restart-broker)
-    stop_pidfile "$STATE/tansu/tansu.pid" "broker"
+    stop_pidfile "$STATE/kafka/kafka.pid" "Kafka" 60
     broker_up
     ;;
   status)
@@ -203,7 +203,7 @@ case "${1:-}" in
   destroy)
     "$0" down
     log "deleting stack data (clusters, broker log, registry)"
-    rm -rf "$STATE/pg" "$STATE/tansu" "$STATE/registry"
+    rm -rf "$STATE/pg" "$STATE/kafka" "$STATE/registry"
     ;;
   *)
     echo "usage: $0 up|down|status|restart-broker|destroy|sweep-tests" >&2

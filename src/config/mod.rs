@@ -187,6 +187,39 @@ fn default_backfill_concurrency() -> usize {
     2
 }
 
+/// librdkafka's `group.protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupProtocol {
+    #[default]
+    Classic,
+    Consumer,
+}
+
+impl GroupProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupProtocol::Classic => "classic",
+            GroupProtocol::Consumer => "consumer",
+        }
+    }
+
+    /// Client settings this protocol refuses: with `consumer` the broker owns them
+    /// (`group.consumer.session.timeout.ms`, `group.consumer.heartbeat.interval.ms`,
+    /// `group.consumer.assignors`), and librdkafka fails the client if they are set.
+    pub fn rejected_client_settings(self) -> &'static [&'static str] {
+        match self {
+            GroupProtocol::Classic => &["group.remote.assignor"],
+            GroupProtocol::Consumer => &[
+                "session.timeout.ms",
+                "heartbeat.interval.ms",
+                "partition.assignment.strategy",
+                "group.protocol.type",
+            ],
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
@@ -203,6 +236,12 @@ pub struct KafkaConfig {
     /// Timeout for admin and metadata requests.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// Consumer group protocol of the sinks and the lag monitor: `classic` (JoinGroup/SyncGroup,
+    /// served by every Kafka-compatible broker) or `consumer` (KIP-848: the broker assigns
+    /// partitions incrementally and owns session/heartbeat timing; Apache Kafka >= 4.0).
+    /// See docs/APPLY.md, "Consumer group protocol", for why `classic` is the default.
+    #[serde(default)]
+    pub group_protocol: GroupProtocol,
     /// Extra librdkafka properties applied to every client (security, tuning).
     /// Values of secret-looking keys (`*password`, `*secret*`, `sasl.jaas.config`) are redacted.
     #[serde(default)]

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 
-use super::{Config, DbUrl, Unmapped};
+use super::{Config, DbUrl, GroupProtocol, Unmapped};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
@@ -195,10 +195,27 @@ impl Config {
         if k.client_id.is_empty() {
             e.push("kafka.client_id", "must not be empty");
         }
+        for key in k.group_protocol.rejected_client_settings() {
+            if k.properties.contains_key(*key) {
+                e.push(
+                    format!("kafka.properties.{key}"),
+                    format!(
+                        "is not accepted with kafka.group_protocol = \"{}\"{}",
+                        k.group_protocol.as_str(),
+                        if k.group_protocol == GroupProtocol::Consumer {
+                            " (the broker owns it: group.consumer.* broker settings)"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+            }
+        }
         for key in [
             "bootstrap.servers",
             "enable.auto.offset.store",
             "enable.idempotence",
+            "group.protocol",
         ] {
             if k.properties.contains_key(key) {
                 e.push(
@@ -440,6 +457,31 @@ mod tests {
         ] {
             assert!(paths.contains(&want), "missing {want} in {paths:?}");
         }
+    }
+
+    #[test]
+    fn settings_the_group_protocol_rejects_are_named() {
+        let mut c = base();
+        c.kafka.group_protocol = GroupProtocol::Consumer;
+        c.kafka
+            .properties
+            .insert("session.timeout.ms".into(), "6000".into());
+        let errs = c.validate().unwrap_err();
+        assert_eq!(errs.0[0].path, "kafka.properties.session.timeout.ms");
+        assert!(
+            errs.0[0].rule.contains("group_protocol"),
+            "{}",
+            errs.0[0].rule
+        );
+        // The same setting is fine with the classic protocol.
+        c.kafka.group_protocol = GroupProtocol::Classic;
+        assert!(c.validate().is_ok());
+        // group.protocol itself is only set through kafka.group_protocol.
+        c.kafka
+            .properties
+            .insert("group.protocol".into(), "consumer".into());
+        let errs = c.validate().unwrap_err();
+        assert_eq!(errs.0[0].path, "kafka.properties.group.protocol");
     }
 
     #[test]

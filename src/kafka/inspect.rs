@@ -19,7 +19,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use super::{base_config, classify_code};
+use super::{base_config, classify_code, set_group_protocol};
 use crate::config::KafkaConfig;
 use crate::error::{Error, ErrorKind, Result};
 
@@ -154,6 +154,7 @@ impl Inspector {
         }
         let mut cc = quiet(base_config(&self.cfg));
         cc.set("group.id", group);
+        set_group_protocol(&mut cc, self.cfg.group_protocol);
         let c: BaseConsumer = cc
             .create()
             .map_err(|e| Error::kafka(format!("creating offset reader for group {group}"), e))?;

@@ -10,7 +10,10 @@
 //! | consumer | `enable.auto.offset.store=false` | nothing is stored that was not applied              |
 //!
 //! Topics are always created explicitly ([`ensure_topics`]); cutover never relies on broker
-//! auto-creation (the local broker does not do it, and production clusters should not).
+//! auto-creation (the local broker has it off, and production clusters should too).
+//!
+//! Consumers speak the group protocol of `kafka.group_protocol` (`classic` or KIP-848
+//! `consumer`); [`consumer_config`] passes neither protocol a setting it rejects.
 
 pub mod inspect;
 
@@ -24,7 +27,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::KafkaConfig;
+use crate::config::{GroupProtocol, KafkaConfig};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Settings shared by every client: brokers, client id, user properties.
@@ -53,23 +56,37 @@ pub fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
     c
 }
 
-/// A consumer config for `group_id`: manual commits, manual offset store.
+/// A consumer config for `group_id`: manual commits, manual offset store, and the group
+/// protocol of `kafka.group_protocol` with only the settings that protocol accepts.
 pub fn consumer_config(cfg: &KafkaConfig, group_id: &str) -> ClientConfig {
     let mut c = base_config(cfg);
     c.set("group.id", group_id);
     c.set("enable.auto.commit", "false");
     c.set("enable.auto.offset.store", "false");
+    set_group_protocol(&mut c, cfg.group_protocol);
     set_default(&mut c, "auto.offset.reset", "earliest");
     set_default(&mut c, "enable.partition.eof", "false");
-    // A killed member's partitions move after 10 s, not librdkafka's 45 s default.
-    set_default(&mut c, "session.timeout.ms", "10000");
-    set_default(&mut c, "heartbeat.interval.ms", "2000");
-    // Also the JoinGroup rebalance timeout: how long a rebalance waits for members that died
-    // without leaving (the local broker does not expire them by session timeout).
+    if cfg.group_protocol == GroupProtocol::Classic {
+        // A killed member's partitions move after 10 s, not librdkafka's 45 s default. With
+        // the consumer protocol the broker owns these (group.consumer.session.timeout.ms).
+        set_default(&mut c, "session.timeout.ms", "10000");
+        set_default(&mut c, "heartbeat.interval.ms", "2000");
+    }
+    // Also the classic JoinGroup rebalance timeout: how long a rebalance waits for members
+    // that are slow to rejoin.
     set_default(&mut c, "max.poll.interval.ms", "30000");
     // Latency over request count: an idle fetch returns after 50 ms, not librdkafka's 500 ms.
     set_default(&mut c, "fetch.wait.max.ms", "50");
     c
+}
+
+/// `group.protocol` for a client that uses a group (a sink, or the lag monitor's OffsetFetch
+/// clients), and nothing the protocol rejects (validate() refuses such user properties).
+pub fn set_group_protocol(c: &mut ClientConfig, protocol: GroupProtocol) {
+    c.set("group.protocol", protocol.as_str());
+    for key in protocol.rejected_client_settings() {
+        c.remove(key);
+    }
 }
 
 /// Set `key` unless the user already did through `kafka.properties`.
@@ -293,6 +310,34 @@ pub async fn ping(cfg: &KafkaConfig) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn kafka_cfg(protocol: GroupProtocol) -> KafkaConfig {
+        let mut k = crate::config::Config::load_with_env(None, Vec::<(String, String)>::new())
+            .unwrap()
+            .kafka;
+        k.group_protocol = protocol;
+        k
+    }
+
+    #[test]
+    fn each_group_protocol_gets_only_the_settings_it_accepts() {
+        let c = consumer_config(&kafka_cfg(GroupProtocol::Classic), "g");
+        assert_eq!(c.get("group.protocol"), Some("classic"));
+        assert_eq!(c.get("session.timeout.ms"), Some("10000"));
+        assert_eq!(c.get("heartbeat.interval.ms"), Some("2000"));
+
+        let c = consumer_config(&kafka_cfg(GroupProtocol::Consumer), "g");
+        assert_eq!(c.get("group.protocol"), Some("consumer"));
+        for key in GroupProtocol::Consumer.rejected_client_settings() {
+            assert_eq!(c.get(key), None, "{key} passed to the consumer protocol");
+        }
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        // librdkafka itself accepts the result (it refuses rejected settings at creation).
+        let _: BaseConsumer = c.create().expect("consumer protocol config accepted");
+        let _: BaseConsumer = consumer_config(&kafka_cfg(GroupProtocol::Classic), "g")
+            .create()
+            .expect("classic config accepted");
+    }
 
     #[test]
     fn transient_broker_errors_retry_auth_is_fatal() {

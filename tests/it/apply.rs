@@ -1,4 +1,4 @@
-//! Apply end to end against the real stack: legacy PG15 → capture → Tansu → sinks → new PG15.
+//! Apply end to end against the real stack: legacy PG15 → capture → Apache Kafka → sinks → new PG15.
 //! Every test captures its own schema (`schemas = [<unique>]`) and writes to its own target
 //! schemas, so tests run in parallel on the shared clusters.
 
@@ -464,7 +464,7 @@ async fn mixed_workload_reaches_both_sinks_mirror_equal_and_newstore_mapped() {
 
 /// A mirror table with a trigger that counts every write per key: a duplicate apply of an
 /// insert-only workload would show as a count of 2.
-async fn counted_mirror_table(env: &Env) {
+pub(super) async fn counted_mirror_table(env: &Env) {
     let s = &env.schema;
     env.target(0)
         .await
@@ -492,7 +492,7 @@ async fn counted_mirror_table(env: &Env) {
         .unwrap();
 }
 
-async fn assert_each_written_once(env: &Env, expected: i64) {
+pub(super) async fn assert_each_written_once(env: &Env, expected: i64) {
     let s = &env.schema;
     let t = env.target(0).await;
     let row = t
@@ -511,14 +511,14 @@ async fn assert_each_written_once(env: &Env, expected: i64) {
 }
 
 /// `SELECT count(*)` of a table (`schema.table`, quoted as needed).
-async fn count_rows(c: &tokio_postgres::Client, table: &str) -> i64 {
+pub(super) async fn count_rows(c: &tokio_postgres::Client, table: &str) -> i64 {
     c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
         .await
         .unwrap()
         .get(0)
 }
 
-fn write_config(cfg: &Config, dir: &std::path::Path) -> std::path::PathBuf {
+pub(super) fn write_config(cfg: &Config, dir: &std::path::Path) -> std::path::PathBuf {
     let p = dir.join("cutover.toml");
     std::fs::write(&p, cfg.to_redacted_toml()).unwrap();
     p
@@ -539,23 +539,20 @@ async fn sigkill_of_apply_mid_batch_repeatedly_ends_equal_with_zero_duplicate_ap
         dir.disable_cleanup(true);
         eprintln!("apply logs: {}", dir.path().join("apply.log").display());
     }
-    // A shorter session timeout: a SIGKILLed member (it never leaves the group) is expired
-    // after 6 s instead of 10.
-    env.cfg
-        .kafka
-        .properties
-        .insert("session.timeout.ms".into(), "6000".into());
     let config = write_config(&env.cfg, dir.path());
-    // Dynamic membership, and each restart waits out the session timeout: the local broker
-    // (Tansu 0.6) can wedge a group whose leader died without leaving when a new member
-    // joins before the dead one is expired. It never expires static members at all (join,
-    // sync and heartbeat skip the missed-heartbeat check when group.instance.id is set), and
-    // a member joining a formed group can be handed a leader that is gone, after which it
-    // stays assigned nothing. Kafka has neither problem; what this test proves is the sink's
-    // effectively-once apply across SIGKILLs, not the broker's group protocol.
+    // Static membership: every restart takes over the killed instance's member id at once
+    // (KIP-345), so no restart waits for a session timeout and no rebalance moves partitions.
+    let instance = unique("kill");
     let spawn = || {
         std::process::Command::new(cutover_bin())
-            .args(["apply", "--sink", "mirror", "--config"])
+            .args([
+                "apply",
+                "--sink",
+                "mirror",
+                "--instance-id",
+                &instance,
+                "--config",
+            ])
             .arg(&config)
             .stdout(std::process::Stdio::null())
             .stderr(
@@ -619,8 +616,7 @@ async fn sigkill_of_apply_mid_batch_repeatedly_ends_equal_with_zero_duplicate_ap
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tokio::time::sleep(Duration::from_millis(40 * i)).await;
-        child.kill(); // SIGKILL
-        tokio::time::sleep(Duration::from_secs(7)).await; // > session.timeout.ms (see above)
+        child.kill(); // SIGKILL; the next instance starts at once
     }
     let _ = done.send(true);
     let written = writer.await.unwrap();

@@ -1,4 +1,4 @@
-//! Back-sync and cutover phases against the real stack: legacy PG15 ⇄ Tansu ⇄ new store PG15,
+//! Back-sync and cutover phases against the real stack: legacy PG15 ⇄ Apache Kafka ⇄ new store PG15,
 //! both directions running at once (forward capture + forward sink, back capture + back sink),
 //! phases changed through the `cutover phase` command as an operator would.
 //!

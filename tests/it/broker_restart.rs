@@ -1,5 +1,5 @@
-//! A broker restart loses no acknowledged message. Uses a private Tansu (own port, own SQLite
-//! file) so the shared stack is not disturbed; the broker is SIGKILLed, the harshest stop.
+//! A broker restart loses no acknowledged message. Uses a private Apache Kafka (own ports, own
+//! data dir) so the shared stack is not disturbed; the broker is SIGKILLed, the harshest stop.
 
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ async fn acknowledged_messages_survive_a_broker_kill() {
     assert_eq!(before.values().map(|(_, h)| h).sum::<i64>(), 500);
 
     broker.restart();
-    assert!(broker.data_dir().join("tansu.db").exists());
+    assert!(broker.data_dir().join("data/meta.properties").exists());
 
     let after = watermarks(&cfg, &topic).await.unwrap();
     assert_eq!(before, after, "watermarks changed across restart");

@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: the default local config, unique names, a private
-//! Tansu broker, an in-process registry, paths of the stock clients.
+//! Apache Kafka broker, an in-process registry, paths of the stock clients.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -61,22 +61,6 @@ pub fn python() -> PathBuf {
     p
 }
 
-pub fn tansu_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("TANSU_BIN") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cargo"));
-    let p = home.join("bin/tansu");
-    assert!(
-        p.exists(),
-        "{} not found: run deploy/local/bootstrap.sh",
-        p.display()
-    );
-    p
-}
-
 fn port_open(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(
         &SocketAddr::from(([127, 0, 0, 1], port)),
@@ -85,10 +69,12 @@ fn port_open(port: u16) -> bool {
     .is_ok()
 }
 
-/// A Tansu broker of the test's own, on a free port, with SQLite storage in a temp dir, so a
-/// test can kill and restart it without disturbing the shared stack.
+/// An Apache Kafka (single KRaft node) of the test's own, on free ports, with its data in a
+/// temp dir, so a test can kill and restart it without disturbing the shared stack. Started by
+/// deploy/local/kafka/run.sh, which execs the JVM: the child is the broker itself.
 pub struct PrivateBroker {
     pub port: u16,
+    controller_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -97,6 +83,7 @@ impl PrivateBroker {
     pub fn start() -> PrivateBroker {
         let mut b = PrivateBroker {
             port: free_port(),
+            controller_port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
         };
@@ -108,31 +95,33 @@ impl PrivateBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+    /// Start the broker (again) on the same ports and data; returns once its listener is open
+    /// (Kafka opens the client port only after the broker has started).
+    pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("tansu.log"))
+            .open(self.dir.path().join("stdout.log"))
             .unwrap();
-        let child = Command::new(tansu_bin())
-            .current_dir(self.dir.path())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "sqlite://tansu.db",
-            ])
+        let child = Command::new("bash")
+            .arg(root().join("deploy/local/kafka/run.sh"))
+            .arg(self.dir.path())
+            .arg(self.port.to_string())
+            .arg(self.controller_port.to_string())
+            .env("CUTOVER_KAFKA_HEAP", "512m")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
-            .expect("spawn tansu");
+            .expect("spawn deploy/local/kafka/run.sh");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(90);
         while !port_open(self.port) {
+            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!(
+                    "private broker exited with {st}: {}",
+                    std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
+                );
+            }
             assert!(
                 Instant::now() < deadline,
                 "private broker did not open port {}",
@@ -152,6 +141,24 @@ impl PrivateBroker {
         while port_open(self.port) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// SIGTERM (Kafka's clean shutdown) with a bounded wait, then SIGKILL.
+    pub fn stop(&mut self) {
+        if let Some(c) = self.child.as_ref() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if self.child.as_mut().unwrap().try_wait().unwrap().is_some() {
+                    self.child = None;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        self.kill();
     }
 
     pub fn restart(&mut self) {
