@@ -18,7 +18,8 @@ help:
 bootstrap:
 	@bash deploy/local/bootstrap.sh
 
-up: bootstrap
+up:
+	@bash deploy/local/bootstrap.sh stack
 	@cargo build --quiet --bin cutover
 	@bash $(STACK) up
 
@@ -53,12 +54,14 @@ lint:
 test: up lint test-rules test-only
 
 # promtool comes from Debian's prometheus package (deploy/local/bootstrap.sh installs it).
-test-rules: bootstrap
+test-rules:
+	@bash deploy/local/bootstrap.sh stack
 	promtool check rules deploy/prometheus/alerts.yml
 	promtool check config --syntax-only deploy/prometheus/prometheus.yml
 	cd deploy/prometheus && promtool test rules alerts_test.yml
 
 test-only:
+	@bash deploy/local/bootstrap.sh nextest
 	@bash $(STACK) sweep-tests
 	cargo nextest run --all-targets --profile ci
 

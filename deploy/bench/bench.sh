@@ -198,6 +198,26 @@ PY
 )
 R[broker_produce]=$produce; R[broker_consume]=$consume
 
+# Kafka's own tools (kafka-tools jars of the local stack): the broker's ceiling without a
+# Python client in the way. Same record size, same producer guarantees as cutover's producer.
+NC="${BENCH_CEILING_MESSAGES:-1000000}"
+log "broker ceiling: $NC records of ${R[avg_value_bytes]} bytes, Kafka ProducerPerformance / ConsumerPerformance"
+KCP="$KAFKA_HOME/libs/*"
+kt="bench-ceiling-java-$RUN"
+java -cp "$KCP" org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
+  --create --topic "$kt" --partitions 3 --replication-factor 1 >/dev/null
+R[kafka_produce]=$(java -cp "$KCP" org.apache.kafka.tools.ProducerPerformance --topic "$kt" \
+  --num-records "$NC" --record-size "${R[avg_value_bytes]}" --throughput -1 \
+  --producer-props "bootstrap.servers=127.0.0.1:$KAFKA_PORT" acks=all linger.ms=5 \
+  compression.type=lz4 enable.idempotence=true 2>/dev/null \
+  | awk '/records sent/ {v=$4} END {printf "%.0f", v}')
+# fetch.nMsg.sec: consume rate excluding the group join.
+R[kafka_consume]=$(java -cp "$KCP" org.apache.kafka.tools.ConsumerPerformance \
+  --bootstrap-server "127.0.0.1:$KAFKA_PORT" --topic "$kt" --messages "$NC" 2>/dev/null \
+  | awk -F', *' 'NF >= 10 && $1 !~ /start/ {v=$10} END {printf "%.0f", v}')
+java -cp "$KCP" org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
+  --delete --topic "$kt" >/dev/null 2>&1 || true
+
 log "steady state: $RATE rows/s for $SECS s"
 id="${RUN}_steady"
 reset_tables
@@ -255,9 +275,11 @@ machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /pro
     "$(awk "BEGIN {printf \"%.2f\", ${R[native_s_1]} / ${R[cutover_s_1]}}")" "$(awk "BEGIN {printf \"%.2f\", ${R[native_s_100]} / ${R[cutover_s_100]}}")"
   printf '%-44s %14s %14s\n' "ratio apply-only / native" \
     "$(awk "BEGIN {printf \"%.2f\", ${R[native_s_1]} / ${R[apply_s_1]}}")" "$(awk "BEGIN {printf \"%.2f\", ${R[native_s_100]} / ${R[apply_s_100]}}")"
-  printf '%-44s %14s\n' "broker raw produce, ${R[avg_value_bytes]} B (msg/s)" "${R[broker_produce]}"
-  printf '%-44s %14s\n' "broker raw consume (msg/s)" "${R[broker_consume]}"
-  printf '%-44s %14s\n' "capture-only / broker produce ceiling" "$(awk "BEGIN {printf \"%.0f%%\", 100 * $N / ${R[capture_s_100]} / ${R[broker_produce]}}")"
+  printf '%-44s %14s\n' "broker produce, ${R[avg_value_bytes]} B, Python client (msg/s)" "${R[broker_produce]}"
+  printf '%-44s %14s\n' "broker consume, Python client (msg/s)" "${R[broker_consume]}"
+  printf '%-44s %14s\n' "broker produce, Kafka ProducerPerformance" "${R[kafka_produce]}"
+  printf '%-44s %14s\n' "broker consume, Kafka ConsumerPerformance" "${R[kafka_consume]}"
+  printf '%-44s %14s\n' "capture-only / broker produce ceiling" "$(awk "BEGIN {printf \"%.0f%%\", 100 * $N / ${R[capture_s_100]} / ${R[kafka_produce]}}")"
   printf '%-44s %14s\n' "steady ${RATE} rows/s x ${SECS}s: p50 / p95 / p99 ms" "${R[p50_ms]} / ${R[p95_ms]} / ${R[p99_ms]}"
   printf '%-44s %14s\n' "peak RSS, ${RSS_ROWS}-row transaction (MiB)" "${R[rss_mib]}"
   printf '%-44s %14s\n' "backfill into the topic (rows/s)" "$(rate "$N" "${R[backfill_topic_s]}")"

@@ -8,7 +8,12 @@
 #     ~/.m2/cutover-kafka/<version>/libs (once; a warm run only checks a stamp file)
 #   - cargo-nextest (cargo install, cached in ~/.cargo/bin)
 #   - a Python venv with the stock confluent-kafka client (used by tests as a reference client)
+#
+# Usage: bootstrap.sh [all|stack|nextest]   (default all; `make up` asks for `stack` only, so a
+# cold `make up` does not wait for cargo-nextest; `make test-only` asks for `nextest`)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+what="${1:-all}"
+case "$what" in all|stack|nextest) ;; *) die "usage: bootstrap.sh [all|stack|nextest]" ;; esac
 
 APT_PACKAGES=(libssl-dev libsasl2-dev pkg-config python3-venv curl postgresql-15 postgresql-client-15 prometheus)
 PY_PACKAGES=("confluent-kafka[avro]==2.12.1")
@@ -16,6 +21,7 @@ NEXTEST_VERSION="0.9.151"
 
 java_major() { java -version 2>&1 | sed -nE 's/.*version "([0-9]+).*/\1/p' | head -n1; }
 
+if [ "$what" != nextest ]; then
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -47,13 +53,15 @@ if [ "$(cat "$KAFKA_HOME/.stamp" 2>/dev/null)" != "$want" ] || [ ! -f "$KAFKA_HO
   echo "$want" > "$KAFKA_HOME/.stamp"
 fi
 
-if ! cargo nextest --version 2>/dev/null | grep -q "$NEXTEST_VERSION"; then
+fi
+
+if [ "$what" != stack ] && ! cargo nextest --version 2>/dev/null | grep -q "$NEXTEST_VERSION"; then
   log "installing cargo-nextest $NEXTEST_VERSION into $CARGO_BIN (about 4 min, once)"
   cargo install cargo-nextest --version "$NEXTEST_VERSION" --locked --quiet
 fi
 
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import confluent_kafka, fastavro, requests" 2>/dev/null \
-   || [ "$(cat "$VENV/.requirements" 2>/dev/null)" != "${PY_PACKAGES[*]}" ]; then
+if [ "$what" != nextest ] && { [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import confluent_kafka, fastavro, requests" 2>/dev/null \
+   || [ "$(cat "$VENV/.requirements" 2>/dev/null)" != "${PY_PACKAGES[*]}" ]; }; then
   log "creating Python venv with ${PY_PACKAGES[*]} in $VENV"
   mkdir -p "$STATE"
   python3 -m venv "$VENV"

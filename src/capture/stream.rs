@@ -810,7 +810,7 @@ impl Capture {
             }],
         )
         .await?;
-        let partitions = kafka::watermarks(&self.cfg.kafka, &topic).await?.len() as i32;
+        let partitions = kafka::partition_count(&self.cfg.kafka, &topic).await?;
         tracing::info!(table = %table, topic, key_id, value_id, "relation schema registered");
         // The table's dead-letter series exists from its first relation, at zero.
         metrics::counter!(names::CAPTURE_DLQ_EVENTS_TOTAL, names::LABEL_TABLE => table.to_string())

@@ -15,10 +15,20 @@ pub struct Args {
     /// Run only these sinks (default: all).
     #[arg(long = "sink")]
     pub sinks: Vec<String>,
+    /// Static group membership for every sink of this process: sink S joins as `<ID>.<S>`
+    /// (a restart takes its partitions back at once; see docs/APPLY.md). Stable per process,
+    /// never shared by two running processes (e.g. a StatefulSet pod name).
+    #[arg(long, env = "CUTOVER_INSTANCE_ID")]
+    pub instance_id: Option<String>,
 }
 
 pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
-    let cfg = load_config(cli)?;
+    let mut cfg = load_config(cli)?;
+    if let Some(id) = &args.instance_id {
+        for s in cfg.sinks.iter_mut() {
+            s.instance_id = Some(format!("{id}.{}", s.name));
+        }
+    }
     let names: Vec<String> = if args.sinks.is_empty() {
         cfg.sinks.iter().map(|s| s.name.clone()).collect()
     } else {

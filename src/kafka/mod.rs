@@ -249,8 +249,70 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[TopicSpec]) -> Result<Ve
     }
     if !created.is_empty() {
         tracing::info!(topics = ?created, "created topics");
+        // CreateTopics returns once the controller has the topic; brokers learn its leaders a
+        // moment later. Until then produce/fetch/ListOffsets answer NOT_LEADER_FOR_PARTITION,
+        // so a created topic is handed out only once every partition has a leader.
+        for name in &created {
+            partition_count(cfg, name).await?;
+        }
     }
     Ok(created)
+}
+
+/// Partitions of `topic`, once every one of them has a leader in the cluster's metadata
+/// (retried within `request_timeout_ms`: a topic created a moment ago may not be listed yet;
+/// after that a missing topic is `NotFound`, one without leaders `Unavailable`).
+pub async fn partition_count(cfg: &KafkaConfig, topic: &str) -> Result<i32> {
+    let cfg = cfg.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = base_config(&cfg)
+            .create()
+            .map_err(|e| Error::kafka("creating Kafka metadata client", e))?;
+        let timeout = Duration::from_millis(cfg.request_timeout_ms);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let md = consumer
+                .fetch_metadata(Some(&topic), timeout)
+                .map_err(|e| Error::kafka(format!("metadata for topic {topic}"), e))?;
+            let t = md.topics().iter().find(|t| t.name() == topic);
+            let state: Result<i32> = match t {
+                None => Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("topic {topic} not found"),
+                )),
+                Some(t) => match t.error() {
+                    Some(err) => {
+                        let code: RDKafkaErrorCode = err.into();
+                        Err(Error::new(
+                            classify_code(code),
+                            format!("metadata for topic {topic}: {code}"),
+                        ))
+                    }
+                    None if !t.partitions().is_empty()
+                        && t.partitions()
+                            .iter()
+                            .all(|p| p.leader() >= 0 && p.error().is_none()) =>
+                    {
+                        return Ok(t.partitions().len() as i32);
+                    }
+                    None => Err(Error::new(
+                        ErrorKind::Unavailable,
+                        format!("topic {topic}: not every partition has a leader yet"),
+                    )),
+                },
+            };
+            let err = state.unwrap_err();
+            if std::time::Instant::now() >= deadline
+                || !matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::NotFound)
+            {
+                return Err(err);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .map_err(|e| Error::internal(format!("metadata task failed: {e}")))?
 }
 
 /// Low and high watermarks of every partition of `topic`: partition → (low, high).

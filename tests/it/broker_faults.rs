@@ -151,13 +151,28 @@ async fn broker_down_30s_holds_the_slot_reports_the_broker_and_recovers_by_itsel
             .map(|r| r.status().is_success())
             .unwrap_or(false)
     };
+    // Rows written before the slot exists are not captured; the sink is ready only once it
+    // holds partitions, i.e. once the first row created the table's topic.
+    let l = env.legacy().await;
     let deadline = Instant::now() + Duration::from_secs(60);
+    while l
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&env.cfg.source.slot],
+        )
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "no slot:\n{}", log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (done, rows) = writer(env.legacy().await, env.schema.clone());
+    let deadline = Instant::now() + Duration::from_secs(90);
     while !ready().await {
         assert!(Instant::now() < deadline, "never ready:\n{}", log_text());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let l = env.legacy().await;
-    let (done, rows) = writer(env.legacy().await, env.schema.clone());
     let t = env.target(0).await;
     let writes = format!(r#""{}".writes"#, env.schema);
     while count_rows(&t, &writes).await < 300 {

@@ -38,6 +38,30 @@ fn compose_file_parses_and_has_the_stack() {
     );
 }
 
+/// The Kafka version pinned for the local stack (deploy/local/kafka/pom.xml).
+fn local_kafka_version() -> String {
+    let pom = std::fs::read_to_string(root().join("deploy/local/kafka/pom.xml")).unwrap();
+    let a = pom.find("<kafka.version>").unwrap() + "<kafka.version>".len();
+    let b = pom[a..].find('<').unwrap();
+    pom[a..a + b].to_string()
+}
+
+#[test]
+fn compose_and_kubernetes_name_the_kafka_version_the_local_stack_runs() {
+    let v = local_kafka_version();
+    let major_minor: String = v.split('.').take(2).collect::<Vec<_>>().join(".");
+    let image = compose()["services"]["kafka"]["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(image, format!("apache/kafka:{v}"), "docker-compose.yml");
+    let k8s = std::fs::read_to_string(root().join("deploy/kubernetes/cutover.yaml")).unwrap();
+    assert!(
+        k8s.contains(&format!("Apache Kafka {major_minor}")),
+        "deploy/kubernetes/cutover.yaml does not name Apache Kafka {major_minor}"
+    );
+}
+
 #[test]
 fn every_mounted_file_exists_and_configs_are_valid() {
     let c = compose();

@@ -3,7 +3,8 @@
 //!
 //! - 2 → 3 → 2 sink instances while rows flow: every row applied exactly once;
 //! - `cutover run` SIGKILLed 5 times within 20 s during a workload (dynamic membership, the
-//!   dead members never leave the group): afterwards every row still arrives, exactly once.
+//!   dead members never leave the group) and once more with static membership
+//!   (`--instance-id`): afterwards every row still arrives, exactly once.
 
 use std::time::{Duration, Instant};
 
@@ -127,10 +128,11 @@ async fn rebalance_2_3_2_instances_applies_every_row_once_consumer_protocol() {
     rebalance_2_3_2(GroupProtocol::Consumer).await;
 }
 
-async fn fast_restarts(protocol: GroupProtocol) {
-    let mut env = Env::new(match protocol {
-        GroupProtocol::Classic => "restarts_classic",
-        GroupProtocol::Consumer => "restarts_consumer",
+async fn fast_restarts(protocol: GroupProtocol, instance_id: Option<&str>) {
+    let mut env = Env::new(match (protocol, instance_id) {
+        (GroupProtocol::Classic, None) => "restarts_classic",
+        (GroupProtocol::Classic, Some(_)) => "restarts_static",
+        (GroupProtocol::Consumer, _) => "restarts_consumer",
     });
     env.cfg.kafka.group_protocol = protocol;
     env.cfg.sinks.truncate(1);
@@ -140,10 +142,12 @@ async fn fast_restarts(protocol: GroupProtocol) {
     let config = write_config(&env.cfg, dir.path());
     let log = dir.path().join("run.log");
     let spawn = || {
-        std::process::Command::new(cutover_bin())
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
+        let mut cmd = std::process::Command::new(cutover_bin());
+        cmd.args(["run", "--config"]).arg(&config);
+        if let Some(id) = instance_id {
+            cmd.args(["--instance-id", id]);
+        }
+        cmd.stdout(std::process::Stdio::null())
             .stderr(
                 std::fs::OpenOptions::new()
                     .create(true)
@@ -227,10 +231,18 @@ async fn fast_restarts(protocol: GroupProtocol) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_sigkills_of_cutover_run_in_20s_then_every_row_arrives_once_classic_protocol() {
-    fast_restarts(GroupProtocol::Classic).await;
+    fast_restarts(GroupProtocol::Classic, None).await;
+}
+
+/// The same with static membership (`cutover run --instance-id`): each restart takes over the
+/// killed member's partitions at once instead of after its session timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_sigkills_of_cutover_run_in_20s_with_static_membership_every_row_arrives_once() {
+    let id = super::support::unique("run");
+    fast_restarts(GroupProtocol::Classic, Some(&id)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_sigkills_of_cutover_run_in_20s_then_every_row_arrives_once_consumer_protocol() {
-    fast_restarts(GroupProtocol::Consumer).await;
+    fast_restarts(GroupProtocol::Consumer, None).await;
 }
