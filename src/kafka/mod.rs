@@ -266,43 +266,20 @@ pub async fn partition_count(cfg: &KafkaConfig, topic: &str) -> Result<i32> {
     let cfg = cfg.clone();
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = base_config(&cfg)
-            .create()
-            .map_err(|e| Error::kafka("creating Kafka metadata client", e))?;
+        let consumer = metadata_client(&cfg)?;
         let timeout = Duration::from_millis(cfg.request_timeout_ms);
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let md = consumer
-                .fetch_metadata(Some(&topic), timeout)
-                .map_err(|e| Error::kafka(format!("metadata for topic {topic}"), e))?;
-            let t = md.topics().iter().find(|t| t.name() == topic);
-            let state: Result<i32> = match t {
-                None => Err(Error::new(
-                    ErrorKind::NotFound,
-                    format!("topic {topic} not found"),
-                )),
-                Some(t) => match t.error() {
-                    Some(err) => {
-                        let code: RDKafkaErrorCode = err.into();
-                        Err(Error::new(
-                            classify_code(code),
-                            format!("metadata for topic {topic}: {code}"),
-                        ))
-                    }
-                    None if !t.partitions().is_empty()
-                        && t.partitions()
-                            .iter()
-                            .all(|p| p.leader() >= 0 && p.error().is_none()) =>
-                    {
-                        return Ok(t.partitions().len() as i32);
-                    }
-                    None => Err(Error::new(
-                        ErrorKind::Unavailable,
-                        format!("topic {topic}: not every partition has a leader yet"),
-                    )),
-                },
+            let err = match topic_partitions(&consumer, &topic, timeout) {
+                Ok(ps) if !ps.is_empty() && ps.iter().all(|p| p.leader_known) => {
+                    return Ok(ps.len() as i32)
+                }
+                Ok(_) => Error::new(
+                    ErrorKind::Unavailable,
+                    format!("topic {topic}: not every partition has a leader yet"),
+                ),
+                Err(e) => e,
             };
-            let err = state.unwrap_err();
             if std::time::Instant::now() >= deadline
                 || !matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::NotFound)
             {
@@ -315,37 +292,63 @@ pub async fn partition_count(cfg: &KafkaConfig, topic: &str) -> Result<i32> {
     .map_err(|e| Error::internal(format!("metadata task failed: {e}")))?
 }
 
+/// A client for metadata and watermark requests only (never joins a group).
+fn metadata_client(cfg: &KafkaConfig) -> Result<BaseConsumer> {
+    base_config(cfg)
+        .create()
+        .map_err(|e| Error::kafka("creating Kafka metadata client", e))
+}
+
+struct PartitionInfo {
+    id: i32,
+    /// A leader is known and the partition has no error in the metadata.
+    leader_known: bool,
+}
+
+/// The partitions of `topic` as the cluster's metadata lists them (blocking).
+fn topic_partitions(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<PartitionInfo>> {
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| Error::kafka(format!("metadata for topic {topic}"), e))?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("topic {topic} not found")))?;
+    if let Some(err) = t.error() {
+        let code: RDKafkaErrorCode = err.into();
+        return Err(Error::new(
+            classify_code(code),
+            format!("metadata for topic {topic}: {code}"),
+        ));
+    }
+    Ok(t.partitions()
+        .iter()
+        .map(|p| PartitionInfo {
+            id: p.id(),
+            leader_known: p.leader() >= 0 && p.error().is_none(),
+        })
+        .collect())
+}
+
 /// Low and high watermarks of every partition of `topic`: partition → (low, high).
 /// Runs the blocking librdkafka calls off the async runtime.
 pub async fn watermarks(cfg: &KafkaConfig, topic: &str) -> Result<HashMap<i32, (i64, i64)>> {
     let cfg = cfg.clone();
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = base_config(&cfg)
-            .create()
-            .map_err(|e| Error::kafka("creating Kafka metadata client", e))?;
+        let consumer = metadata_client(&cfg)?;
         let timeout = Duration::from_millis(cfg.request_timeout_ms);
-        let md = consumer
-            .fetch_metadata(Some(&topic), timeout)
-            .map_err(|e| Error::kafka(format!("metadata for topic {topic}"), e))?;
-        let t = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("topic {topic} not found")))?;
-        if let Some(err) = t.error() {
-            let code: RDKafkaErrorCode = err.into();
-            return Err(Error::new(
-                classify_code(code),
-                format!("metadata for topic {topic}: {code}"),
-            ));
-        }
         let mut out = HashMap::new();
-        for p in t.partitions() {
+        for p in topic_partitions(&consumer, &topic, timeout)? {
             let wm = consumer
-                .fetch_watermarks(&topic, p.id(), timeout)
-                .map_err(|e| Error::kafka(format!("watermarks of {topic}[{}]", p.id()), e))?;
-            out.insert(p.id(), wm);
+                .fetch_watermarks(&topic, p.id, timeout)
+                .map_err(|e| Error::kafka(format!("watermarks of {topic}[{}]", p.id), e))?;
+            out.insert(p.id, wm);
         }
         Ok(out)
     })
@@ -357,9 +360,7 @@ pub async fn watermarks(cfg: &KafkaConfig, topic: &str) -> Result<HashMap<i32, (
 pub async fn ping(cfg: &KafkaConfig) -> Result<usize> {
     let cfg = cfg.clone();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = base_config(&cfg)
-            .create()
-            .map_err(|e| Error::kafka("creating Kafka metadata client", e))?;
+        let consumer = metadata_client(&cfg)?;
         let md = consumer
             .fetch_metadata(None, Duration::from_millis(cfg.request_timeout_ms))
             .map_err(|e| Error::kafka(format!("metadata from {}", cfg.brokers.join(",")), e))?;

@@ -510,6 +510,32 @@ pub(super) async fn assert_each_written_once(env: &Env, expected: i64) {
     );
 }
 
+/// Wait (60 s at most) until a process of the test created replication slot `slot`: rows
+/// written before it exists are not captured. `log` names what to show when it never does.
+pub(super) async fn wait_for_slot(
+    l: &tokio_postgres::Client,
+    slot: &str,
+    log: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while l
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no slot {slot} after 60 s:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `SELECT count(*)` of a table (`schema.table`, quoted as needed).
 pub(super) async fn count_rows(c: &tokio_postgres::Client, table: &str) -> i64 {
     c.query_one(&format!("SELECT count(*) FROM {table}"), &[])

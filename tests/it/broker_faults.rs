@@ -10,9 +10,10 @@
 use std::time::{Duration, Instant};
 
 use super::apply::{
-    assert_each_written_once, count_rows, counted_mirror_table, try_converge, write_config, Env,
-    Part,
+    assert_each_written_once, count_rows, counted_mirror_table, try_converge, wait_for_slot,
+    write_config, Env, Part,
 };
+use super::capture::confirmed_lsn;
 use super::support::{cutover_bin, free_port, KillOnDrop, PrivateBroker};
 use cutover::config::Config;
 
@@ -101,18 +102,6 @@ async fn broker_sigkill_mid_workload_loses_nothing_applies_nothing_twice_and_lag
     env.cleanup().await;
 }
 
-async fn confirmed_flush_lsn(l: &tokio_postgres::Client, slot: &str) -> u64 {
-    let s: String = l
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    cutover::event::Lsn::parse(&s).unwrap().0
-}
-
 async fn current_lsn(l: &tokio_postgres::Client) -> u64 {
     let s: String = l
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
@@ -154,19 +143,7 @@ async fn broker_down_30s_holds_the_slot_reports_the_broker_and_recovers_by_itsel
     // Rows written before the slot exists are not captured; the sink is ready only once it
     // holds partitions, i.e. once the first row created the table's topic.
     let l = env.legacy().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while l
-        .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&env.cfg.source.slot],
-        )
-        .await
-        .unwrap()
-        .is_none()
-    {
-        assert!(Instant::now() < deadline, "no slot:\n{}", log_text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_slot(&l, &env.cfg.source.slot, log_text).await;
     let (done, rows) = writer(env.legacy().await, env.schema.clone());
     let deadline = Instant::now() + Duration::from_secs(90);
     while !ready().await {
@@ -185,7 +162,7 @@ async fn broker_down_30s_holds_the_slot_reports_the_broker_and_recovers_by_itsel
     let mut saw_not_ready = false;
     let mut saw_status = false;
     while down_since.elapsed() < Duration::from_secs(30) {
-        let confirmed = confirmed_flush_lsn(&l, &env.cfg.source.slot).await;
+        let confirmed = confirmed_lsn(&l, &env.cfg.source.slot).await;
         assert!(
             confirmed <= held_at,
             "slot confirmed {confirmed:X} past {held_at:X} while Kafka was down"
@@ -231,7 +208,7 @@ async fn broker_down_30s_holds_the_slot_reports_the_broker_and_recovers_by_itsel
     }
     // And the slot moves again once Kafka acknowledges.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while confirmed_flush_lsn(&l, &env.cfg.source.slot).await <= held_at {
+    while confirmed_lsn(&l, &env.cfg.source.slot).await <= held_at {
         assert!(
             Instant::now() < deadline,
             "slot never advanced after recovery"

@@ -12,7 +12,7 @@ use cutover::config::GroupProtocol;
 
 use super::apply::{
     assert_each_written_once, converge, count_rows, counted_mirror_table, try_converge,
-    write_config, Env, Part,
+    wait_for_slot, write_config, Env, Part,
 };
 use super::support::{cutover_bin, KillOnDrop};
 
@@ -167,23 +167,7 @@ async fn fast_restarts(protocol: GroupProtocol, instance_id: Option<&str>) {
     // The first pipeline creates the slot; rows written before it exists are not captured.
     let mut child = spawn();
     let l = env.legacy().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while l
-        .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&env.cfg.source.slot],
-        )
-        .await
-        .unwrap()
-        .is_none()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no slot after 60 s:\n{}",
-            log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_slot(&l, &env.cfg.source.slot, log_tail).await;
     // A writer that keeps going through every kill: 100-row transactions every 100 ms.
     let s = env.schema.clone();
     let (done, done_rx) = tokio::sync::watch::channel(false);
