@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -443,6 +444,13 @@ impl Sink {
                     metrics::counter!(names::SINK_ERRORS_TOTAL, names::LABEL_SINK => self.sink.name.clone(), names::LABEL_KIND => kind.as_str()).increment(1);
                     if retry::policy(kind) == Decision::Fatal {
                         return Err(Error::kafka("consuming", e));
+                    }
+                    // librdkafka's fatal consumer errors (e.g. KIP-848 UNRELEASED_INSTANCE_ID)
+                    // leave this consumer unusable even when the cause is transient: give up
+                    // on it (nothing of `batch` is applied or committed) so the reconnect loop
+                    // builds a new one after a backoff; it resumes from stored progress.
+                    if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
+                        return Err(Error::kafka("consuming (consumer unusable, rebuilding)", e));
                     }
                     tracing::warn!(error = %e, "consume error (retrying)");
                     if batch.is_empty() {

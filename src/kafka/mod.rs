@@ -142,6 +142,13 @@ pub fn classify_code(code: RDKafkaErrorCode) -> ErrorKind {
         | C::Retry
         | C::InProgress
         | C::UnknownTopicOrPartition => ErrorKind::Unavailable,
+        // KIP-848 static membership: the instance id is still held by a member that died
+        // without leaving (SIGKILL); the broker releases it when that member's session expires
+        // (group.consumer.session.timeout.ms). librdkafka makes it a fatal consumer error, so
+        // the sink is rebuilt with a new consumer after a backoff and joins once it is free.
+        C::UnreleasedInstanceId => ErrorKind::Unavailable,
+        // Another *live* member uses this instance id: two instances share an --instance-id.
+        C::FencedInstanceId => ErrorKind::Config,
         C::Authentication
         | C::SaslAuthenticationFailed
         | C::TopicAuthorizationFailed
@@ -425,6 +432,18 @@ mod tests {
         assert_eq!(
             classify(&KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)),
             ErrorKind::Unavailable
+        );
+        // A SIGKILLed static member's id is released by the broker later: retry; an id used
+        // by a live member is a deployment error: fatal.
+        assert_eq!(
+            policy(classify(&KafkaError::MessageConsumptionFatal(
+                RDKafkaErrorCode::UnreleasedInstanceId
+            ))),
+            Decision::Retry
+        );
+        assert_eq!(
+            policy(classify_code(RDKafkaErrorCode::FencedInstanceId)),
+            Decision::Fatal
         );
     }
 

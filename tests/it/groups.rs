@@ -132,7 +132,8 @@ async fn fast_restarts(protocol: GroupProtocol, instance_id: Option<&str>) {
     let mut env = Env::new(match (protocol, instance_id) {
         (GroupProtocol::Classic, None) => "restarts_classic",
         (GroupProtocol::Classic, Some(_)) => "restarts_static",
-        (GroupProtocol::Consumer, _) => "restarts_consumer",
+        (GroupProtocol::Consumer, None) => "restarts_consumer",
+        (GroupProtocol::Consumer, Some(_)) => "restarts_static848",
     });
     env.cfg.kafka.group_protocol = protocol;
     env.cfg.sinks.truncate(1);
@@ -229,4 +230,13 @@ async fn five_sigkills_of_cutover_run_in_20s_with_static_membership_every_row_ar
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_sigkills_of_cutover_run_in_20s_then_every_row_arrives_once_consumer_protocol() {
     fast_restarts(GroupProtocol::Consumer, None).await;
+}
+
+/// KIP-848 with static membership: a SIGKILLed static member must be expired by the broker
+/// before its instance id can join again (UNRELEASED_INSTANCE_ID until then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_sigkills_of_cutover_run_in_20s_with_static_membership_every_row_arrives_once_consumer_protocol(
+) {
+    let id = super::support::unique("run848");
+    fast_restarts(GroupProtocol::Consumer, Some(&id)).await;
 }
