@@ -63,20 +63,19 @@ pub fn consumer_config(cfg: &KafkaConfig, group_id: &str) -> ClientConfig {
     c.set("group.id", group_id);
     c.set("enable.auto.commit", "false");
     c.set("enable.auto.offset.store", "false");
-    set_group_protocol(&mut c, cfg.group_protocol);
     set_default(&mut c, "auto.offset.reset", "earliest");
     set_default(&mut c, "enable.partition.eof", "false");
-    if cfg.group_protocol == GroupProtocol::Classic {
-        // A killed member's partitions move after 10 s, not librdkafka's 45 s default. With
-        // the consumer protocol the broker owns these (group.consumer.session.timeout.ms).
-        set_default(&mut c, "session.timeout.ms", "10000");
-        set_default(&mut c, "heartbeat.interval.ms", "2000");
-    }
+    // A killed member's partitions move after 10 s, not librdkafka's 45 s default (classic;
+    // with the consumer protocol the broker owns these and set_group_protocol drops them).
+    set_default(&mut c, "session.timeout.ms", "10000");
+    set_default(&mut c, "heartbeat.interval.ms", "2000");
     // Also the classic JoinGroup rebalance timeout: how long a rebalance waits for members
     // that are slow to rejoin.
     set_default(&mut c, "max.poll.interval.ms", "30000");
     // Latency over request count: an idle fetch returns after 50 ms, not librdkafka's 500 ms.
     set_default(&mut c, "fetch.wait.max.ms", "50");
+    // Last: the protocol, and nothing set above that it rejects.
+    set_group_protocol(&mut c, cfg.group_protocol);
     c
 }
 

@@ -536,6 +536,49 @@ pub(super) async fn wait_for_slot(
     }
 }
 
+/// Insert rows `from..=to` of the counted table (`counted_mirror_table`) in transactions of
+/// `per_txn` rows.
+pub(super) async fn insert_events(
+    l: &tokio_postgres::Client,
+    s: &str,
+    from: i64,
+    to: i64,
+    per_txn: i64,
+) {
+    let mut a = from;
+    while a <= to {
+        let b = (a + per_txn - 1).min(to);
+        l.batch_execute(&format!(
+            r#"INSERT INTO "{s}".events SELECT g, md5(g::text) FROM generate_series({a}, {b}) g"#
+        ))
+        .await
+        .unwrap();
+        a = b + 1;
+    }
+}
+
+/// A writer of 100-row transactions every 100 ms into the counted table until the returned
+/// sender says stop; the task returns how many rows it wrote.
+pub(super) fn background_writer(
+    l: tokio_postgres::Client,
+    s: String,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<i64>,
+) {
+    let (done, done_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut n = 0i64;
+        while !*done_rx.borrow() {
+            insert_events(&l, &s, n + 1, n + 100, 100).await;
+            n += 100;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        n
+    });
+    (done, task)
+}
+
 /// `SELECT count(*)` of a table (`schema.table`, quoted as needed).
 pub(super) async fn count_rows(c: &tokio_postgres::Client, table: &str) -> i64 {
     c.query_one(&format!("SELECT count(*) FROM {table}"), &[])

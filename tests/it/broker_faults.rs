@@ -10,39 +10,12 @@
 use std::time::{Duration, Instant};
 
 use super::apply::{
-    assert_each_written_once, count_rows, counted_mirror_table, try_converge, wait_for_slot,
-    write_config, Env, Part,
+    assert_each_written_once, background_writer, count_rows, counted_mirror_table, try_converge,
+    wait_for_slot, write_config, Env, Part,
 };
 use super::capture::confirmed_lsn;
 use super::support::{cutover_bin, free_port, KillOnDrop, PrivateBroker};
 use cutover::config::Config;
-
-/// A writer of 100-row transactions every 100 ms until told to stop; returns the row count.
-fn writer(
-    l: tokio_postgres::Client,
-    s: String,
-) -> (
-    tokio::sync::watch::Sender<bool>,
-    tokio::task::JoinHandle<i64>,
-) {
-    let (done, done_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(async move {
-        let mut n = 0i64;
-        while !*done_rx.borrow() {
-            l.batch_execute(&format!(
-                r#"INSERT INTO "{s}".events SELECT g, md5(g::text) FROM generate_series({}, {}) g"#,
-                n + 1,
-                n + 100
-            ))
-            .await
-            .unwrap();
-            n += 100;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        n
-    });
-    (done, task)
-}
 
 async fn lag_drains(cfg: &Config, secs: u64) {
     let mut monitor = cutover::monitor::Monitor::new(cfg).unwrap();
@@ -77,7 +50,7 @@ async fn broker_sigkill_mid_workload_loses_nothing_applies_nothing_twice_and_lag
     counted_mirror_table(&env).await;
     let capture = Part::capture(&env.cfg).await;
     let sink = Part::sink(&env.cfg, "mirror").await;
-    let (done, rows) = writer(env.legacy().await, env.schema.clone());
+    let (done, rows) = background_writer(env.legacy().await, env.schema.clone());
     let t = env.target(0).await;
     let writes = format!(r#""{}".writes"#, env.schema);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -144,7 +117,7 @@ async fn broker_down_30s_holds_the_slot_reports_the_broker_and_recovers_by_itsel
     // holds partitions, i.e. once the first row created the table's topic.
     let l = env.legacy().await;
     wait_for_slot(&l, &env.cfg.source.slot, log_text).await;
-    let (done, rows) = writer(env.legacy().await, env.schema.clone());
+    let (done, rows) = background_writer(env.legacy().await, env.schema.clone());
     let deadline = Instant::now() + Duration::from_secs(90);
     while !ready().await {
         assert!(Instant::now() < deadline, "never ready:\n{}", log_text());

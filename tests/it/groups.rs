@@ -11,24 +11,10 @@ use std::time::{Duration, Instant};
 use cutover::config::GroupProtocol;
 
 use super::apply::{
-    assert_each_written_once, converge, count_rows, counted_mirror_table, try_converge,
-    wait_for_slot, write_config, Env, Part,
+    assert_each_written_once, background_writer, converge, count_rows, counted_mirror_table,
+    insert_events, try_converge, wait_for_slot, write_config, Env, Part,
 };
 use super::support::{cutover_bin, KillOnDrop};
-
-/// Insert rows `from..=to` of the counted table in transactions of `per_txn`.
-async fn insert(l: &tokio_postgres::Client, s: &str, from: i64, to: i64, per_txn: i64) {
-    let mut a = from;
-    while a <= to {
-        let b = (a + per_txn - 1).min(to);
-        l.batch_execute(&format!(
-            r#"INSERT INTO "{s}".events SELECT g, md5(g::text) FROM generate_series({a}, {b}) g"#
-        ))
-        .await
-        .unwrap();
-        a = b + 1;
-    }
-}
 
 /// Partitions of the sink's group that are assigned to a member right now, as the broker says
 /// (`kafka-consumer-groups`-like: DescribeGroups for classic, ConsumerGroupDescribe for 848),
@@ -80,7 +66,7 @@ async fn rebalance_2_3_2(protocol: GroupProtocol) {
 
     let a = Part::sink(&env.cfg, "mirror").await;
     let b = Part::sink(&env.cfg, "mirror").await;
-    insert(&l, &s, 1, 3000, 300).await;
+    insert_events(&l, &s, 1, 3000, 300).await;
     // Wait until the two members hold all 6 partitions (then the third one joins a formed
     // group, which is the rebalance under test).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -95,7 +81,7 @@ async fn rebalance_2_3_2(protocol: GroupProtocol) {
     }
     let c = Part::sink(&env.cfg, "mirror").await; // 2 -> 3
     for chunk in 0..10 {
-        insert(&l, &s, 3001 + chunk * 300, 3000 + (chunk + 1) * 300, 100).await;
+        insert_events(&l, &s, 3001 + chunk * 300, 3000 + (chunk + 1) * 300, 100).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let q = format!(r#"SELECT * FROM "{s}".events"#);
@@ -109,7 +95,7 @@ async fn rebalance_2_3_2(protocol: GroupProtocol) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     a.stop().await; // 3 -> 2: a leaves cleanly, its partitions move
-    insert(&l, &s, 6001, 9000, 250).await;
+    insert_events(&l, &s, 6001, 9000, 250).await;
     converge(&l, &q, &t, &q, 120).await;
     b.stop().await;
     c.stop().await;
@@ -170,17 +156,7 @@ async fn fast_restarts(protocol: GroupProtocol, instance_id: Option<&str>) {
     let l = env.legacy().await;
     wait_for_slot(&l, &env.cfg.source.slot, log_tail).await;
     // A writer that keeps going through every kill: 100-row transactions every 100 ms.
-    let s = env.schema.clone();
-    let (done, done_rx) = tokio::sync::watch::channel(false);
-    let writer = tokio::spawn(async move {
-        let mut n = 0i64;
-        while !*done_rx.borrow() {
-            insert(&l, &s, n + 1, n + 100, 100).await;
-            n += 100;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        n
-    });
+    let (done, writer) = background_writer(l, env.schema.clone());
     // Five SIGKILLs of the whole pipeline within 20 s (one every 4 s, a new one at once).
     let started = Instant::now();
     for i in 0..5 {
