@@ -39,13 +39,16 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod database;
+pub mod deadletter;
 pub mod error;
 pub mod event;
+pub mod expr;
 pub mod kafka;
 pub mod monitor;
 pub mod observe;
 pub mod registry;
 pub mod retry;
+pub mod state;
 pub mod verify;
 
 pub use error::{Error, ErrorKind, Result};

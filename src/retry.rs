@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::ExponentialBuilder;
 
 use crate::error::{Error, ErrorKind};
 
@@ -84,23 +84,74 @@ impl BackoffSettings {
     }
 }
 
+/// The schedule of one retry loop. After each failed attempt, [`Attempts::after`] waits the
+/// next delay when the policy retries the error, or hands the error back. Every retry loop in
+/// cutover is one of these, so none of them branches on an error kind itself.
+pub struct Attempts {
+    settings: BackoffSettings,
+    delays: Box<dyn Iterator<Item = Duration> + Send>,
+    /// Failed attempts so far (since the last reset).
+    pub failed: u32,
+}
+
+impl Attempts {
+    pub fn new(settings: BackoffSettings) -> Attempts {
+        Attempts {
+            settings,
+            delays: Box::new(settings.delays()),
+            failed: 0,
+        }
+    }
+
+    /// Start the schedule over (after a period of healthy running).
+    pub fn reset(&mut self) {
+        self.delays = Box::new(self.settings.delays());
+        self.failed = 0;
+    }
+
+    /// The delay before the next attempt if the policy retries `e` and attempts remain;
+    /// `None`: give up with `e`.
+    pub fn next_delay(&mut self, e: &Error) -> Option<Duration> {
+        if policy(e.kind()) != Decision::Retry {
+            return None;
+        }
+        let delay = match self.settings.max_attempts {
+            0 => Some(self.delays.next().unwrap_or(self.settings.max)),
+            _ => self.delays.next(),
+        }?;
+        self.failed += 1;
+        Some(delay)
+    }
+
+    /// After a failed attempt: sleep and return `Ok` if `e` is worth another attempt, else
+    /// return `e`. Every retry is logged with the error and the delay chosen.
+    pub async fn after(&mut self, what: &str, e: Error) -> Result<(), Error> {
+        let Some(delay) = self.next_delay(&e) else {
+            return Err(e);
+        };
+        tracing::warn!(what, error = %e, kind = %e.kind(), attempt = self.failed, delay_ms = delay.as_millis() as u64, "retrying");
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+}
+
 /// Run `op` until it succeeds or fails with an error the policy does not retry.
-/// Every retry is logged with the error and the delay chosen.
 pub async fn with_backoff<T, F, Fut>(
     what: &str,
     settings: BackoffSettings,
-    op: F,
+    mut op: F,
 ) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Error>>,
 {
-    op.retry(settings.builder())
-        .when(|e: &Error| policy(e.kind()) == Decision::Retry)
-        .notify(|e: &Error, delay: Duration| {
-            tracing::warn!(what, error = %e, kind = %e.kind(), delay_ms = delay.as_millis() as u64, "retrying");
-        })
-        .await
+    let mut attempts = Attempts::new(settings);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) => attempts.after(what, e).await?,
+        }
+    }
 }
 
 #[cfg(test)]

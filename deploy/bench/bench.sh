@@ -15,7 +15,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/../local/lib.sh"
 cd "$ROOT"
 PGBIN="$(pg_bindir)"
-BIN="$ROOT/target/release/cutover"
+BIN="${CUTOVER_BIN:-$ROOT/target/release/cutover}"
 N="${BENCH_ROWS:-200000}"
 RATE="${BENCH_RATE:-2000}"
 SECS="${BENCH_SECS:-60}"
@@ -126,7 +126,13 @@ drop_slot() {
 }
 
 start_bg() { "$@" >>"$OUT/$RUN.log" 2>&1 & pids+=($!); echo $!; }
-stop_bg() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+# start_bg runs in a $(...) subshell, so its process is not this shell's child and `wait`
+# cannot wait for it: poll until it is gone (bounded), or the next stage finds its port taken.
+stop_bg() {
+  kill -TERM "$1" 2>/dev/null || true
+  for _ in $(seq 1 300); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+}
 
 declare -A R
 for P in 1 100; do
@@ -258,7 +264,7 @@ L -c "DELETE FROM cutover.backfill WHERE pipeline = '$id'" >/dev/null 2>&1 || tr
 drop_slot "$id"
 
 log "peak RSS through a $RSS_ROWS-row transaction"
-rss_line=$(bash "$ROOT/deploy/bench/capture_1m.sh" "$RSS_ROWS" | tail -1)
+rss_line=$(CUTOVER_BIN="$BIN" bash "$ROOT/deploy/bench/capture_1m.sh" "$RSS_ROWS" | tail -1)
 R[rss_mib]=$(sed -n 's/.*peak_rss=\([0-9.]*\) MiB.*/\1/p' <<<"$rss_line")
 R[rss_events_s]=$(sed -n 's/.*throughput=\([0-9,]*\) events.*/\1/p' <<<"$rss_line" | tr -d ,)
 

@@ -7,12 +7,14 @@ cd "$(dirname "$0")/../.."
 ROWS="${1:-1000000}"
 ID="bench_$(date +%s)"
 PSQL=(psql -X -q -h 127.0.0.1 -p "${CUTOVER_LEGACY_PORT:-5433}" -U postgres -d app -v ON_ERROR_STOP=1)
-cargo build --quiet --release --bin cutover
+# CUTOVER_BIN: a given binary (bench.sh passes its own, e.g. to compare two builds).
+BIN="${CUTOVER_BIN:-target/release/cutover}"
+[ -n "${CUTOVER_BIN:-}" ] || cargo build --quiet --release --bin cutover
 "${PSQL[@]}" -c "CREATE TABLE $ID (id int PRIMARY KEY, qty int, price numeric(10,2), note text)"
 export CUTOVER__SOURCE__SLOT=$ID CUTOVER__SOURCE__PUBLICATION=$ID CUTOVER__SOURCE__SCHEMAS="" \
   CUTOVER__SOURCE__TABLES="public.$ID" CUTOVER__TOPIC_PREFIX="${ID//_/-}" CUTOVER__OBSERVE__LISTEN="" \
   CUTOVER__SOURCE__STATUS_INTERVAL_SECS=1
-target/release/cutover capture >/tmp/$ID.log 2>&1 &
+"$BIN" capture >/tmp/$ID.log 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null; "${PSQL[@]}" -c "SELECT pg_drop_replication_slot('"'"'$ID'"'"')" >/dev/null 2>&1; "${PSQL[@]}" -c "DROP PUBLICATION IF EXISTS $ID; DROP TABLE IF EXISTS $ID" >/dev/null 2>&1' EXIT
 until [ "$("${PSQL[@]}" -tAc "SELECT count(*) FROM pg_replication_slots WHERE slot_name='$ID' AND active")" = 1 ]; do sleep 0.2; done

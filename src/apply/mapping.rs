@@ -10,11 +10,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::config::TableMapping;
 use super::decode::ChangeEvent;
-use super::expr::{truth, Expr};
+use crate::config::TableMapping;
+use crate::database::catalog::TargetTable;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::TableId;
+use crate::expr::{truth, Expr};
 
 /// Parse `schema.table` (a bare name means `public`).
 pub fn table_id(s: &str) -> TableId {
@@ -40,16 +41,6 @@ pub fn for_table(cfg: &crate::config::Config, i: usize, table: &str) -> Result<O
         }
         None => Ok(None),
     }
-}
-
-/// A target table as the target's catalog describes it.
-#[derive(Debug, Clone)]
-pub struct TargetTable {
-    pub id: TableId,
-    /// Column → `format_type` of its type.
-    pub columns: BTreeMap<String, String>,
-    /// Primary-key columns, in key order.
-    pub key: Vec<String>,
 }
 
 /// What to do in a target table for one source event.

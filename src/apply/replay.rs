@@ -19,23 +19,9 @@
 //! instance running; the sink's own effectively-once machinery then re-applies from there
 //! (events are upserts/deletes by key, so re-applying history converges to the same rows).
 
-use std::collections::HashMap;
-
 use tokio_postgres::Client;
 
 use crate::error::{Error, ErrorKind, Result};
-
-pub const REPLAY_DDL: &str = "
-CREATE TABLE IF NOT EXISTS cutover.replay_audit (
-    id bigserial PRIMARY KEY,
-    started_at timestamptz NOT NULL DEFAULT now(),
-    finished_at timestamptz,
-    sink text NOT NULL,
-    requested_by text NOT NULL,
-    spec text NOT NULL,
-    topics text[] NOT NULL,
-    events bigint NOT NULL
-);";
 
 /// The advisory-lock key of a sink: its consumer group, which is unique per pipeline and sink
 /// (two pipelines may both have a sink called `mirror` writing one database).
@@ -89,71 +75,4 @@ pub async fn hold_exclusive(client: &Client, sink: &str, group: &str) -> Result<
             ),
         )),
     }
-}
-
-/// Set the stored progress of `starts` (topic, partition → next offset), clear the sink's
-/// truncate watermarks for `tables`, and write the audit row, in one transaction. Returns
-/// the audit row id.
-pub async fn reset(
-    client: &mut Client,
-    sink: &str,
-    starts: &HashMap<(String, i32), i64>,
-    tables: &[String],
-    audit: (&str, &str, i64),
-) -> Result<i64> {
-    let tx = client
-        .transaction()
-        .await
-        .map_err(|e| Error::postgres("BEGIN", e))?;
-    let (topics, parts, offsets): (Vec<&str>, Vec<i32>, Vec<i64>) = {
-        let mut t = Vec::new();
-        let mut p = Vec::new();
-        let mut o = Vec::new();
-        for ((topic, part), off) in starts {
-            t.push(topic.as_str());
-            p.push(*part);
-            o.push(*off);
-        }
-        (t, p, o)
-    };
-    tx.execute(
-        "INSERT INTO cutover.sink_progress AS s (sink, topic, kafka_partition, next_offset, commit_lsn, seq)
-         SELECT $1, t, p, o, -1, -1 FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(t, p, o)
-         ON CONFLICT (sink, topic, kafka_partition)
-         DO UPDATE SET next_offset = excluded.next_offset, commit_lsn = -1, seq = -1, updated_at = now()",
-        &[&sink, &topics, &parts, &offsets],
-    )
-    .await
-    .map_err(|e| Error::postgres("resetting cutover.sink_progress", e))?;
-    super::target::clear_truncates(&tx, sink, tables).await?;
-    let all_topics: Vec<String> = {
-        let mut v: Vec<String> = starts.keys().map(|(t, _)| t.clone()).collect();
-        v.sort();
-        v.dedup();
-        v
-    };
-    let id: i64 = tx
-        .query_one(
-            "INSERT INTO cutover.replay_audit (sink, requested_by, spec, topics, events)
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
-            &[&sink, &audit.0, &audit.1, &all_topics, &audit.2],
-        )
-        .await
-        .map_err(|e| Error::postgres("writing cutover.replay_audit", e))?
-        .get(0);
-    tx.commit()
-        .await
-        .map_err(|e| Error::postgres("COMMIT of the replay reset", e))?;
-    Ok(id)
-}
-
-pub async fn finish(client: &Client, id: i64) -> Result<()> {
-    client
-        .execute(
-            "UPDATE cutover.replay_audit SET finished_at = now() WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .map_err(|e| Error::postgres("updating cutover.replay_audit", e))?;
-    Ok(())
 }

@@ -25,37 +25,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use super::Side;
-use crate::apply::mapping::TargetTable;
-use crate::apply::target::{qualified, quote};
 use crate::config::ConflictPolicy;
+use crate::database::catalog::TargetTable;
+use crate::database::ident::{qualified, quote};
 use crate::error::{Error, Result};
-
-pub const CONFLICTS_DDL: &str = "
-CREATE TABLE IF NOT EXISTS cutover.conflicts (
-    id bigserial PRIMARY KEY,
-    detected_at timestamptz NOT NULL DEFAULT now(),
-    sink text NOT NULL,
-    target_table text NOT NULL,
-    row_key jsonb NOT NULL,
-    kind text NOT NULL,
-    policy text NOT NULL,
-    winner text NOT NULL,
-    local_row jsonb,
-    local_commit_ts timestamptz,
-    incoming_row jsonb,
-    incoming_commit_ts timestamptz NOT NULL,
-    incoming_from text NOT NULL,
-    incoming_commit_lsn bigint NOT NULL,
-    incoming_seq bigint NOT NULL
-);
-CREATE TABLE IF NOT EXISTS cutover.row_versions (
-    target_table text NOT NULL,
-    row_key text NOT NULL,
-    ts_us bigint NOT NULL,
-    side text NOT NULL,
-    row_xmin text NOT NULL,
-    PRIMARY KEY (target_table, row_key)
-);";
 
 /// The incoming change, as far as resolution cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

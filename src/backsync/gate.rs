@@ -15,14 +15,13 @@
 //! needs `--force` (verify, issue 7, compares through the whole mapping).
 
 use serde::Serialize;
-use tokio_postgres::Client;
 
 use super::phase::Phase;
 use crate::apply::mapping::{table_id, Mapping};
-use crate::apply::target::qualified;
 use crate::config::Config;
+use crate::database::catalog;
+use crate::database::ident::qualified;
 use crate::error::{Error, Result};
-use crate::event::TableId;
 use crate::monitor::Monitor;
 
 #[derive(Debug, Clone, Serialize)]
@@ -74,17 +73,6 @@ pub fn forward_mapping(cfg: &Config, table: &str) -> Result<Mapping> {
     })
 }
 
-async fn replica_identity_full(c: &Client, t: &TableId) -> Result<bool> {
-    let r = c
-        .query_opt(
-            "SELECT relreplident = 'f' FROM pg_class WHERE oid = to_regclass($1)",
-            &[&qualified(t)],
-        )
-        .await
-        .map_err(|e| Error::postgres(format!("replica identity of {t}"), e))?;
-    Ok(r.map(|r| r.get(0)).unwrap_or(false))
-}
-
 /// Run every check for moving `table` from `from` to `to`.
 pub async fn evaluate(cfg: &Config, table: &str, from: Phase, to: Phase) -> Result<Report> {
     let b = cfg
@@ -120,16 +108,14 @@ pub async fn evaluate(cfg: &Config, table: &str, from: Phase, to: Phase) -> Resu
     // 2. Same rows on both sides: verify through the forward mapping's pass-through columns,
     // naming the differing keys when there are any (recorded in the audit).
     let mapping = forward_mapping(cfg, table)?;
-    let legacy = crate::capture::stream::source_endpoint(cfg)
-        .connect()
-        .await?;
+    let legacy = crate::database::Endpoint::source(cfg).connect().await?;
     let (fi, fsink) = cfg
         .sinks
         .iter()
         .enumerate()
         .find(|(_, s)| s.name == b.forward_sink)
         .ok_or_else(|| Error::config("backsync.forward_sink: no such sink"))?;
-    let new = crate::apply::service::target_endpoint(fsink, fi)
+    let new = crate::database::Endpoint::of_sink(fsink, fi)
         .connect()
         .await?;
     let source = table_id(table);
@@ -202,14 +188,14 @@ pub async fn evaluate(cfg: &Config, table: &str, from: Phase, to: Phase) -> Resu
     // 3. Before-images for conflict detection.
     if to == Phase::Dual {
         let mut missing = Vec::new();
-        if !replica_identity_full(&legacy, &source).await? {
+        if !catalog::replica_identity_full(&legacy, &source).await? {
             missing.push(format!(
                 "legacy: ALTER TABLE {} REPLICA IDENTITY FULL;",
                 qualified(&source)
             ));
         }
         for t in &targets {
-            if !replica_identity_full(&new, t).await? {
+            if !catalog::replica_identity_full(&new, t).await? {
                 missing.push(format!(
                     "new: ALTER TABLE {} REPLICA IDENTITY FULL;",
                     qualified(t)

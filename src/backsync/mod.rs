@@ -33,11 +33,16 @@
 
 pub mod conflict;
 pub mod gate;
-pub mod origin;
+pub mod guard;
 pub mod phase;
 
+use crate::apply::guard::{Unguarded, WriteGuard};
+use crate::apply::service::Bounds;
+use crate::apply::Sink;
 use crate::config::{Config, ConflictPolicy, Direction, BACKSYNC_SINK};
 use crate::database::Endpoint;
+use crate::error::Result;
+use crate::observe::Readiness;
 
 /// The two databases of a migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +68,8 @@ pub struct Role {
     pub policy: ConflictPolicy,
     /// Where the phases live (the legacy database).
     pub control: Endpoint,
+    /// Config path of the sink's target (`sinks[i].url`), for messages.
+    pub target_field: String,
 }
 
 impl Role {
@@ -78,20 +85,40 @@ impl Role {
 /// store; the `backsync` sink of the reverse configuration writes legacy; others have none.
 pub fn role_of(cfg: &Config, name: &str) -> Option<Role> {
     let b = cfg.backsync.as_ref()?;
+    let (i, sink) = cfg.sink_at(name).ok()?;
+    let target = Endpoint::of_sink(sink, i);
     match cfg.direction {
         Direction::Forward if b.forward_sink == name => Some(Role {
             writes: Side::New,
             policy: b.conflict_policy,
-            control: crate::capture::stream::source_endpoint(cfg),
+            control: Endpoint::source(cfg),
+            target_field: target.field,
         }),
-        Direction::Reverse if name == BACKSYNC_SINK => {
-            let i = cfg.sinks.iter().position(|s| s.name == name)?;
-            Some(Role {
-                writes: Side::Legacy,
-                policy: b.conflict_policy,
-                control: crate::apply::service::target_endpoint(&cfg.sinks[i], i),
-            })
-        }
+        Direction::Reverse if name == BACKSYNC_SINK => Some(Role {
+            writes: Side::Legacy,
+            policy: b.conflict_policy,
+            target_field: target.field.clone(),
+            control: target,
+        }),
         _ => None,
     }
+}
+
+/// The write guard sink `name` needs: its back-sync role's, or none for a plain sink.
+pub fn guard_for(cfg: &Config, name: &str) -> Box<dyn WriteGuard> {
+    match role_of(cfg, name) {
+        Some(role) => Box::new(guard::RoleGuard::new(role, &cfg.name)),
+        None => Box::new(Unguarded),
+    }
+}
+
+/// Start sink `name` with the guard its part in the migration calls for (see [`guard_for`]);
+/// `bounds` for a replay's bounded run.
+pub async fn start_sink(
+    cfg: &Config,
+    name: &str,
+    readiness: Readiness,
+    bounds: Option<Bounds>,
+) -> Result<Sink> {
+    Sink::start(cfg, name, readiness, bounds, guard_for(cfg, name)).await
 }

@@ -14,29 +14,6 @@ use tokio_postgres::Client;
 use super::Side;
 use crate::error::{Error, ErrorKind, Result};
 
-pub const CONTROL_DDL: &str = "
-SET client_min_messages = warning;
-CREATE SCHEMA IF NOT EXISTS cutover;
-CREATE TABLE IF NOT EXISTS cutover.table_phases (
-    pipeline text NOT NULL,
-    table_name text NOT NULL,
-    phase text NOT NULL CHECK (phase IN ('forward', 'dual', 'reverse')),
-    changed_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (pipeline, table_name)
-);
-CREATE TABLE IF NOT EXISTS cutover.phase_audit (
-    id bigserial PRIMARY KEY,
-    pipeline text NOT NULL,
-    table_name text NOT NULL,
-    from_phase text NOT NULL,
-    to_phase text NOT NULL,
-    changed_at timestamptz NOT NULL DEFAULT now(),
-    changed_by text NOT NULL,
-    forced boolean NOT NULL,
-    reason text,
-    checks jsonb NOT NULL
-);";
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
@@ -82,13 +59,6 @@ impl Phase {
     }
 
     pub const ALL: [Phase; 3] = [Phase::Forward, Phase::Dual, Phase::Reverse];
-}
-
-pub async fn ensure_control(client: &Client) -> Result<()> {
-    client
-        .batch_execute(CONTROL_DDL)
-        .await
-        .map_err(|e| Error::postgres("creating cutover.table_phases and cutover.phase_audit", e))
 }
 
 /// Every table with a recorded phase (tables not listed are in `forward`).

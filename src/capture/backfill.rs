@@ -34,33 +34,14 @@ use tokio::sync::oneshot;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::pgoutput::Datum;
-use crate::apply::target::{qualified, quote};
 use crate::config::Config;
+use crate::database::ident::{literal as lit, qualified, quote};
 use crate::error::{Error, Result};
 use crate::event::TableId;
 use crate::observe::names;
 
 /// Prefix of the watermark messages.
 pub const WATERMARK_PREFIX: &str = "cutover.backfill";
-
-pub const BACKFILL_DDL: &str = "
-SET client_min_messages = warning;
-CREATE SCHEMA IF NOT EXISTS cutover;
-CREATE TABLE IF NOT EXISTS cutover.backfill (
-    pipeline text NOT NULL,
-    table_name text NOT NULL,
-    state text NOT NULL CHECK (state IN ('pending', 'running', 'done', 'failed')),
-    last_key text[],
-    rows_done bigint NOT NULL DEFAULT 0,
-    rows_estimated bigint NOT NULL DEFAULT 0,
-    chunks_done bigint NOT NULL DEFAULT 0,
-    chunk_rows int NOT NULL,
-    rows_per_sec int NOT NULL DEFAULT 0,
-    error text,
-    requested_at timestamptz NOT NULL DEFAULT now(),
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (pipeline, table_name)
-);";
 
 /// A chunk handed from a worker to the stream.
 pub struct Chunk {
@@ -126,12 +107,8 @@ fn next_id() -> u64 {
     (t << 12) ^ N.fetch_add(1, Ordering::Relaxed)
 }
 
-fn lit(v: &str) -> String {
-    format!("'{}'", v.replace('\'', "''"))
-}
-
 async fn connect(cfg: &Config) -> Result<Client> {
-    let c = super::stream::source_endpoint(cfg).connect().await?;
+    let c = crate::database::Endpoint::source(cfg).connect().await?;
     // The replication session's text formats, so chunk rows encode like stream rows.
     c.batch_execute(
         "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET IntervalStyle = 'iso_8601';
@@ -151,7 +128,7 @@ pub async fn coordinate(cfg: Config, shared: Arc<Shared>) {
         running.retain(|_, h| !h.is_finished());
         if client.as_ref().is_none_or(|c| c.is_closed()) {
             client = match connect(&cfg).await {
-                Ok(c) => match c.batch_execute(BACKFILL_DDL).await {
+                Ok(c) => match crate::state::ensure_backfill(&c).await {
                     Ok(()) => Some(c),
                     Err(e) => {
                         tracing::warn!(error = %e, "backfill: cannot create cutover.backfill");

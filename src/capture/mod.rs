@@ -9,4 +9,4 @@ pub mod pgoutput;
 pub mod setup;
 pub mod stream;
 
-pub use stream::{topic_for, Capture};
+pub use stream::Capture;

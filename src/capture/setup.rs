@@ -7,12 +7,9 @@ use tokio_postgres::Client;
 
 use crate::codec::types::{builtin_kind, kind_for_catalog, PgKind};
 use crate::config::SourceConfig;
+use crate::database::ident::quote;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Lsn;
-
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
 
 /// Fail with an operator-actionable message unless the server can do logical decoding.
 pub async fn check_server(client: &Client) -> Result<()> {
@@ -51,7 +48,7 @@ fn wanted(cfg: &SourceConfig) -> (Vec<String>, Vec<String>) {
 fn publication_targets(schemas: &[String], tables: &[String]) -> String {
     let mut targets = Vec::new();
     if !schemas.is_empty() {
-        let s: Vec<String> = schemas.iter().map(|s| quote_ident(s)).collect();
+        let s: Vec<String> = schemas.iter().map(|s| quote(s)).collect();
         targets.push(format!("TABLES IN SCHEMA {}", s.join(", ")));
     }
     if !tables.is_empty() {
@@ -59,7 +56,7 @@ fn publication_targets(schemas: &[String], tables: &[String]) -> String {
             .iter()
             .map(|t| {
                 let (s, n) = t.split_once('.').unwrap_or(("public", t));
-                format!("{}.{}", quote_ident(s), quote_ident(n))
+                format!("{}.{}", quote(s), quote(n))
             })
             .collect();
         targets.push(format!("TABLE {}", t.join(", ")));
@@ -124,7 +121,7 @@ pub enum PublicationChange {
 pub async fn ensure_publication(client: &Client, cfg: &SourceConfig) -> Result<PublicationChange> {
     let (schemas, tables) = wanted(cfg);
     let targets = publication_targets(&schemas, &tables);
-    let name = quote_ident(&cfg.publication);
+    let name = quote(&cfg.publication);
     let hint = "the source role needs CREATE on the database and ownership of the tables (or superuser for TABLES IN SCHEMA)";
     match current_publication(client, &cfg.publication).await? {
         Some(current) if current == (schemas.clone(), tables.clone()) => {

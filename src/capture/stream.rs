@@ -33,11 +33,13 @@ use super::setup::{self, Catalog};
 use crate::codec::{self, Cell, ColumnSpec, SourceInfo, TableSchema};
 use crate::config::Config;
 use crate::database::Endpoint;
+use crate::deadletter;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Lsn, Op, TableId, PG_EPOCH_OFFSET_MICROS};
 use crate::kafka::{self, TopicSpec};
 use crate::observe::names;
 use crate::registry::RegistryClient;
+use crate::retry::{self, Decision};
 
 /// Prefix of the logical messages the heartbeat writes.
 pub const HEARTBEAT_PREFIX: &str = "cutover.heartbeat";
@@ -114,44 +116,6 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-pub fn source_endpoint(cfg: &Config) -> Endpoint {
-    Endpoint {
-        field: "source.url".into(),
-        url: cfg.source.url.clone(),
-        password: cfg.source.password.clone(),
-        connect_timeout: Duration::from_secs(cfg.source.connect_timeout_secs),
-    }
-}
-
-/// Topic name for a table: `<prefix>.<schema>.<table>`; characters Kafka does not allow in
-/// topic names become `_`.
-pub fn topic_for(prefix: &str, table: &TableId) -> String {
-    let clean = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect()
-    };
-    format!("{prefix}.{}.{}", clean(&table.schema), clean(&table.name))
-}
-
-/// The capture dead-letter topic: rows the codec cannot represent.
-pub fn capture_dlq_topic(prefix: &str) -> String {
-    format!("{prefix}.dlq.capture")
-}
-
-fn header<'a>(key: &'a str, value: &'a str) -> rdkafka::message::Header<'a, &'a str> {
-    rdkafka::message::Header {
-        key,
-        value: Some(value),
-    }
-}
-
 /// The capture process.
 pub struct Capture {
     cfg: Config,
@@ -171,7 +135,7 @@ pub struct Capture {
 impl Capture {
     /// Connect, check the server, ensure publication and slot. Returns the slot's LSN.
     pub async fn prepare(cfg: &Config) -> Result<(Capture, Lsn)> {
-        let ep = source_endpoint(cfg);
+        let ep = Endpoint::source(cfg);
         let sql = ep.connect().await?;
         setup::check_server(&sql).await?;
         setup::ensure_publication(&sql, &cfg.source).await?;
@@ -209,7 +173,7 @@ impl Capture {
     }
 
     fn replication_config(&self, start: Lsn) -> Result<pgwire_replication::ReplicationConfig> {
-        let pg = source_endpoint(&self.cfg).pg_config()?;
+        let pg = Endpoint::source(&self.cfg).pg_config()?;
         let host = match pg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             #[cfg(unix)]
@@ -400,7 +364,7 @@ impl Capture {
                     .as_mut()
                     .ok_or_else(|| Error::internal("row change outside a transaction"))?;
                 // Written by cutover itself (a sink's replication origin): never sent back.
-                if crate::backsync::origin::is_cutover_origin(t.origin.as_deref()) {
+                if crate::database::origin::is_cutover_origin(t.origin.as_deref()) {
                     let table = self
                         .relations
                         .get(&rel_id)
@@ -414,7 +378,7 @@ impl Capture {
                     self.note_window_keys(&msg, rel_id);
                 }
                 match self.on_row(&msg, t, wal_start).await {
-                    Err(e) if e.kind() == ErrorKind::Data => {
+                    Err(e) if retry::policy(e.kind()) == Decision::Park => {
                         self.dead_letter(rel_id, &msg, t, wal_start, &e).await?
                     }
                     other => other?,
@@ -519,18 +483,9 @@ impl Capture {
         wal_start: u64,
         error: &Error,
     ) -> Result<()> {
-        let topic = capture_dlq_topic(&self.cfg.topic_prefix);
+        let topic = kafka::topic::capture_dlq(&self.cfg.topic_prefix);
         if !self.dlq_ready {
-            kafka::ensure_topics(
-                &self.cfg.kafka,
-                &[TopicSpec {
-                    name: topic.clone(),
-                    partitions: 1,
-                    replication_factor: self.cfg.kafka.replication_factor,
-                    configs: vec![],
-                }],
-            )
-            .await?;
+            deadletter::ensure_topic(&self.cfg.kafka, &topic).await?;
             self.dlq_ready = true;
         }
         let st = self.state(rel_id)?;
@@ -566,11 +521,14 @@ impl Capture {
         tracing::error!(table = %table, commit_lsn = %t.final_lsn, error = %error, dlq = %topic, "row cannot be encoded: sent to the capture dead-letter topic");
         metrics::counter!(names::CAPTURE_DLQ_EVENTS_TOTAL, names::LABEL_TABLE => table.clone())
             .increment(1);
-        let headers = rdkafka::message::OwnedHeaders::new()
-            .insert(header("cutover.error", &error.to_string()))
-            .insert(header("cutover.error.kind", error.kind().as_str()))
-            .insert(header("cutover.table", &table))
-            .insert(header("cutover.commit_lsn", &t.final_lsn.to_string()));
+        let headers = deadletter::Letter {
+            error,
+            origin: vec![
+                ("cutover.table", table.clone()),
+                ("cutover.commit_lsn", t.final_lsn.to_string()),
+            ],
+        }
+        .headers();
         let value = serde_json::to_vec(&body).map_err(|e| Error::internal(e.to_string()))?;
         self.produce_with(
             &topic,
@@ -664,7 +622,7 @@ impl Capture {
         {
             return Ok(*id);
         }
-        let q = crate::apply::target::qualified(table);
+        let q = crate::database::ident::qualified(table);
         let r = self
             .sql
             .query_one(
@@ -784,7 +742,7 @@ impl Capture {
                 }
             }
         }
-        let topic = topic_for(&self.cfg.topic_prefix, &table);
+        let topic = kafka::topic::for_table(&self.cfg.topic_prefix, &table);
         if let Some(existing) = self.relations.get(&rel.id) {
             if existing.schema.columns == columns && existing.topic == topic {
                 return Ok(());
@@ -950,7 +908,7 @@ fn spawn_heartbeat(cfg: &Config) -> tokio::task::JoinHandle<()> {
         loop {
             tokio::time::sleep(every).await;
             if client.is_none() {
-                client = source_endpoint(&cfg).connect().await.ok();
+                client = Endpoint::source(&cfg).connect().await.ok();
             }
             let Some(c) = client.as_ref() else { continue };
             let hb = c

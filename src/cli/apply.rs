@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use super::capture::{observe, stop_on_signal, with_reconnect};
 use super::{load_config, Cli};
-use crate::apply::Sink;
 use crate::config::Config;
 use crate::error::Result;
 use crate::observe::Readiness;
@@ -29,7 +28,7 @@ pub(super) async fn sink_loop(
     stop: watch::Receiver<bool>,
 ) -> Result<()> {
     with_reconnect(&format!("sink {name}"), stop.clone(), || async {
-        let sink = Sink::start(cfg, name, readiness.clone()).await?;
+        let sink = crate::backsync::start_sink(cfg, name, readiness.clone(), None).await?;
         sink.run(stop.clone()).await
     })
     .await

@@ -10,7 +10,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use super::{load_config, Cli};
-use crate::capture::backfill::BACKFILL_DDL;
 use crate::error::{Error, Result};
 
 #[derive(Debug, clap::Args)]
@@ -37,18 +36,14 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     if args.chunk_rows < 1 {
         return Err(Error::config("--chunk-rows: must be at least 1"));
     }
-    let src = crate::capture::stream::source_endpoint(&cfg)
-        .connect()
-        .await?;
-    src.batch_execute(BACKFILL_DDL)
-        .await
-        .map_err(|e| Error::postgres("creating cutover.backfill", e))?;
+    let src = crate::database::Endpoint::source(&cfg).connect().await?;
+    crate::state::ensure_backfill(&src).await?;
     let mut tables = args.tables.clone();
     if tables.is_empty() {
         tables = crate::capture::setup::captured_tables(&cfg, &src).await?;
     }
     for t in &tables {
-        let q = crate::apply::target::qualified(&crate::apply::mapping::table_id(t));
+        let q = crate::database::ident::qualified(&crate::apply::mapping::table_id(t));
         let est: Option<i64> = src
             .query_one(
                 "SELECT greatest(reltuples::bigint, 0) FROM pg_class WHERE oid = to_regclass($1)",

@@ -11,7 +11,7 @@ use crate::capture::Capture;
 use crate::config::Config;
 use crate::error::Result;
 use crate::observe::{self, Readiness};
-use crate::retry::{self, BackoffSettings, Decision};
+use crate::retry::{Attempts, BackoffSettings};
 use tokio::sync::watch;
 
 #[derive(Debug, clap::Args)]
@@ -54,21 +54,23 @@ where
         initial: Duration::from_millis(500),
         ..BackoffSettings::default()
     };
-    let mut delays = settings.delays();
+    let mut attempts = Attempts::new(settings);
     loop {
         let started = std::time::Instant::now();
-        match attempt().await {
-            Ok(()) => return Ok(()),
-            Err(e) if retry::policy(e.kind()) == Decision::Retry && !*stop.borrow() => {
-                if started.elapsed() > Duration::from_secs(60) {
-                    delays = settings.delays();
-                }
-                let delay = delays.next().unwrap_or(settings.max);
-                tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "{what} failed, reconnecting");
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) => return Err(e),
+        let Err(e) = attempt().await else {
+            return Ok(());
+        };
+        if *stop.borrow() {
+            return Err(e);
         }
+        if started.elapsed() > Duration::from_secs(60) {
+            attempts.reset();
+        }
+        let Some(delay) = attempts.next_delay(&e) else {
+            return Err(e);
+        };
+        tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "{what} failed, reconnecting");
+        tokio::time::sleep(delay).await;
     }
 }
 

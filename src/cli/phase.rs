@@ -60,10 +60,8 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
             "backsync: not configured; phases need a [backsync] section",
         ));
     }
-    let mut legacy = crate::capture::stream::source_endpoint(&cfg)
-        .connect()
-        .await?;
-    phase::ensure_control(&legacy).await?;
+    let mut legacy = crate::database::Endpoint::source(&cfg).connect().await?;
+    crate::state::ensure_control(&legacy).await?;
     match &args.command {
         PhaseCommand::Show { json } => {
             let rows = phase::all(&legacy, &cfg).await?;

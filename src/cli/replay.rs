@@ -8,8 +8,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use super::{load_config, Cli};
-use crate::apply::service::{captured_topics, target_endpoint, Bounds};
-use crate::apply::{replay, Sink};
+use crate::apply::consumer::captured_topics;
+use crate::apply::replay;
+use crate::apply::service::Bounds;
+use crate::database::Endpoint;
 use crate::error::{Error, Result};
 use crate::kafka::inspect::Inspector;
 use crate::observe::Readiness;
@@ -137,17 +139,19 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     }
 
     // Exclusive lock (refused while the sink runs), reset, audit.
-    let endpoint = target_endpoint(&sink_cfg, i);
+    let endpoint = Endpoint::of_sink(&sink_cfg, i);
     let mut control = endpoint.connect().await?;
-    crate::apply::target::ensure_state(&control).await?;
+    crate::state::ensure_target(&control).await?;
     let group = sink_cfg.group_id(&cfg.name);
     replay::hold_exclusive(&control, &args.sink, &group).await?;
-    let tables: Vec<String> = crate::apply::target::truncates(&control, &args.sink)
+    let tables: Vec<String> = crate::state::progress::truncates(&control, &args.sink)
         .await?
         .into_keys()
         .filter(|t| {
-            let topic =
-                crate::capture::topic_for(&cfg.topic_prefix, &crate::apply::mapping::table_id(t));
+            let topic = crate::kafka::topic::for_table(
+                &cfg.topic_prefix,
+                &crate::apply::mapping::table_id(t),
+            );
             topics.contains(&topic)
         })
         .collect();
@@ -165,7 +169,7 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         },
         args.to_timestamp.clone().unwrap_or_else(|| "end".into())
     );
-    let audit = replay::reset(
+    let audit = crate::state::progress::reset(
         &mut control,
         &args.sink,
         &starts,
@@ -180,7 +184,7 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
 
     // Run the sink, bounded, until every partition's progress reaches its end.
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let sink = Sink::start_with(
+    let sink = crate::backsync::start_sink(
         &cfg,
         &args.sink,
         Readiness::new(),
@@ -195,7 +199,7 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let tty = std::io::stderr().is_terminal();
     let mut last_line = Instant::now() - Duration::from_secs(60);
     loop {
-        let progress = crate::apply::target::progress(&control, &args.sink).await?;
+        let progress = crate::state::progress::progress(&control, &args.sink).await?;
         let done: i64 = starts
             .iter()
             .map(|(k, s)| {
@@ -232,7 +236,7 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let _ = stop_tx.send(true);
     task.await
         .map_err(|e| Error::internal(format!("sink task: {e}")))??;
-    replay::finish(&control, audit).await?;
+    crate::state::progress::finish(&control, audit).await?;
     println!(
         "replayed {total} events into sink {} in {:.1}s (audit id {audit})",
         args.sink,

@@ -18,14 +18,14 @@
 use std::process::ExitCode;
 
 use super::{load_config, Cli};
-use crate::apply::service::target_endpoint;
-use crate::apply::{replay, target};
-use crate::backsync::origin::origin_name;
-use crate::capture::topic_for;
+use crate::apply::replay;
 use crate::config::{Config, BACKSYNC_SINK};
+use crate::database::origin::origin_name;
+use crate::database::Endpoint;
 use crate::error::{Error, Result};
 use crate::event::TableId;
 use crate::kafka;
+use crate::kafka::topic::for_table as topic_for;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -63,7 +63,7 @@ async fn leftovers(client: &tokio_postgres::Client, cfg: &Config, sink: &str) ->
     // Progress rows are per (sink name, topic): only this pipeline's topics
     // (`<topic_prefix>.…`), so another pipeline's sink of the same name keeps its own.
     let ours = format!("{}.", cfg.topic_prefix);
-    let progress = target::progress(client, sink).await?;
+    let progress = crate::state::progress::progress(client, sink).await?;
     let mut topics: Vec<String> = progress
         .into_keys()
         .filter_map(|(t, _)| t.starts_with(&ours).then_some(t))
@@ -71,7 +71,7 @@ async fn leftovers(client: &tokio_postgres::Client, cfg: &Config, sink: &str) ->
     let progress_rows = topics.len();
     topics.sort();
     topics.dedup();
-    let truncated_tables = target::truncates(client, sink)
+    let truncated_tables = crate::state::progress::truncates(client, sink)
         .await?
         .into_keys()
         .filter(|t| {
@@ -105,9 +105,9 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         .ok_or_else(|| Error::config(format!("--sink {}: no such sink in sinks[]", args.sink)))?;
     let sink = &cfg.sinks[i];
     let group = sink.group_id(&cfg.name);
-    let mut client = target_endpoint(sink, i).connect().await?;
+    let mut client = Endpoint::of_sink(sink, i).connect().await?;
     replay::hold_exclusive(&client, &sink.name, &group).await?;
-    target::ensure_state(&client).await?;
+    crate::state::ensure_target(&client).await?;
     let found = leftovers(&client, &cfg, &sink.name).await?;
     println!(
         "sink {}: {} replication origin(s) {:?}, {} progress row(s), consumer group {group}",
@@ -129,8 +129,8 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
             .await
             .map_err(|e| Error::postgres(format!("dropping replication origin {o}"), e))?;
     }
-    target::clear_truncates(&tx, &sink.name, &found.truncated_tables).await?;
-    target::forget_progress(&tx, &sink.name, &found.topics).await?;
+    crate::state::progress::clear_truncates(&tx, &sink.name, &found.truncated_tables).await?;
+    crate::state::progress::forget_progress(&tx, &sink.name, &found.topics).await?;
     tx.commit()
         .await
         .map_err(|e| Error::postgres("COMMIT", e))?;

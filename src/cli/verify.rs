@@ -16,8 +16,8 @@ use tokio_postgres::types::ToSql;
 
 use super::{load_config, Cli};
 use crate::apply::mapping::Mapping;
-use crate::apply::target::{qualified, quote};
 use crate::config::{Config, Unmapped};
+use crate::database::ident::{qualified, quote};
 use crate::error::{Error, Result};
 use crate::verify::{self, Options, TableReport};
 
@@ -134,7 +134,7 @@ async fn repair(
     let mut deleted = 0;
     if !r.extra.is_empty() {
         // Under a cutover origin: a back-sync capturing this target never sends these back.
-        let origin = crate::backsync::origin::bind(dst, &cfg.name, "verify", None).await?;
+        let origin = crate::database::origin::bind(dst, &cfg.name, "verify", None).await?;
         for chunk in r.extra.chunks(500) {
             for t in &plan.targets {
                 let mut params = Vec::new();
@@ -170,10 +170,8 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         )
         .await?;
     }
-    let src = crate::capture::stream::source_endpoint(&cfg)
-        .connect()
-        .await?;
-    let dst = crate::apply::service::target_endpoint(&cfg.sinks[i], i)
+    let src = crate::database::Endpoint::source(&cfg).connect().await?;
+    let dst = crate::database::Endpoint::of_sink(&cfg.sinks[i], i)
         .connect()
         .await?;
     let tables = if args.tables.is_empty() {

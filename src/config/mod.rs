@@ -12,6 +12,7 @@
 //! unit in the key (`_ms`, `_secs`). Secrets are [`Secret`]/[`DbUrl`] and never print.
 
 mod secret;
+mod tables;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -20,8 +21,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-pub use crate::apply::config::{RouteConfig, TableMapping, TruncatePolicy, Unmapped};
 pub use secret::{is_secret_property, redact_conninfo, DbUrl, Secret, REDACTED};
+pub use tables::{RouteConfig, TableMapping, TruncatePolicy, Unmapped};
 pub use validate::{FieldError, ValidationErrors};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -562,14 +563,24 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 
+    /// Sink `name`, refused with the configured names when there is none.
     pub fn sink(&self, name: &str) -> Result<&SinkConfig> {
-        self.sinks.iter().find(|s| s.name == name).ok_or_else(|| {
-            let known: Vec<&str> = self.sinks.iter().map(|s| s.name.as_str()).collect();
-            Error::new(
-                ErrorKind::Config,
-                format!("sinks: no sink named {name:?} (configured: {known:?})"),
-            )
-        })
+        self.sink_at(name).map(|(_, s)| s)
+    }
+
+    /// Sink `name` and its index in `sinks[]` (for field paths such as `sinks[1].url`).
+    pub fn sink_at(&self, name: &str) -> Result<(usize, &SinkConfig)> {
+        self.sinks
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.sinks.iter().map(|s| s.name.as_str()).collect();
+                Error::new(
+                    ErrorKind::Config,
+                    format!("sinks: no sink named {name:?} (configured: {known:?})"),
+                )
+            })
     }
 
     pub fn observe_addr(&self) -> Option<SocketAddr> {

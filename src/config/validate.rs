@@ -388,12 +388,12 @@ impl Config {
                     }
                 }
                 for (col, expr) in &t.computed {
-                    if let Err(msg) = crate::apply::expr::Expr::parse(expr) {
+                    if let Err(msg) = crate::expr::Expr::parse(expr) {
                         e.push(format!("{tp}.computed.{col}"), msg);
                     }
                 }
                 if let Some(f) = &t.filter {
-                    if let Err(msg) = crate::apply::expr::Expr::parse(f) {
+                    if let Err(msg) = crate::expr::Expr::parse(f) {
                         e.push(format!("{tp}.filter"), msg);
                     }
                 }

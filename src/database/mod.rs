@@ -1,66 +1,25 @@
-//! Plain SQL connections to PostgreSQL (the legacy source and the target stores).
+//! What cutover knows about PostgreSQL as a peer, in leaves that every part of the pipeline
+//! uses and none of them owns:
 //!
-//! Replication streaming lives in `capture`; this module only opens ordinary connections.
-//! TLS follows the connection string's `sslmode` (`disable`, `prefer`, `require`) with
-//! certificate verification through the system trust store (native-tls / OpenSSL).
+//! ```text
+//!   endpoint  where to connect: source, sink(name), new_store  (config → Endpoint → Client)
+//!   ident     identifiers and literals as SQL text (postgres_protocol::escape)
+//!   catalog   what a table looks like in a target: columns, key, replica identity
+//!   origin    replication origins: how cutover's own writes are tagged (never echoed)
+//! ```
+//!
+//! Replication streaming lives in `capture`; the `cutover.*` state tables in `state`.
 
-use std::time::Duration;
+pub mod catalog;
+pub mod endpoint;
+pub mod ident;
+pub mod origin;
 
 use tokio_postgres::Client;
 
-use crate::config::{DbUrl, Secret};
-use crate::error::{Error, ErrorKind, Result};
+pub use endpoint::Endpoint;
 
-/// Where to connect, with the password kept apart from the (printable) URL.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    /// Config path of this endpoint, for messages (`source.url`, `sinks[0].url`).
-    pub field: String,
-    pub url: DbUrl,
-    pub password: Option<Secret>,
-    pub connect_timeout: Duration,
-}
-
-impl Endpoint {
-    pub fn pg_config(&self) -> Result<tokio_postgres::Config> {
-        let mut cfg: tokio_postgres::Config = self.url.expose().parse().map_err(|e| {
-            Error::config(format!(
-                "{}: not a valid PostgreSQL connection string ({e})",
-                self.field
-            ))
-        })?;
-        if let Some(pw) = &self.password {
-            cfg.password(pw.expose());
-        }
-        if cfg.get_connect_timeout().is_none() {
-            cfg.connect_timeout(self.connect_timeout);
-        }
-        if cfg.get_application_name().is_none() {
-            cfg.application_name("cutover");
-        }
-        Ok(cfg)
-    }
-
-    /// Open a connection; the connection task runs in the background and logs if it ends
-    /// with an error.
-    pub async fn connect(&self) -> Result<Client> {
-        let cfg = self.pg_config()?;
-        let tls = native_tls::TlsConnector::new().map_err(|e| {
-            Error::with_source(ErrorKind::Environment, "initialising TLS for PostgreSQL", e)
-        })?;
-        let tls = postgres_native_tls::MakeTlsConnector::new(tls);
-        let (client, conn) = cfg.connect(tls).await.map_err(|e| {
-            Error::postgres(format!("connecting to {} ({})", self.field, self.url), e)
-        })?;
-        let field = self.field.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::warn!(endpoint = %field, error = %e, "PostgreSQL connection closed with an error");
-            }
-        });
-        Ok(client)
-    }
-}
+use crate::error::{Error, Result};
 
 /// Facts about a server that cutover depends on.
 #[derive(Debug, Clone)]

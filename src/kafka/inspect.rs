@@ -19,8 +19,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use super::{base_config, classify_code, set_group_protocol};
+use super::{base_config, set_group_protocol};
 use crate::config::KafkaConfig;
+use crate::error::classify::kafka_code;
 use crate::error::{Error, ErrorKind, Result};
 
 /// (topic, partition)
@@ -123,7 +124,7 @@ impl Inspector {
                         continue;
                     }
                     return Err(Error::new(
-                        classify_code(code),
+                        kafka_code(code),
                         format!("metadata for topic {topic}: {code}"),
                     ));
                 }
@@ -300,7 +301,7 @@ impl Inspector {
                     Some(Err(e)) => {
                         let kind = e
                             .rdkafka_error_code()
-                            .map(classify_code)
+                            .map(kafka_code)
                             .unwrap_or(ErrorKind::Internal);
                         tracing::debug!(error = %e, %kind, "peek fetch error");
                         continue;

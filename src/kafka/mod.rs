@@ -16,6 +16,7 @@
 //! `consumer`); [`consumer_config`] passes neither protocol a setting it rejects.
 
 pub mod inspect;
+pub mod topic;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,10 +25,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::{GroupProtocol, KafkaConfig};
+use crate::error::classify::kafka_code;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Settings shared by every client: brokers, client id, user properties.
@@ -95,91 +96,6 @@ fn set_default(c: &mut ClientConfig, key: &str, value: &str) {
     }
 }
 
-/// Classify a Kafka error for [`crate::retry::policy`].
-pub fn classify(err: &KafkaError) -> ErrorKind {
-    match err.rdkafka_error_code() {
-        Some(code) => classify_code(code),
-        None => match err {
-            // rust-rdkafka does not expose the code of admin errors through
-            // rdkafka_error_code(); it is in the variant.
-            KafkaError::AdminOp(code) => classify_code(*code),
-            KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..) => ErrorKind::Config,
-            KafkaError::Canceled => ErrorKind::Unavailable,
-            _ => ErrorKind::Internal,
-        },
-    }
-}
-
-pub fn classify_code(code: RDKafkaErrorCode) -> ErrorKind {
-    use RDKafkaErrorCode as C;
-    match code {
-        C::BrokerTransportFailure
-        | C::AllBrokersDown
-        | C::Resolve
-        | C::NetworkException
-        | C::BrokerNotAvailable => ErrorKind::Connection,
-        C::MessageTimedOut | C::OperationTimedOut | C::RequestTimedOut | C::TimedOutQueue => {
-            ErrorKind::Timeout
-        }
-        C::QueueFull
-        | C::LeaderNotAvailable
-        | C::NotLeaderForPartition
-        | C::ReplicaNotAvailable
-        | C::NotEnoughReplicas
-        | C::NotEnoughReplicasAfterAppend
-        | C::CoordinatorLoadInProgress
-        | C::CoordinatorNotAvailable
-        | C::NotCoordinator
-        | C::RebalanceInProgress
-        | C::WaitingForCoordinator
-        | C::KafkaStorageError
-        | C::ThrottlingQuotaExceeded
-        | C::FencedLeaderEpoch
-        | C::UnknownLeaderEpoch
-        | C::OffsetNotAvailable
-        | C::PreferredLeaderNotAvailable
-        | C::Retry
-        | C::InProgress
-        | C::UnknownTopicOrPartition => ErrorKind::Unavailable,
-        // KIP-848 static membership: the instance id is still held by a member that died
-        // without leaving (SIGKILL); the broker releases it when that member's session expires
-        // (group.consumer.session.timeout.ms). librdkafka makes it a fatal consumer error, so
-        // the sink is rebuilt with a new consumer after a backoff and joins once it is free.
-        C::UnreleasedInstanceId => ErrorKind::Unavailable,
-        // Another *live* member uses this instance id: two instances share an --instance-id.
-        C::FencedInstanceId => ErrorKind::Config,
-        C::Authentication
-        | C::SaslAuthenticationFailed
-        | C::TopicAuthorizationFailed
-        | C::GroupAuthorizationFailed
-        | C::ClusterAuthorizationFailed
-        | C::TransactionalIdAuthorizationFailed
-        | C::UnsupportedSASLMechanism
-        | C::IllegalSASLState
-        | C::SSL => ErrorKind::Auth,
-        C::MessageSizeTooLarge
-        | C::InvalidMessage
-        | C::InvalidMessageSize
-        | C::BadMessage
-        | C::InvalidRecord
-        | C::KeySerialization
-        | C::ValueSerialization
-        | C::KeyDeserialization
-        | C::ValueDeserialization => ErrorKind::Data,
-        C::TopicAlreadyExists => ErrorKind::Conflict,
-        C::UnknownTopic | C::UnknownPartition | C::UnknownGroup | C::GroupIdNotFound => {
-            ErrorKind::NotFound
-        }
-        C::InvalidConfig
-        | C::InvalidReplicationFactor
-        | C::InvalidPartitions
-        | C::InvalidTopic
-        | C::InvalidArgument
-        | C::NotConfigured => ErrorKind::Config,
-        _ => ErrorKind::Internal,
-    }
-}
-
 /// A topic cutover wants to exist.
 #[derive(Debug, Clone)]
 pub struct TopicSpec {
@@ -207,7 +123,7 @@ pub async fn delete_group(cfg: &KafkaConfig, group: &str) -> Result<()> {
     for r in results {
         if let Err((g, code)) = r {
             return Err(Error::new(
-                classify_code(code),
+                kafka_code(code),
                 format!("DeleteGroups {g}: {code}"),
             ));
         }
@@ -247,7 +163,7 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[TopicSpec]) -> Result<Ve
             Err((_name, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
                 return Err(Error::new(
-                    classify_code(code),
+                    kafka_code(code),
                     format!("creating topic {name}: {code}"),
                 ))
             }
@@ -328,7 +244,7 @@ fn topic_partitions(
     if let Some(err) = t.error() {
         let code: RDKafkaErrorCode = err.into();
         return Err(Error::new(
-            classify_code(code),
+            kafka_code(code),
             format!("metadata for topic {topic}: {code}"),
         ));
     }
@@ -418,30 +334,34 @@ mod tests {
             RDKafkaErrorCode::RequestTimedOut,
             RDKafkaErrorCode::QueueFull,
         ] {
-            assert_eq!(policy(classify_code(c)), Decision::Retry, "{c:?}");
+            assert_eq!(policy(kafka_code(c)), Decision::Retry, "{c:?}");
         }
         assert_eq!(
-            policy(classify_code(RDKafkaErrorCode::SaslAuthenticationFailed)),
+            policy(kafka_code(RDKafkaErrorCode::SaslAuthenticationFailed)),
             Decision::Fatal
         );
         assert_eq!(
-            policy(classify_code(RDKafkaErrorCode::MessageSizeTooLarge)),
+            policy(kafka_code(RDKafkaErrorCode::MessageSizeTooLarge)),
             Decision::Park
         );
         assert_eq!(
-            classify(&KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)),
+            crate::error::classify::kafka(&rdkafka::error::KafkaError::MessageProduction(
+                RDKafkaErrorCode::QueueFull
+            )),
             ErrorKind::Unavailable
         );
         // A SIGKILLed static member's id is released by the broker later: retry; an id used
         // by a live member is a deployment error: fatal.
         assert_eq!(
-            policy(classify(&KafkaError::MessageConsumptionFatal(
-                RDKafkaErrorCode::UnreleasedInstanceId
-            ))),
+            policy(crate::error::classify::kafka(
+                &rdkafka::error::KafkaError::MessageConsumptionFatal(
+                    RDKafkaErrorCode::UnreleasedInstanceId
+                )
+            )),
             Decision::Retry
         );
         assert_eq!(
-            policy(classify_code(RDKafkaErrorCode::FencedInstanceId)),
+            policy(kafka_code(RDKafkaErrorCode::FencedInstanceId)),
             Decision::Fatal
         );
     }

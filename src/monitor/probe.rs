@@ -57,16 +57,16 @@ impl Monitor {
                 None
             }
         };
-        match crate::apply::service::captured_topics(&self.cfg, &self.registry).await {
+        match crate::apply::consumer::captured_topics(&self.cfg, &self.registry).await {
             Ok(t) => self.topics = t,
             Err(e) => problems.push(format!("registry: {e}")),
         }
         let prefix = &self.cfg.topic_prefix;
-        let capture_dlq = crate::capture::stream::capture_dlq_topic(prefix);
+        let capture_dlq = crate::kafka::topic::capture_dlq(prefix);
         let mut all: Vec<String> = self.topics.clone();
         all.push(capture_dlq.clone());
         for s in &self.cfg.sinks {
-            all.push(crate::apply::dlq_topic(prefix, &s.name));
+            all.push(crate::kafka::topic::sink_dlq(prefix, &s.name));
         }
         let marks = match self.inspector.watermarks(&all).await {
             Ok(m) => m,
@@ -111,7 +111,7 @@ impl Monitor {
                         oldest_unapplied_commit_ms: None,
                         last_applied_commit_ms: None,
                         last_progress_ms: None,
-                        dlq_messages: size(&crate::apply::dlq_topic(prefix, &s.name)),
+                        dlq_messages: size(&crate::kafka::topic::sink_dlq(prefix, &s.name)),
                         partitions: vec![],
                     });
                     continue;
@@ -147,7 +147,7 @@ impl Monitor {
                 oldest_unapplied_commit_ms: None,
                 last_applied_commit_ms: None,
                 last_progress_ms: None,
-                dlq_messages: size(&crate::apply::dlq_topic(prefix, &s.name)),
+                dlq_messages: size(&crate::kafka::topic::sink_dlq(prefix, &s.name)),
                 partitions,
             });
         }
@@ -272,7 +272,7 @@ impl Monitor {
     async fn slot(&mut self) -> Result<SlotState> {
         if self.source.as_ref().is_none_or(|c| c.is_closed()) {
             self.source = Some(
-                crate::capture::stream::source_endpoint(&self.cfg)
+                crate::database::Endpoint::source(&self.cfg)
                     .connect()
                     .await?,
             );
@@ -329,7 +329,7 @@ impl Monitor {
     async fn last_progress(&mut self, i: usize) -> Result<Option<i64>> {
         let sink = &self.cfg.sinks[i];
         if self.targets.get(&sink.name).is_none_or(|c| c.is_closed()) {
-            let c = crate::apply::service::target_endpoint(sink, i)
+            let c = crate::database::Endpoint::of_sink(sink, i)
                 .connect()
                 .await?;
             self.targets.insert(sink.name.clone(), c);

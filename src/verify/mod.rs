@@ -26,7 +26,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use crate::apply::mapping::Mapping;
-use crate::apply::target::{describe, qualified, quote};
+use crate::database::catalog::describe;
+use crate::database::ident::{qualified, quote};
 use crate::error::{Error, Result};
 use crate::event::TableId;
 use crate::observe::names;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::support::{cutover_bin, local_config, unique, KillOnDrop};
-use cutover::apply::Sink;
+use cutover::backsync::start_sink;
 use cutover::capture::Capture;
 use cutover::config::{Config, RouteConfig, TableMapping};
 use cutover::database::Endpoint;
@@ -249,7 +249,7 @@ impl Part {
     }
 
     pub async fn sink(cfg: &Config, name: &str) -> Part {
-        let sink = Sink::start(cfg, name, Readiness::new()).await.unwrap();
+        let sink = start_sink(cfg, name, Readiness::new(), None).await.unwrap();
         let (stop, rx) = tokio::sync::watch::channel(false);
         Part {
             stop,
@@ -728,7 +728,7 @@ async fn events_resent_by_capture_are_skipped_not_reapplied() {
 
     // Re-send the whole topic, byte for byte, to the same partitions: what a capture that
     // restarts from an older confirmed LSN does.
-    let topic = cutover::capture::topic_for(
+    let topic = cutover::kafka::topic::for_table(
         &env.cfg.topic_prefix,
         &cutover::event::TableId::new(&s, "events"),
     );
@@ -840,7 +840,7 @@ async fn poison_events_go_to_the_dead_letter_topic_with_headers_and_the_sink_goe
     .await
     .unwrap();
     // A record that is not Avro at all, in the middle of the topic.
-    let topic = cutover::capture::topic_for(
+    let topic = cutover::kafka::topic::for_table(
         &env.cfg.topic_prefix,
         &cutover::event::TableId::new(&s, "items"),
     );
@@ -870,7 +870,7 @@ async fn poison_events_go_to_the_dead_letter_topic_with_headers_and_the_sink_goe
     )
     .await;
 
-    let dlq = cutover::apply::dlq_topic(&env.cfg.topic_prefix, "mirror");
+    let dlq = cutover::kafka::topic::sink_dlq(&env.cfg.topic_prefix, "mirror");
     let consumer: StreamConsumer = cutover::kafka::consumer_config(&env.cfg.kafka, &unique("dlq"))
         .create()
         .unwrap();
@@ -924,7 +924,7 @@ async fn mapping_errors_name_the_table_and_column() {
     env.create_schemas().await;
     let s = &env.schema;
     let start_err = |cfg: Config| async move {
-        Sink::start(&cfg, "newstore", Readiness::new())
+        start_sink(&cfg, "newstore", Readiness::new(), None)
             .await
             .err()
             .expect("refused")
@@ -955,7 +955,7 @@ async fn mapping_errors_name_the_table_and_column() {
     let mut cfg = env.cfg.clone();
     cfg.sinks[1].tables[3].drop = vec!["colour".into()];
     let capture = Part::capture(&cfg).await;
-    let sink = Sink::start(&cfg, "newstore", Readiness::new())
+    let sink = start_sink(&cfg, "newstore", Readiness::new(), None)
         .await
         .unwrap();
     let (_stop, rx) = tokio::sync::watch::channel(false);

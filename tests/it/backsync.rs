@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use super::apply::{connect, converge, isolated_config, Part};
 use super::capture::read_all;
 use super::support::{cutover_bin, local_config, unique};
-use cutover::capture::topic_for;
 use cutover::config::{BacksyncConfig, Config, ConflictPolicy, DbUrl, TableMapping, Unmapped};
 use cutover::event::TableId;
+use cutover::kafka::topic::for_table as topic_for;
 
 struct Mig {
     cfg: Config,
@@ -739,8 +739,13 @@ async fn sink_without_origin_privileges_fails_naming_the_grants() {
         .batch_execute(&format!(r#"CREATE ROLE "{role}" LOGIN"#))
         .await
         .unwrap();
-    let err = match cutover::apply::Sink::start(&cfg, "mirror", cutover::observe::Readiness::new())
-        .await
+    let err = match cutover::backsync::start_sink(
+        &cfg,
+        "mirror",
+        cutover::observe::Readiness::new(),
+        None,
+    )
+    .await
     {
         Ok(_) => panic!("a role without origin privileges started"),
         Err(e) => e,
@@ -758,10 +763,10 @@ async fn sink_without_origin_privileges_fails_naming_the_grants() {
     let grants = msg.split("As a superuser run: ").nth(1).unwrap();
     admin.batch_execute(grants).await.unwrap();
     let c = connect(&cfg.sinks[0].url).await;
-    cutover::backsync::origin::check_privileges(&c, "sinks[0].url")
+    cutover::database::origin::check_privileges(&c, "sinks[0].url")
         .await
         .unwrap();
-    let origin = cutover::backsync::origin::bind(&c, &role, "mirror", None)
+    let origin = cutover::database::origin::bind(&c, &role, "mirror", None)
         .await
         .unwrap();
     assert_eq!(origin, format!("cutover:{role}:mirror"));

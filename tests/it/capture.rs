@@ -7,10 +7,11 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::support::{local_config, python, root, unique};
-use cutover::capture::{topic_for, Capture};
+use cutover::capture::Capture;
 use cutover::config::Config;
 use cutover::database::Endpoint;
 use cutover::event::TableId;
+use cutover::kafka::topic::for_table as topic_for;
 
 pub(super) struct Pipeline {
     stop: tokio::sync::watch::Sender<bool>,

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use super::capture::{cleanup, consume, read_all, read_messages, sql, start, test_config};
 use super::support::{cutover_bin, free_port, scrape, unique, KillOnDrop, PrivatePostgres};
 use cutover::capture::setup::{ensure_publication, PublicationChange};
-use cutover::capture::{stream::capture_dlq_topic, topic_for, Capture};
+use cutover::capture::Capture;
 use cutover::config::{Config, DbUrl};
 use cutover::error::ErrorKind;
 use cutover::event::TableId;
+use cutover::kafka::topic::{capture_dlq as capture_dlq_topic, for_table as topic_for};
 
 fn topic(cfg: &Config, table: &str) -> String {
     topic_for(&cfg.topic_prefix, &TableId::new("public", table))

@@ -35,7 +35,7 @@ pub(super) async fn setup(tag: &str) -> (Env, tempfile::TempDir, std::path::Path
 }
 
 pub(super) fn topic(env: &Env) -> String {
-    cutover::capture::topic_for(
+    cutover::kafka::topic::for_table(
         &env.cfg.topic_prefix,
         &cutover::event::TableId::new(&env.schema, "events"),
     )

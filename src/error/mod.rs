@@ -3,11 +3,16 @@
 //! Every failure is an [`Error`] carrying an [`ErrorKind`]. The kind is what callers branch on;
 //! the message is for humans and always names the thing that failed (a config field path, a
 //! topic, a table, a record). Whether an error is worth retrying is decided in exactly one place,
-//! [`crate::retry::policy`], from the kind alone — never by string matching at call sites.
+//! `retry::policy`, from the kind alone — never by string matching at call sites.
+//!
+//! This module is a leaf: it imports nothing from the crate. How peer codes become kinds
+//! (SQLSTATE classes, librdkafka error codes) lives beside it in [`classify`].
+
+pub mod classify;
 
 use std::fmt;
 
-/// What went wrong, coarsely. Retry decisions are derived from this (see [`crate::retry`]).
+/// What went wrong, coarsely. Retry decisions are derived from this (see `retry::policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     /// The configuration is invalid; the message names the field path and the rule.
@@ -138,7 +143,7 @@ impl Error {
     /// integrity violations are data errors (poison for a sink).
     pub fn postgres(context: impl Into<String>, err: tokio_postgres::Error) -> Self {
         let kind = match err.code() {
-            Some(state) => classify_sqlstate(state.code()),
+            Some(state) => classify::sqlstate(state.code()),
             None if err.is_closed() => ErrorKind::Connection,
             None => {
                 // No SQLSTATE: I/O, TLS, protocol or timeout trouble on the wire.
@@ -157,42 +162,14 @@ impl Error {
         )
     }
 
-    /// Classify a Kafka client error (see [`crate::kafka::classify`]).
+    /// Classify a Kafka client error (see [`classify::kafka`]).
     pub fn kafka(context: impl Into<String>, err: rdkafka::error::KafkaError) -> Self {
-        let kind = crate::kafka::classify(&err);
+        let kind = classify::kafka(&err);
         Error::with_source(kind, format!("{}: {err}", context.into()), err)
     }
 
     pub fn io(context: impl Into<String>, err: std::io::Error) -> Self {
         Error::with_source(ErrorKind::Io, format!("{}: {err}", context.into()), err)
-    }
-}
-
-/// Map a five-character SQLSTATE to an [`ErrorKind`].
-pub fn classify_sqlstate(code: &str) -> ErrorKind {
-    match code {
-        // serialization_failure, deadlock_detected, lock_not_available
-        "40001" | "40P01" | "55P03" => ErrorKind::Unavailable,
-        // admin_shutdown, crash_shutdown, cannot_connect_now
-        "57P01" | "57P02" | "57P03" => ErrorKind::Connection,
-        // query_canceled (statement_timeout)
-        "57014" => ErrorKind::Timeout,
-        // too_many_connections, out of memory/disk
-        "53300" | "53100" | "53200" => ErrorKind::Unavailable,
-        // invalid_authorization_specification, invalid_password, insufficient_privilege
-        "28000" | "28P01" | "42501" => ErrorKind::Auth,
-        // undefined_table, undefined_column, undefined_object, undefined_function
-        "42P01" | "42703" | "42704" | "42883" => ErrorKind::NotFound,
-        // object_in_use (slot active elsewhere) — someone else holds it, may free up
-        "55006" => ErrorKind::Unavailable,
-        _ => match &code[..2.min(code.len())] {
-            "08" => ErrorKind::Connection,
-            "22" | "23" => ErrorKind::Data,
-            "42" => ErrorKind::Schema,
-            "3D" => ErrorKind::NotFound,
-            "55" => ErrorKind::Environment,
-            _ => ErrorKind::Internal,
-        },
     }
 }
 
@@ -242,19 +219,6 @@ impl std::error::Error for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sqlstate_classes_map_to_kinds() {
-        assert_eq!(classify_sqlstate("40001"), ErrorKind::Unavailable);
-        assert_eq!(classify_sqlstate("40P01"), ErrorKind::Unavailable);
-        assert_eq!(classify_sqlstate("08006"), ErrorKind::Connection);
-        assert_eq!(classify_sqlstate("23505"), ErrorKind::Data);
-        assert_eq!(classify_sqlstate("22P02"), ErrorKind::Data);
-        assert_eq!(classify_sqlstate("42501"), ErrorKind::Auth);
-        assert_eq!(classify_sqlstate("42P01"), ErrorKind::NotFound);
-        assert_eq!(classify_sqlstate("3D000"), ErrorKind::NotFound);
-        assert_eq!(classify_sqlstate("XX000"), ErrorKind::Internal);
-    }
 
     #[test]
     fn context_prefixes_message_and_keeps_kind() {

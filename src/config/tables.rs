@@ -1,6 +1,6 @@
 //! Sink configuration: batching, truncate policy and the per-table mapping from the captured
 //! (old) schema to the target (new) contract. Structural checks live in `validate()` (field
-//! paths); checks against the target database run at start-up in [`super::mapping`].
+//! paths); checks against the target database run at start-up in `apply::mapping`.
 
 use std::collections::BTreeMap;
 
@@ -52,7 +52,7 @@ pub struct TableMapping {
     /// Target column → value used when the mapped value is NULL.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub defaults: BTreeMap<String, String>,
-    /// Target column → expression over source columns (see `apply::expr`).
+    /// Target column → expression over source columns (see `crate::expr`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub computed: BTreeMap<String, String>,
     /// Only rows for which this expression is true are in the target; a row that stops

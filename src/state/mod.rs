@@ -1,0 +1,146 @@
+//! The `cutover.*` state tables: every one of them, its DDL, and where it lives. This module
+//! is their one owner; the SQL that reads and writes the sink's progress is in [`progress`],
+//! the phase and conflict rows are written by `backsync::phase` and `backsync::conflict`
+//! through the tables defined here.
+//!
+//! ```text
+//!   database        table                    written by                 invariant
+//!   each target     cutover.sink_progress    a sink, in its batch tx    progress commits with the data (3)
+//!                   cutover.sink_truncates   a sink, in its batch tx    a truncate is applied once
+//!                   cutover.replay_audit     cutover replay             who rewound what, when
+//!                   cutover.conflicts        a back-sync role (dual)    every conflict, both versions
+//!                   cutover.row_versions     a back-sync role (lww)     last-writer-wins commit times
+//!   legacy          cutover.table_phases     cutover phase set          one owner per table and phase
+//!                   cutover.phase_audit      cutover phase set          every change, gated or forced
+//!   legacy          cutover.backfill         cutover backfill, capture  chunk progress survives restarts
+//! ```
+//!
+//! All DDL is idempotent (`IF NOT EXISTS`) and runs at start-up of whoever needs the tables.
+
+pub mod progress;
+
+use tokio_postgres::Client;
+
+use crate::error::{Error, Result};
+
+/// A target store's tables (every sink creates them at start).
+pub const TARGET_DDL: &str = "
+SET client_min_messages = warning;
+CREATE SCHEMA IF NOT EXISTS cutover;
+CREATE TABLE IF NOT EXISTS cutover.sink_progress (
+    sink text NOT NULL,
+    topic text NOT NULL,
+    kafka_partition int NOT NULL,
+    next_offset bigint NOT NULL,
+    commit_lsn bigint NOT NULL,
+    seq bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (sink, topic, kafka_partition)
+);
+CREATE TABLE IF NOT EXISTS cutover.sink_truncates (
+    sink text NOT NULL,
+    source_table text NOT NULL,
+    commit_lsn bigint NOT NULL,
+    seq bigint NOT NULL,
+    PRIMARY KEY (sink, source_table)
+);
+CREATE TABLE IF NOT EXISTS cutover.conflicts (
+    id bigserial PRIMARY KEY,
+    detected_at timestamptz NOT NULL DEFAULT now(),
+    sink text NOT NULL,
+    target_table text NOT NULL,
+    row_key jsonb NOT NULL,
+    kind text NOT NULL,
+    policy text NOT NULL,
+    winner text NOT NULL,
+    local_row jsonb,
+    local_commit_ts timestamptz,
+    incoming_row jsonb,
+    incoming_commit_ts timestamptz NOT NULL,
+    incoming_from text NOT NULL,
+    incoming_commit_lsn bigint NOT NULL,
+    incoming_seq bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cutover.row_versions (
+    target_table text NOT NULL,
+    row_key text NOT NULL,
+    ts_us bigint NOT NULL,
+    side text NOT NULL,
+    row_xmin text NOT NULL,
+    PRIMARY KEY (target_table, row_key)
+);
+CREATE TABLE IF NOT EXISTS cutover.replay_audit (
+    id bigserial PRIMARY KEY,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    sink text NOT NULL,
+    requested_by text NOT NULL,
+    spec text NOT NULL,
+    topics text[] NOT NULL,
+    events bigint NOT NULL
+);";
+
+/// The phase tables, in legacy (the control database of a back-sync).
+pub const CONTROL_DDL: &str = "
+SET client_min_messages = warning;
+CREATE SCHEMA IF NOT EXISTS cutover;
+CREATE TABLE IF NOT EXISTS cutover.table_phases (
+    pipeline text NOT NULL,
+    table_name text NOT NULL,
+    phase text NOT NULL CHECK (phase IN ('forward', 'dual', 'reverse')),
+    changed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (pipeline, table_name)
+);
+CREATE TABLE IF NOT EXISTS cutover.phase_audit (
+    id bigserial PRIMARY KEY,
+    pipeline text NOT NULL,
+    table_name text NOT NULL,
+    from_phase text NOT NULL,
+    to_phase text NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now(),
+    changed_by text NOT NULL,
+    forced boolean NOT NULL,
+    reason text,
+    checks jsonb NOT NULL
+);";
+
+/// Backfill progress, in the source database.
+pub const BACKFILL_DDL: &str = "
+SET client_min_messages = warning;
+CREATE SCHEMA IF NOT EXISTS cutover;
+CREATE TABLE IF NOT EXISTS cutover.backfill (
+    pipeline text NOT NULL,
+    table_name text NOT NULL,
+    state text NOT NULL CHECK (state IN ('pending', 'running', 'done', 'failed')),
+    last_key text[],
+    rows_done bigint NOT NULL DEFAULT 0,
+    rows_estimated bigint NOT NULL DEFAULT 0,
+    chunks_done bigint NOT NULL DEFAULT 0,
+    chunk_rows int NOT NULL,
+    rows_per_sec int NOT NULL DEFAULT 0,
+    error text,
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (pipeline, table_name)
+);";
+
+pub async fn ensure_target(client: &Client) -> Result<()> {
+    client
+        .batch_execute(TARGET_DDL)
+        .await
+        .map_err(|e| Error::postgres("creating schema cutover and its progress tables", e))
+}
+
+pub async fn ensure_control(client: &Client) -> Result<()> {
+    client
+        .batch_execute(CONTROL_DDL)
+        .await
+        .map_err(|e| Error::postgres("creating cutover.table_phases and cutover.phase_audit", e))
+}
+
+pub async fn ensure_backfill(client: &Client) -> Result<()> {
+    client
+        .batch_execute(BACKFILL_DDL)
+        .await
+        .map_err(|e| Error::postgres("creating cutover.backfill", e))
+}
