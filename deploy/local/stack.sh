@@ -156,11 +156,13 @@ sweep_tests() {
                WHERE NOT active AND slot_name ~ '^[a-z]+(_[a-z]+)*_[0-9]+_[0-9]+_[0-9]+(_[a-z]+)?$'")
     while read -r name; do
       [ -n "$name" ] || continue
-      pid="$(sed -E 's/^cutover:[a-z]+(_[a-z]+)*_([0-9]+)_[0-9]+_[0-9]+.*$/\2/' <<<"$name")"
+      # The test id is the pipeline (cutover:<id>:<sink>) or the instance id
+      # (cutover:<pipeline>:<sink>:<id>[.<sink>]); its second field is the test's pid.
+      pid="$(sed -E 's/^(.*:)?[a-z][a-z0-9]*(_[a-z]+)*_([0-9]+)_[0-9]+_[0-9]+([.:].*)?$/\3/' <<<"$name")"
       [ -d "/proc/$pid" ] && continue
       psql_at "$port" -d postgres -tAc "SELECT pg_replication_origin_drop('$name')" >/dev/null 2>&1 && n=$((n + 1))
     done < <(psql_at "$port" -d postgres -tAc "SELECT roname FROM pg_replication_origin
-               WHERE roname ~ '^cutover:[a-z]+(_[a-z]+)*_[0-9]+_[0-9]+_[0-9]+'")
+               WHERE roname ~ '^cutover:(.*:)?[a-z][a-z0-9]*(_[a-z]+)*_[0-9]+_[0-9]+_[0-9]+([.:].*)?$'")
   done
   log "swept $n replication slots/origins left by earlier test runs"
 }

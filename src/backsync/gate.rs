@@ -60,11 +60,9 @@ pub fn forward_mapping(cfg: &Config, table: &str) -> Result<Mapping> {
         .backsync
         .as_ref()
         .ok_or_else(|| Error::config("backsync: not configured (add a [backsync] section)"))?;
-    let i = cfg
-        .sinks
-        .iter()
-        .position(|s| s.name == b.forward_sink)
-        .ok_or_else(|| Error::config("backsync.forward_sink: no such sink"))?;
+    let (i, _) = cfg
+        .sink_at(&b.forward_sink)
+        .map_err(|e| e.context("backsync.forward_sink"))?;
     crate::apply::mapping::for_table(cfg, i, table)?.ok_or_else(|| {
         Error::config(format!(
             "{table}: sink {} has no mapping for it (unmapped_tables = skip), so it has no phase",
@@ -109,15 +107,7 @@ pub async fn evaluate(cfg: &Config, table: &str, from: Phase, to: Phase) -> Resu
     // naming the differing keys when there are any (recorded in the audit).
     let mapping = forward_mapping(cfg, table)?;
     let legacy = crate::database::Endpoint::source(cfg).connect().await?;
-    let (fi, fsink) = cfg
-        .sinks
-        .iter()
-        .enumerate()
-        .find(|(_, s)| s.name == b.forward_sink)
-        .ok_or_else(|| Error::config("backsync.forward_sink: no such sink"))?;
-    let new = crate::database::Endpoint::of_sink(fsink, fi)
-        .connect()
-        .await?;
+    let new = crate::database::Endpoint::new_store(cfg)?.connect().await?;
     let source = table_id(table);
     let targets = mapping.targets();
     let targets_s: Vec<String> = targets.iter().map(|t| t.to_string()).collect();

@@ -82,7 +82,7 @@ pub async fn all(client: &Client, cfg: &crate::config::Config) -> Result<Vec<(St
     let mut tables: Vec<String> = cfg
         .backsync
         .as_ref()
-        .and_then(|b| cfg.sinks.iter().find(|s| s.name == b.forward_sink))
+        .and_then(|b| cfg.sink(&b.forward_sink).ok())
         .map(|s| s.tables.iter().map(|m| m.source.clone()).collect())
         .unwrap_or_default();
     tables.extend(recorded.keys().cloned());

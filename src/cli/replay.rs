@@ -54,16 +54,8 @@ fn parse_time(field: &str, s: &str) -> Result<i64> {
 
 pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let cfg = load_config(cli)?;
-    let i = cfg
-        .sinks
-        .iter()
-        .position(|s| s.name == args.sink)
-        .ok_or_else(|| {
-            cfg.sink(&args.sink)
-                .err()
-                .unwrap_or_else(|| Error::config("sink"))
-        })?;
-    let sink_cfg = cfg.sinks[i].clone();
+    let (i, sink_cfg) = cfg.sink_at(&args.sink)?;
+    let sink_cfg = sink_cfg.clone();
     let registry = RegistryClient::new(&cfg.registry)?;
     let captured = captured_topics(&cfg, &registry).await?;
     let topics: Vec<String> = if args.topics.is_empty() {

@@ -98,12 +98,7 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     } else {
         cfg
     };
-    let i = cfg
-        .sinks
-        .iter()
-        .position(|s| s.name == args.sink)
-        .ok_or_else(|| Error::config(format!("--sink {}: no such sink in sinks[]", args.sink)))?;
-    let sink = &cfg.sinks[i];
+    let (i, sink) = cfg.sink_at(&args.sink).map_err(|e| e.context("--sink"))?;
     let group = sink.group_id(&cfg.name);
     let mut client = Endpoint::of_sink(sink, i).connect().await?;
     replay::hold_exclusive(&client, &sink.name, &group).await?;

@@ -61,8 +61,7 @@ fn pick_sink(cfg: &Config, name: Option<&str>) -> Result<usize> {
             }
         },
     };
-    cfg.sink(&name)?;
-    Ok(cfg.sinks.iter().position(|s| s.name == name).unwrap_or(0))
+    Ok(cfg.sink_at(&name)?.0)
 }
 
 async fn tables_of(cfg: &Config, i: usize, src: &tokio_postgres::Client) -> Result<Vec<String>> {
