@@ -264,7 +264,7 @@ pub struct RegistryConfig {
 
 /// The embedded registry served by `cutover registry`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RegistryServerConfig {
     pub listen: String,
     /// Directory holding the durable schema log.
@@ -284,7 +284,7 @@ impl Default for RegistryServerConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ObserveConfig {
     /// Address of the HTTP endpoint serving `/metrics`, `/healthz`, `/readyz`; empty disables.
     pub listen: String,
@@ -703,6 +703,27 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("kafka"), "{msg}");
         assert!(msg.contains("unknown field `brokerz`"), "{msg}");
+    }
+
+    #[test]
+    fn a_section_may_leave_out_every_key_with_a_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        // The shipped local config with [registry_server] and [observe] cut down to one key.
+        let (head, rest) = LOCAL_DEFAULT_TOML.split_once("[registry_server]").unwrap();
+        let (_, sinks) = rest.split_once("[[sinks]]").unwrap();
+        let text = format!(
+            "{head}[registry_server]\ndata_dir = \"/tmp/r\"\n\n[observe]\nlisten = \"127.0.0.1:9999\"\n\n[monitor]\nembedded = false\n\n[[sinks]]{sinks}"
+        );
+        std::fs::write(&p, text).unwrap();
+        let cfg = Config::load_with_env(Some(&p), env(&[])).unwrap();
+        assert_eq!(cfg.observe.listen, "127.0.0.1:9999");
+        assert_eq!(cfg.observe.log_format, "text");
+        assert_eq!(cfg.observe.log_level, "info");
+        assert_eq!(cfg.registry_server.listen, "127.0.0.1:8081");
+        assert_eq!(cfg.registry_server.default_compatibility, "BACKWARD");
+        assert!(!cfg.monitor.embedded);
+        assert_eq!(cfg.monitor.interval_ms, 10_000);
     }
 
     #[test]

@@ -91,9 +91,26 @@ fn check_addr(errs: &mut ValidationErrors, path: &str, addr: &str, allow_empty: 
 }
 
 impl Config {
+    /// Check every rule of every section; all violations are reported at once, each with its
+    /// field path (`sinks[1].tables[0].filter`).
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut e = ValidationErrors::default();
+        self.validate_pipeline(&mut e);
+        self.validate_source(&mut e);
+        self.validate_kafka(&mut e);
+        self.validate_registry(&mut e);
+        self.validate_observe(&mut e);
+        self.validate_backsync(&mut e);
+        self.validate_monitor(&mut e);
+        self.validate_sinks(&mut e);
+        if e.0.is_empty() {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    }
 
+    fn validate_pipeline(&self, e: &mut ValidationErrors) {
         if !is_pg_name(&self.name) {
             e.push(
                 "name",
@@ -106,10 +123,11 @@ impl Config {
                 "must be 1-200 characters of a-z, A-Z, 0-9, '.', '_', '-'",
             );
         }
+    }
 
-        // source
+    fn validate_source(&self, e: &mut ValidationErrors) {
         let s = &self.source;
-        check_db_url(&mut e, "source.url", &s.url);
+        check_db_url(e, "source.url", &s.url);
         if !is_pg_name(&s.slot) {
             e.push(
                 "source.slot",
@@ -165,8 +183,9 @@ impl Config {
         if s.connect_timeout_secs == 0 {
             e.push("source.connect_timeout_secs", "must be at least 1");
         }
+    }
 
-        // kafka
+    fn validate_kafka(&self, e: &mut ValidationErrors) {
         let k = &self.kafka;
         if k.brokers.is_empty() {
             e.push("kafka.brokers", "must not be empty");
@@ -224,8 +243,9 @@ impl Config {
                 );
             }
         }
+    }
 
-        // registry
+    fn validate_registry(&self, e: &mut ValidationErrors) {
         match url::Url::parse(&self.registry.url) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
             Ok(_) => e.push("registry.url", "must be an http:// or https:// URL"),
@@ -238,7 +258,7 @@ impl Config {
             );
         }
         check_addr(
-            &mut e,
+            e,
             "registry_server.listen",
             &self.registry_server.listen,
             false,
@@ -251,19 +271,21 @@ impl Config {
                 "must be one of NONE, BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL, FULL_TRANSITIVE",
             );
         }
+    }
 
-        // observe
-        check_addr(&mut e, "observe.listen", &self.observe.listen, true);
+    fn validate_observe(&self, e: &mut ValidationErrors) {
+        check_addr(e, "observe.listen", &self.observe.listen, true);
         if !matches!(self.observe.log_format.as_str(), "text" | "json") {
             e.push("observe.log_format", "must be \"text\" or \"json\"");
         }
         if tracing_subscriber::EnvFilter::try_new(&self.observe.log_level).is_err() {
             e.push("observe.log_level", "not a valid tracing filter directive");
         }
+    }
 
-        // backsync
+    fn validate_backsync(&self, e: &mut ValidationErrors) {
         if let Some(b) = &self.backsync {
-            check_db_url(&mut e, "backsync.url", &b.url);
+            check_db_url(e, "backsync.url", &b.url);
             if b.url.expose() == self.source.url.expose() {
                 e.push(
                     "backsync.url",
@@ -323,16 +345,18 @@ impl Config {
                 }
             }
         }
+    }
 
-        // monitor
+    fn validate_monitor(&self, e: &mut ValidationErrors) {
         if !(100..=600_000).contains(&self.monitor.interval_ms) {
             e.push("monitor.interval_ms", "must be between 100 and 600000");
         }
         if self.monitor.stalled_after_secs == 0 {
             e.push("monitor.stalled_after_secs", "must be at least 1");
         }
+    }
 
-        // sinks
+    fn validate_sinks(&self, e: &mut ValidationErrors) {
         let mut seen = HashSet::new();
         for (i, sink) in self.sinks.iter().enumerate() {
             let p = format!("sinks[{i}]");
@@ -354,7 +378,7 @@ impl Config {
                     format!("duplicate sink name {:?}", sink.name),
                 );
             }
-            check_db_url(&mut e, &format!("{p}.url"), &sink.url);
+            check_db_url(e, &format!("{p}.url"), &sink.url);
             if sink.connect_timeout_secs == 0 {
                 e.push(format!("{p}.connect_timeout_secs"), "must be at least 1");
             }
@@ -369,59 +393,62 @@ impl Config {
             }
             let mut sources = HashSet::new();
             for (j, t) in sink.tables.iter().enumerate() {
-                let tp = format!("{p}.tables[{j}]");
-                let qualified = |s: &str| {
-                    s.split_once('.')
-                        .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty())
-                };
-                if !qualified(&t.source) {
-                    e.push(format!("{tp}.source"), "must be schema.table");
-                } else if !sources.insert(t.source.as_str()) {
-                    e.push(
-                        format!("{tp}.source"),
-                        format!("{} is mapped twice", t.source),
-                    );
-                }
-                if let Some(target) = &t.target {
-                    if !qualified(target) {
-                        e.push(format!("{tp}.target"), "must be schema.table");
-                    }
-                }
-                for (col, expr) in &t.computed {
-                    if let Err(msg) = crate::expr::Expr::parse(expr) {
-                        e.push(format!("{tp}.computed.{col}"), msg);
-                    }
-                }
-                if let Some(f) = &t.filter {
-                    if let Err(msg) = crate::expr::Expr::parse(f) {
-                        e.push(format!("{tp}.filter"), msg);
-                    }
-                }
-                if let Some(r) = &t.route {
-                    if r.targets.is_empty() {
-                        e.push(format!("{tp}.route.targets"), "must not be empty");
-                    }
-                    for (v, target) in &r.targets {
-                        if !qualified(target) {
-                            e.push(format!("{tp}.route.targets.{v}"), "must be schema.table");
-                        }
-                    }
-                }
-                for c in &t.drop {
-                    if t.rename.contains_key(c) {
-                        e.push(
-                            format!("{tp}.drop"),
-                            format!("{c} is both dropped and renamed"),
-                        );
-                    }
-                }
+                check_table_mapping(e, &format!("{p}.tables[{j}]"), t, &mut sources);
             }
         }
+    }
+}
 
-        if e.0.is_empty() {
-            Ok(())
-        } else {
-            Err(e)
+/// One `[[sinks.tables]]` entry at `tp`; `sources` collects the source tables seen so far.
+fn check_table_mapping<'a>(
+    e: &mut ValidationErrors,
+    tp: &str,
+    t: &'a super::TableMapping,
+    sources: &mut HashSet<&'a str>,
+) {
+    let qualified = |s: &str| {
+        s.split_once('.')
+            .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty())
+    };
+    if !qualified(&t.source) {
+        e.push(format!("{tp}.source"), "must be schema.table");
+    } else if !sources.insert(t.source.as_str()) {
+        e.push(
+            format!("{tp}.source"),
+            format!("{} is mapped twice", t.source),
+        );
+    }
+    if let Some(target) = &t.target {
+        if !qualified(target) {
+            e.push(format!("{tp}.target"), "must be schema.table");
+        }
+    }
+    for (col, expr) in &t.computed {
+        if let Err(msg) = crate::expr::Expr::parse(expr) {
+            e.push(format!("{tp}.computed.{col}"), msg);
+        }
+    }
+    if let Some(f) = &t.filter {
+        if let Err(msg) = crate::expr::Expr::parse(f) {
+            e.push(format!("{tp}.filter"), msg);
+        }
+    }
+    if let Some(r) = &t.route {
+        if r.targets.is_empty() {
+            e.push(format!("{tp}.route.targets"), "must not be empty");
+        }
+        for (v, target) in &r.targets {
+            if !qualified(target) {
+                e.push(format!("{tp}.route.targets.{v}"), "must be schema.table");
+            }
+        }
+    }
+    for c in &t.drop {
+        if t.rename.contains_key(c) {
+            e.push(
+                format!("{tp}.drop"),
+                format!("{c} is both dropped and renamed"),
+            );
         }
     }
 }
