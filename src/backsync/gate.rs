@@ -23,6 +23,7 @@ use crate::database::catalog;
 use crate::database::ident::qualified;
 use crate::error::{Error, Result};
 use crate::monitor::Monitor;
+use crate::verify::TableReport;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
@@ -71,30 +72,40 @@ pub fn forward_mapping(cfg: &Config, table: &str) -> Result<Mapping> {
     })
 }
 
-/// Run every check for moving `table` from `from` to `to`.
+/// What the gate measured for one table, before any judgement.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// Per direction's sink: `(events unapplied, oldest age in seconds)`, or why unknown.
+    pub lag: Vec<(String, std::result::Result<(i64, f64), String>)>,
+    pub table: String,
+    pub targets: Vec<String>,
+    /// The comparison through the forward mapping, or why it could not run.
+    pub rows: std::result::Result<TableReport, String>,
+    pub filters_rows: bool,
+    /// `ALTER TABLE … REPLICA IDENTITY FULL` statements still needed (into `dual` only).
+    pub replica_identity_missing: Option<Vec<String>>,
+}
+
+/// Run every check for moving `table` from `from` to `to`: measure, then [`decide`].
 pub async fn evaluate(cfg: &Config, table: &str, from: Phase, to: Phase) -> Result<Report> {
     let b = cfg
         .backsync
         .as_ref()
         .ok_or_else(|| Error::config("backsync: not configured (add a [backsync] section)"))?;
-    let mut checks = Vec::new();
+    let measured = measure(cfg, table, to).await?;
+    Ok(decide(&measured, b.gate_max_lag_secs as f64, from, to))
+}
 
-    // 1. Both directions caught up.
-    let forward = Monitor::new(cfg)?.probe(false).await;
-    let reverse_cfg = cfg.reverse()?;
-    let reverse = Monitor::new(&reverse_cfg)?.probe(false).await;
-    let max = b.gate_max_lag_secs as f64;
-    for (snap, sink) in [
-        (&forward, b.forward_sink.as_str()),
-        (&reverse, crate::config::BACKSYNC_SINK),
-    ] {
-        let s = snap.sinks.iter().find(|s| s.name == sink);
-        let (ok, detail) = match s.and_then(|s| s.lag_seconds.map(|l| (s.lag_messages, l))) {
-            Some((n, l)) => (
-                l <= max,
-                format!("{n} event(s) unapplied, oldest {l:.1}s old (limit {max}s)"),
+/// The gate's judgement, pure over what was measured.
+pub fn decide(m: &Measured, max_lag_secs: f64, from: Phase, to: Phase) -> Report {
+    let mut checks = Vec::new();
+    for (sink, lag) in &m.lag {
+        let (ok, detail) = match lag {
+            Ok((n, l)) => (
+                *l <= max_lag_secs,
+                format!("{n} event(s) unapplied, oldest {l:.1}s old (limit {max_lag_secs}s)"),
             ),
-            None => (false, format!("lag unknown ({})", snap.problems.join("; "))),
+            Err(why) => (false, format!("lag unknown ({why})")),
         };
         checks.push(Check {
             name: format!("lag.{sink}"),
@@ -102,69 +113,15 @@ pub async fn evaluate(cfg: &Config, table: &str, from: Phase, to: Phase) -> Resu
             detail,
         });
     }
-
-    // 2. Same rows on both sides: verify through the forward mapping's pass-through columns,
-    // naming the differing keys when there are any (recorded in the audit).
-    let mapping = forward_mapping(cfg, table)?;
-    let legacy = crate::database::Endpoint::source(cfg).connect().await?;
-    let new = crate::database::Endpoint::new_store(cfg)?.connect().await?;
-    let source = table_id(table);
-    let targets = mapping.targets();
-    let targets_s: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
-    let compared = async {
-        let plan = crate::verify::plan(&legacy, &new, &mapping).await?;
-        let opts = crate::verify::Options {
-            chunk_rows: 10_000,
-            rows_per_sec: 0,
-            recheck_after: std::time::Duration::ZERO,
-        };
-        crate::verify::verify_table(&legacy, &new, &plan, &opts, |_| {}).await
-    }
-    .await;
-    let (rows_ok, mut detail) = match compared {
+    let targets = m.targets.join("+");
+    let (rows_ok, mut detail) = match &m.rows {
         Err(e) => (
             false,
-            format!("cannot compare {table} with {}: {e}", targets_s.join("+")),
+            format!("cannot compare {} with {targets}: {e}", m.table),
         ),
-        Ok(r) => {
-            let sample = |keys: &[Vec<Option<String>>]| -> String {
-                if keys.is_empty() {
-                    return String::new();
-                }
-                let shown: Vec<String> = keys
-                    .iter()
-                    .take(5)
-                    .map(|k| {
-                        let v: Vec<String> =
-                            k.iter().map(|x| x.clone().unwrap_or_default()).collect();
-                        format!("({})", v.join(","))
-                    })
-                    .collect();
-                format!(" [{}]", shown.join(" "))
-            };
-            let mut d = format!(
-                "legacy {table}: {} rows; new {}: {} rows; compared columns {:?}",
-                r.source_rows,
-                targets_s.join("+"),
-                r.target_rows,
-                r.compared_columns
-            );
-            if r.differences() > 0 {
-                d.push_str(&format!(
-                    "; verify: parity {:.2}%, missing {}{}, extra {}{}, different {}{}",
-                    r.parity_pct,
-                    r.missing.len(),
-                    sample(&r.missing),
-                    r.extra.len(),
-                    sample(&r.extra),
-                    r.different.len(),
-                    sample(&r.different)
-                ));
-            }
-            (r.differences() == 0, d)
-        }
+        Ok(r) => (r.differences() == 0, rows_detail(&m.table, &targets, r)),
     };
-    if mapping.filters_rows() {
+    if m.filters_rows {
         detail.push_str(
             " (the mapping filters rows: counts differ by design, use --force after verifying)",
         );
@@ -174,9 +131,104 @@ pub async fn evaluate(cfg: &Config, table: &str, from: Phase, to: Phase) -> Resu
         ok: rows_ok,
         detail,
     });
+    if let Some(missing) = m
+        .replica_identity_missing
+        .as_ref()
+        .filter(|_| to == Phase::Dual)
+    {
+        checks.push(Check {
+            name: "replica_identity".into(),
+            ok: missing.is_empty(),
+            detail: if missing.is_empty() {
+                "FULL on both sides".into()
+            } else {
+                format!(
+                    "conflict detection needs before-images: {}",
+                    missing.join(" ")
+                )
+            },
+        });
+    }
+    Report {
+        table: m.table.clone(),
+        from,
+        to,
+        checks,
+    }
+}
 
-    // 3. Before-images for conflict detection.
-    if to == Phase::Dual {
+/// Counts and compared columns, and the first differing keys of each kind.
+fn rows_detail(table: &str, targets: &str, r: &TableReport) -> String {
+    let sample = |keys: &[Vec<Option<String>>]| -> String {
+        if keys.is_empty() {
+            return String::new();
+        }
+        let shown: Vec<String> = keys
+            .iter()
+            .take(5)
+            .map(|k| {
+                let v: Vec<String> = k.iter().map(|x| x.clone().unwrap_or_default()).collect();
+                format!("({})", v.join(","))
+            })
+            .collect();
+        format!(" [{}]", shown.join(" "))
+    };
+    let mut d = format!(
+        "legacy {table}: {} rows; new {targets}: {} rows; compared columns {:?}",
+        r.source_rows, r.target_rows, r.compared_columns
+    );
+    if r.differences() > 0 {
+        d.push_str(&format!(
+            "; verify: parity {:.2}%, missing {}{}, extra {}{}, different {}{}",
+            r.parity_pct,
+            r.missing.len(),
+            sample(&r.missing),
+            r.extra.len(),
+            sample(&r.extra),
+            r.different.len(),
+            sample(&r.different)
+        ));
+    }
+    d
+}
+
+/// Measure what the gate judges: both directions' lag (from the broker, through the
+/// monitor), the rows through the forward mapping, and (into `dual`) the replica identities.
+async fn measure(cfg: &Config, table: &str, to: Phase) -> Result<Measured> {
+    let b = cfg
+        .backsync
+        .as_ref()
+        .ok_or_else(|| Error::config("backsync: not configured (add a [backsync] section)"))?;
+    let forward = Monitor::new(cfg)?.probe(false).await;
+    let reverse = Monitor::new(&cfg.reverse()?)?.probe(false).await;
+    let mut lag = vec![];
+    for (snap, sink) in [
+        (&forward, b.forward_sink.as_str()),
+        (&reverse, crate::config::BACKSYNC_SINK),
+    ] {
+        let s = snap.sinks.iter().find(|s| s.name == sink);
+        let l = s
+            .and_then(|s| s.lag_seconds.map(|l| (s.lag_messages, l)))
+            .ok_or_else(|| snap.problems.join("; "));
+        lag.push((sink.to_string(), l));
+    }
+    let mapping = forward_mapping(cfg, table)?;
+    let legacy = crate::database::Endpoint::source(cfg).connect().await?;
+    let new = crate::database::Endpoint::new_store(cfg)?.connect().await?;
+    let source = table_id(table);
+    let targets = mapping.targets();
+    let rows = async {
+        let plan = crate::verify::plan(&legacy, &new, &mapping).await?;
+        let opts = crate::verify::Options {
+            chunk_rows: 10_000,
+            rows_per_sec: 0,
+            recheck_after: std::time::Duration::ZERO,
+        };
+        crate::verify::verify_table(&legacy, &new, &plan, &opts, |_| {}).await
+    }
+    .await
+    .map_err(|e| e.to_string());
+    let replica_identity_missing = if to == Phase::Dual {
         let mut missing = Vec::new();
         if !catalog::replica_identity_full(&legacy, &source).await? {
             missing.push(format!(
@@ -192,23 +244,101 @@ pub async fn evaluate(cfg: &Config, table: &str, from: Phase, to: Phase) -> Resu
                 ));
             }
         }
-        checks.push(Check {
-            name: "replica_identity".into(),
-            ok: missing.is_empty(),
-            detail: if missing.is_empty() {
-                "FULL on both sides".into()
-            } else {
-                format!(
-                    "conflict detection needs before-images: {}",
-                    missing.join(" ")
-                )
-            },
-        });
-    }
-    Ok(Report {
+        Some(missing)
+    } else {
+        None
+    };
+    Ok(Measured {
+        lag,
         table: table.to_string(),
-        from,
-        to,
-        checks,
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+        rows,
+        filters_rows: mapping.filters_rows(),
+        replica_identity_missing,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(missing: usize) -> TableReport {
+        TableReport {
+            table: "public.t".into(),
+            targets: vec!["app.t".into()],
+            source_rows: 10,
+            target_rows: 10 - missing as i64,
+            chunks: 1,
+            mismatched_chunks: missing.min(1),
+            missing: (0..missing).map(|i| vec![Some(i.to_string())]).collect(),
+            extra: vec![],
+            different: vec![],
+            parity_pct: 100.0 - missing as f64 * 10.0,
+            compared_columns: vec!["id".into()],
+            seconds: 0.1,
+        }
+    }
+
+    fn measured() -> Measured {
+        Measured {
+            lag: vec![
+                ("newstore".into(), Ok((0, 0.5))),
+                ("backsync".into(), Ok((3, 2.0))),
+            ],
+            table: "public.t".into(),
+            targets: vec!["app.t".into()],
+            rows: Ok(report(0)),
+            filters_rows: false,
+            replica_identity_missing: Some(vec![]),
+        }
+    }
+
+    #[test]
+    fn passes_when_caught_up_and_equal() {
+        let r = decide(&measured(), 5.0, Phase::Forward, Phase::Dual);
+        assert!(r.passed(), "{:?}", r.failures());
+        let names: Vec<&str> = r.checks.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["lag.newstore", "lag.backsync", "rows", "replica_identity"]
+        );
+    }
+
+    #[test]
+    fn lag_over_the_limit_or_unknown_fails_naming_why() {
+        let mut m = measured();
+        m.lag[1].1 = Ok((40, 12.5));
+        let r = decide(&m, 5.0, Phase::Forward, Phase::Dual);
+        assert_eq!(r.failures().len(), 1);
+        assert!(r.failures()[0].contains("oldest 12.5s old (limit 5s)"));
+        m.lag[0].1 = Err("broker unreachable".into());
+        let r = decide(&m, 5.0, Phase::Forward, Phase::Dual);
+        assert!(r.failures()[0].contains("lag unknown (broker unreachable)"));
+    }
+
+    #[test]
+    fn differing_rows_name_the_keys_and_filters_say_force() {
+        let mut m = measured();
+        m.rows = Ok(report(2));
+        m.filters_rows = true;
+        let r = decide(&m, 5.0, Phase::Dual, Phase::Reverse);
+        let f = r.failures();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].contains("missing 2 [(0) (1)]"), "{}", f[0]);
+        assert!(f[0].contains("use --force"), "{}", f[0]);
+        assert!(
+            !r.checks.iter().any(|c| c.name == "replica_identity"),
+            "only into dual"
+        );
+    }
+
+    #[test]
+    fn missing_replica_identity_blocks_dual_with_the_statements() {
+        let mut m = measured();
+        m.replica_identity_missing = Some(vec![
+            "new: ALTER TABLE \"app\".\"t\" REPLICA IDENTITY FULL;".into(),
+        ]);
+        let r = decide(&m, 5.0, Phase::Forward, Phase::Dual);
+        assert!(r.failures()[0].contains("REPLICA IDENTITY FULL"));
+    }
 }
