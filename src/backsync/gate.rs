@@ -72,11 +72,14 @@ pub fn forward_mapping(cfg: &Config, table: &str) -> Result<Mapping> {
     })
 }
 
+/// A sink's lag: `(events unapplied, oldest age in seconds)`, or why it is unknown.
+pub type Lag = std::result::Result<(i64, f64), String>;
+
 /// What the gate measured for one table, before any judgement.
 #[derive(Debug, Clone)]
 pub struct Measured {
-    /// Per direction's sink: `(events unapplied, oldest age in seconds)`, or why unknown.
-    pub lag: Vec<(String, std::result::Result<(i64, f64), String>)>,
+    /// The lag of each direction's sink.
+    pub lag: Vec<(String, Lag)>,
     pub table: String,
     pub targets: Vec<String>,
     /// The comparison through the forward mapping, or why it could not run.
