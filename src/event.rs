@@ -91,3 +91,19 @@ mod tests {
         assert!(Lsn(1) < Lsn(2));
     }
 }
+
+/// The two databases of a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Legacy,
+    New,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Legacy => "legacy",
+            Side::New => "new",
+        }
+    }
+}

@@ -24,11 +24,11 @@ use std::collections::BTreeMap;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
-use super::Side;
 use crate::config::ConflictPolicy;
 use crate::database::catalog::TargetTable;
 use crate::database::ident::{qualified, quote};
 use crate::error::{Error, Result};
+use crate::event::Side;
 
 /// The incoming change, as far as resolution cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

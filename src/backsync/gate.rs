@@ -16,13 +16,13 @@
 
 use serde::Serialize;
 
-use super::phase::Phase;
 use crate::apply::mapping::{table_id, Mapping};
 use crate::config::Config;
 use crate::database::catalog;
 use crate::database::ident::qualified;
 use crate::error::{Error, Result};
 use crate::monitor::Monitor;
+use crate::state::phases::Phase;
 use crate::verify::TableReport;
 
 #[derive(Debug, Clone, Serialize)]

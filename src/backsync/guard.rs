@@ -15,13 +15,14 @@ use async_trait::async_trait;
 use tokio_postgres::Client;
 
 use super::conflict::{self, Incoming};
-use super::phase::{self, Phase};
-use super::{Role, Side};
+use super::Role;
 use crate::apply::guard::{Admission, Contested, Verdict, WriteGuard};
 use crate::config::ConflictPolicy;
 use crate::database::catalog::TargetTable;
 use crate::error::{Error, ErrorKind, Result};
+use crate::event::Side;
 use crate::event::TableId;
+use crate::state::phases::{self as phase, Phase};
 
 /// A version written under last-writer-wins, remembered at `finish`.
 struct Version {

@@ -29,12 +29,12 @@
 //! - **Gated, audited phase changes.** The phase of each table lives in legacy's
 //!   `cutover.table_phases` ([`phase`]); `cutover phase set` changes it only when both
 //!   directions are caught up and both sides agree on row count and checksum (or with
-//!   `--force` and a reason), and records every change in `cutover.phase_audit`.
+//!   `--force` and a reason), and records every change in `cutover.phase_audit`
+//!   (`state::phases`).
 
 pub mod conflict;
 pub mod gate;
 pub mod guard;
-pub mod phase;
 
 use crate::apply::guard::{Unguarded, WriteGuard};
 use crate::apply::service::Bounds;
@@ -42,23 +42,8 @@ use crate::apply::Sink;
 use crate::config::{Config, ConflictPolicy, Direction, BACKSYNC_SINK};
 use crate::database::Endpoint;
 use crate::error::Result;
+use crate::event::Side;
 use crate::observe::Readiness;
-
-/// The two databases of a migration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Legacy,
-    New,
-}
-
-impl Side {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::Legacy => "legacy",
-            Side::New => "new",
-        }
-    }
-}
 
 /// What a sink is in the migration, when it takes part in back-sync.
 #[derive(Debug, Clone)]

@@ -10,8 +10,8 @@ use clap::Subcommand;
 
 use super::{load_config, Cli};
 use crate::backsync::gate::{self, forward_mapping};
-use crate::backsync::phase::{self, Change, Phase};
 use crate::error::{Error, Result};
+use crate::state::phases::{self, Change, Phase};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -64,7 +64,7 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     crate::state::ensure_control(&legacy).await?;
     match &args.command {
         PhaseCommand::Show { json } => {
-            let rows = phase::all(&legacy, &cfg).await?;
+            let rows = phases::all(&legacy, &cfg).await?;
             if *json {
                 let v: Vec<serde_json::Value> = rows
                     .iter()
@@ -80,7 +80,7 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PhaseCommand::History { table, json } => {
-            let h = phase::history(&legacy, &cfg.name, table.as_deref()).await?;
+            let h = phases::history(&legacy, &cfg.name, table.as_deref()).await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&h).unwrap_or_default());
             } else {
@@ -125,7 +125,7 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
                 ));
             }
             forward_mapping(&cfg, table)?;
-            let from = phase::load(&legacy, &cfg.name)
+            let from = phases::load(&legacy, &cfg.name)
                 .await?
                 .get(table)
                 .copied()
@@ -170,7 +170,7 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
                 reason: reason.clone(),
                 checks: serde_json::to_value(&report).unwrap_or_default(),
             };
-            phase::record(&mut legacy, &cfg.name, &change).await?;
+            phases::record(&mut legacy, &cfg.name, &change).await?;
             tracing::info!(table = %table, from = from.as_str(), to = to.as_str(), forced = change.forced, "phase changed");
             if !*json {
                 println!(

@@ -8,7 +8,6 @@ use super::{load_config, shutdown_signal, Cli};
 use crate::error::{Error, ErrorKind, Result};
 use crate::observe;
 use crate::registry::store::Store;
-use crate::registry::Compatibility;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -34,8 +33,7 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         .data_dir
         .clone()
         .unwrap_or_else(|| cfg.registry_server.data_dir.clone());
-    let level = Compatibility::parse(&cfg.registry_server.default_compatibility)
-        .ok_or_else(|| Error::config("registry_server.default_compatibility: unknown level"))?;
+    let level = cfg.registry_server.default_compatibility;
     let store = Store::open(&data_dir, level).map_err(|e| Error::new(ErrorKind::Io, e))?;
     let store = Arc::new(store);
 

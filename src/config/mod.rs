@@ -11,6 +11,7 @@
 //! violation as `path: rule` (e.g. `kafka.brokers: must not be empty`). Durations carry their
 //! unit in the key (`_ms`, `_secs`). Secrets are [`Secret`]/[`DbUrl`] and never print.
 
+mod compatibility;
 mod secret;
 mod tables;
 mod validate;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use compatibility::Compatibility;
 pub use secret::{is_secret_property, redact_conninfo, DbUrl, Secret, REDACTED};
 pub use tables::{RouteConfig, TableMapping, TruncatePolicy, Unmapped};
 pub use validate::{FieldError, ValidationErrors};
@@ -270,7 +272,7 @@ pub struct RegistryServerConfig {
     /// Directory holding the durable schema log.
     pub data_dir: PathBuf,
     /// Compatibility level for subjects without their own (`BACKWARD` like Confluent).
-    pub default_compatibility: String,
+    pub default_compatibility: Compatibility,
 }
 
 impl Default for RegistryServerConfig {
@@ -278,7 +280,7 @@ impl Default for RegistryServerConfig {
         RegistryServerConfig {
             listen: "127.0.0.1:8081".into(),
             data_dir: PathBuf::from(".local/registry"),
-            default_compatibility: "BACKWARD".into(),
+            default_compatibility: Compatibility::Backward,
         }
     }
 }
@@ -721,9 +723,39 @@ mod tests {
         assert_eq!(cfg.observe.log_format, "text");
         assert_eq!(cfg.observe.log_level, "info");
         assert_eq!(cfg.registry_server.listen, "127.0.0.1:8081");
-        assert_eq!(cfg.registry_server.default_compatibility, "BACKWARD");
+        assert_eq!(
+            cfg.registry_server.default_compatibility,
+            Compatibility::Backward
+        );
         assert!(!cfg.monitor.embedded);
         assert_eq!(cfg.monitor.interval_ms, 10_000);
+    }
+
+    #[test]
+    fn unknown_compatibility_level_names_the_field_and_the_levels() {
+        let err = Config::load_with_env(
+            None,
+            env(&[(
+                "CUTOVER__REGISTRY_SERVER__DEFAULT_COMPATIBILITY",
+                "sideways",
+            )]),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("registry_server.default_compatibility"),
+            "{msg}"
+        );
+        assert!(msg.contains("FULL_TRANSITIVE"), "{msg}");
+        let cfg = Config::load_with_env(
+            None,
+            env(&[("CUTOVER__REGISTRY_SERVER__DEFAULT_COMPATIBILITY", "full")]),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.registry_server.default_compatibility,
+            Compatibility::Full
+        );
     }
 
     #[test]

@@ -263,14 +263,6 @@ impl Config {
             &self.registry_server.listen,
             false,
         );
-        if crate::registry::Compatibility::parse(&self.registry_server.default_compatibility)
-            .is_none()
-        {
-            e.push(
-                "registry_server.default_compatibility",
-                "must be one of NONE, BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL, FULL_TRANSITIVE",
-            );
-        }
     }
 
     fn validate_observe(&self, e: &mut ValidationErrors) {

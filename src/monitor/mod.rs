@@ -48,7 +48,7 @@ pub struct Snapshot {
     pub sinks: Vec<SinkStatus>,
     /// Per-table cutover phases (with a back-sync configured; read from legacy).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub phases: Vec<(String, crate::backsync::phase::Phase)>,
+    pub phases: Vec<(String, crate::state::phases::Phase)>,
     /// Phase changes in the audit trail: (not forced, forced).
     #[serde(skip)]
     pub phase_changes: Option<(i64, i64)>,
@@ -164,7 +164,7 @@ pub fn export(s: &Snapshot) {
         metrics::gauge!(names::DLQ_MESSAGES, names::LABEL_DLQ => "capture").set(n as f64);
     }
     for (table, phase) in &s.phases {
-        for p in crate::backsync::phase::Phase::ALL {
+        for p in crate::state::phases::Phase::ALL {
             metrics::gauge!(names::TABLE_PHASE, names::LABEL_TABLE => table.clone(), names::LABEL_PHASE => p.as_str())
                 .set(if p == *phase { 1.0 } else { 0.0 });
         }

@@ -9,11 +9,11 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::{now_ms, CaptureStatus, PartitionLag, SinkStatus, SlotState, Snapshot};
-use crate::backsync::phase::Phase;
 use crate::config::{Config, Direction};
 use crate::error::Result;
 use crate::kafka::inspect::{Inspector, Watermarks};
 use crate::registry::RegistryClient;
+use crate::state::phases::Phase;
 
 /// How long one probe waits for record timestamps before reporting them unknown.
 const PEEK_WAIT: Duration = Duration::from_secs(3);
@@ -257,7 +257,7 @@ impl Monitor {
         if !exists {
             return Ok((vec![], Some((0, 0))));
         }
-        let phases = crate::backsync::phase::all(c, &self.cfg).await?;
+        let phases = crate::state::phases::all(c, &self.cfg).await?;
         let r = c
             .query_one(
                 "SELECT count(*) FILTER (WHERE NOT forced), count(*) FILTER (WHERE forced)

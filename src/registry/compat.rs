@@ -13,52 +13,9 @@
 use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::Schema;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compatibility {
-    None,
-    Backward,
-    BackwardTransitive,
-    Forward,
-    ForwardTransitive,
-    Full,
-    FullTransitive,
-}
+pub use crate::config::Compatibility;
 
 impl Compatibility {
-    pub fn parse(s: &str) -> Option<Compatibility> {
-        Some(match s.to_ascii_uppercase().as_str() {
-            "NONE" => Compatibility::None,
-            "BACKWARD" => Compatibility::Backward,
-            "BACKWARD_TRANSITIVE" => Compatibility::BackwardTransitive,
-            "FORWARD" => Compatibility::Forward,
-            "FORWARD_TRANSITIVE" => Compatibility::ForwardTransitive,
-            "FULL" => Compatibility::Full,
-            "FULL_TRANSITIVE" => Compatibility::FullTransitive,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Compatibility::None => "NONE",
-            Compatibility::Backward => "BACKWARD",
-            Compatibility::BackwardTransitive => "BACKWARD_TRANSITIVE",
-            Compatibility::Forward => "FORWARD",
-            Compatibility::ForwardTransitive => "FORWARD_TRANSITIVE",
-            Compatibility::Full => "FULL",
-            Compatibility::FullTransitive => "FULL_TRANSITIVE",
-        }
-    }
-
-    fn transitive(self) -> bool {
-        matches!(
-            self,
-            Compatibility::BackwardTransitive
-                | Compatibility::ForwardTransitive
-                | Compatibility::FullTransitive
-        )
-    }
-
     /// Check `new` against the existing versions of a subject (oldest first). Returns the
     /// reasons it is incompatible; empty means compatible.
     pub fn check(self, new: &Schema, existing: &[&Schema]) -> Vec<String> {

@@ -1,7 +1,7 @@
 //! The `cutover.*` state tables: every one of them, its DDL, and where it lives. This module
-//! is their one owner; the SQL that reads and writes the sink's progress is in [`progress`],
-//! the phase and conflict rows are written by `backsync::phase` and `backsync::conflict`
-//! through the tables defined here.
+//! is their one owner; the SQL that reads and writes a sink's progress is in [`progress`],
+//! the phases and their audit trail in [`phases`]; the conflict rows are written by
+//! `backsync::conflict` (their shape is the conflict record's) through the tables defined here.
 //!
 //! ```text
 //!   database        table                    written by                 invariant
@@ -17,6 +17,7 @@
 //!
 //! All DDL is idempotent (`IF NOT EXISTS`) and runs at start-up of whoever needs the tables.
 
+pub mod phases;
 pub mod progress;
 
 use tokio_postgres::Client;

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::Side;
 use crate::error::{Error, ErrorKind, Result};
+use crate::event::Side;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
