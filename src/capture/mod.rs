@@ -1,11 +1,25 @@
 //! Capture: committed changes of the legacy database → Kafka, Avro-encoded, in commit order.
 //!
+//! ```text
+//!   setup ──▶ stream ──▶ relation (schemas, topics) ──▶ produce ──▶ Kafka
+//!   (publication,  (replication loop,                    (keyed records,   │ acks
+//!    slot, catalog) pgoutput decode)                      dead letters)    ▼
+//!                     ▲                                                  ack (trackers)
+//!                     └──────── confirm LSN when every older transaction is acked ◀┘
+//!   backfill: chunked copies of existing rows, merged into the stream between watermarks
+//! ```
+//!
 //! [`pgoutput`] decodes the replication protocol, [`setup`] prepares the source (publication,
 //! slot, catalog lookups), [`stream`] runs the loop and holds the LSN-confirmation invariant
-//! (see its module docs for the diagram).
+//! (see its module docs for the diagram); `relation` turns Relation messages into registered
+//! schemas and topics, `produce` sends events and dead letters with their delivery trackers,
+//! `ack` counts the acknowledgements; [`backfill`] copies existing rows.
 
+mod ack;
 pub mod backfill;
 pub mod pgoutput;
+mod produce;
+mod relation;
 pub mod setup;
 pub mod stream;
 

@@ -19,24 +19,23 @@
 //! large it is.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
-use tokio::sync::{mpsc, watch, Notify};
+use rdkafka::producer::{Producer, ThreadedProducer};
+use tokio::sync::{mpsc, watch};
 
-use super::pgoutput::{self, Datum, Message, OldKind, Relation};
+use super::ack::{AckContext, TxnTracker};
+use super::pgoutput::{self, Datum, Message, OldKind};
 use super::setup::{self, Catalog};
-use crate::codec::{self, Cell, ColumnSpec, SourceInfo, TableSchema};
+use crate::codec::TableSchema;
 use crate::config::Config;
 use crate::database::Endpoint;
-use crate::deadletter;
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::{Lsn, Op, TableId, PG_EPOCH_OFFSET_MICROS};
-use crate::kafka::{self, TopicSpec};
+use crate::event::{Lsn, Op, PG_EPOCH_OFFSET_MICROS};
+use crate::kafka::{self};
 use crate::observe::names;
 use crate::registry::RegistryClient;
 use crate::retry::{self, Decision};
@@ -44,72 +43,24 @@ use crate::retry::{self, Decision};
 /// Prefix of the logical messages the heartbeat writes.
 pub const HEARTBEAT_PREFIX: &str = "cutover.heartbeat";
 
-/// Per-transaction delivery accounting.
-pub struct TxnTracker {
-    /// Messages produced and not yet acknowledged, plus 1 until the transaction is sealed.
-    pending: AtomicUsize,
-    end_lsn: AtomicU64,
-    commit_ts_us: AtomicU64,
-    failed: Mutex<Option<String>>,
-    done: Notify,
-    /// Fired once the transaction is confirmed (backfill waits on its chunks this way).
-    confirmed: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
+pub(super) struct TableState {
+    pub(super) schema: Arc<TableSchema>,
+    pub(super) topic: String,
+    pub(super) partitions: i32,
+    pub(super) key_id: u32,
+    pub(super) value_id: u32,
 }
 
-impl TxnTracker {
-    /// A tracker for a transaction committed at `commit_ts_us` (Unix microseconds).
-    fn new(commit_ts_us: i64) -> Arc<Self> {
-        Arc::new(TxnTracker {
-            pending: AtomicUsize::new(1),
-            end_lsn: AtomicU64::new(0),
-            commit_ts_us: AtomicU64::new(commit_ts_us.max(0) as u64),
-            failed: Mutex::new(None),
-            done: Notify::new(),
-            confirmed: Mutex::new(Vec::new()),
-        })
-    }
-    fn release(&self) {
-        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.done.notify_one();
-        }
-    }
+pub(super) struct Txn {
+    pub(super) xid: u32,
+    pub(super) commit_ts_us: i64,
+    pub(super) final_lsn: Lsn,
+    pub(super) seq: u64,
+    pub(super) origin: Option<String>,
+    pub(super) tracker: Arc<TxnTracker>,
 }
 
-/// librdkafka context: delivery reports settle trackers.
-pub struct AckContext;
-
-impl ClientContext for AckContext {}
-
-impl ProducerContext for AckContext {
-    type DeliveryOpaque = Arc<TxnTracker>;
-    fn delivery(&self, result: &DeliveryResult<'_>, tracker: Arc<TxnTracker>) {
-        if let Err((e, _)) = result {
-            metrics::counter!(names::CAPTURE_PRODUCER_ERRORS_TOTAL).increment(1);
-            let mut f = tracker.failed.lock().unwrap_or_else(|p| p.into_inner());
-            f.get_or_insert_with(|| e.to_string());
-        }
-        tracker.release();
-    }
-}
-
-struct TableState {
-    schema: Arc<TableSchema>,
-    topic: String,
-    partitions: i32,
-    key_id: u32,
-    value_id: u32,
-}
-
-struct Txn {
-    xid: u32,
-    commit_ts_us: i64,
-    final_lsn: Lsn,
-    seq: u64,
-    origin: Option<String>,
-    tracker: Arc<TxnTracker>,
-}
-
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -118,18 +69,18 @@ fn now_ms() -> i64 {
 
 /// The capture process.
 pub struct Capture {
-    cfg: Config,
-    sql: tokio_postgres::Client,
-    registry: RegistryClient,
-    producer: ThreadedProducer<AckContext>,
-    catalog: Catalog,
-    relations: HashMap<u32, TableState>,
-    db: String,
+    pub(super) cfg: Config,
+    pub(super) sql: tokio_postgres::Client,
+    pub(super) registry: RegistryClient,
+    pub(super) producer: ThreadedProducer<AckContext>,
+    pub(super) catalog: Catalog,
+    pub(super) relations: HashMap<u32, TableState>,
+    pub(super) db: String,
     /// The capture dead-letter topic has been created.
-    dlq_ready: bool,
+    pub(super) dlq_ready: bool,
     /// Backfill chunks handed over by workers, and the open watermark windows.
-    backfill: Arc<super::backfill::Shared>,
-    windows: super::backfill::Windows,
+    pub(super) backfill: Arc<super::backfill::Shared>,
+    pub(super) windows: super::backfill::Windows,
 }
 
 impl Capture {
@@ -472,75 +423,6 @@ impl Capture {
         Ok(())
     }
 
-    /// A row change the codec cannot represent goes, as raw text, to `<prefix>.dlq.capture`
-    /// with headers naming the error and position; it is tracked like any event, so the LSN is
-    /// not confirmed before the dead letter is durable. The stream goes on.
-    async fn dead_letter(
-        &mut self,
-        rel_id: u32,
-        msg: &Message,
-        t: &mut Txn,
-        wal_start: u64,
-        error: &Error,
-    ) -> Result<()> {
-        let topic = kafka::topic::capture_dlq(&self.cfg.topic_prefix);
-        if !self.dlq_ready {
-            deadletter::ensure_topic(&self.cfg.kafka, &topic).await?;
-            self.dlq_ready = true;
-        }
-        let st = self.state(rel_id)?;
-        let raw = |tuple: &[Datum]| -> serde_json::Value {
-            let mut row = serde_json::Map::new();
-            for (d, col) in tuple.iter().zip(&st.schema.columns) {
-                let v = match d {
-                    Datum::Null => serde_json::Value::Null,
-                    Datum::UnchangedToast => serde_json::json!({"unchanged_toast": true}),
-                    Datum::Text(b) | Datum::Binary(b) => {
-                        serde_json::Value::String(String::from_utf8_lossy(b).into_owned())
-                    }
-                };
-                row.insert(col.name.clone(), v);
-            }
-            serde_json::Value::Object(row)
-        };
-        let (op, before, after) = match msg {
-            Message::Insert { new, .. } => (Op::Create, None, Some(raw(new))),
-            Message::Update { old, new, .. } => {
-                (Op::Update, old.as_ref().map(|o| raw(&o.1)), Some(raw(new)))
-            }
-            Message::Delete { old, .. } => (Op::Delete, Some(raw(&old.1)), None),
-            _ => return Err(Error::internal("dead_letter on a non-row message")),
-        };
-        let table = st.schema.table.to_string();
-        let body = serde_json::json!({
-            "table": table, "op": op.code(), "before": before, "after": after,
-            "commit_lsn": t.final_lsn.0, "seq": t.seq, "lsn": wal_start, "txid": t.xid,
-            "error": error.to_string(),
-        });
-        t.seq += 1;
-        tracing::error!(table = %table, commit_lsn = %t.final_lsn, error = %error, dlq = %topic, "row cannot be encoded: sent to the capture dead-letter topic");
-        metrics::counter!(names::CAPTURE_DLQ_EVENTS_TOTAL, names::LABEL_TABLE => table.clone())
-            .increment(1);
-        let headers = deadletter::Letter {
-            error,
-            origin: vec![
-                ("cutover.table", table.clone()),
-                ("cutover.commit_lsn", t.final_lsn.to_string()),
-            ],
-        }
-        .headers();
-        let value = serde_json::to_vec(&body).map_err(|e| Error::internal(e.to_string()))?;
-        self.produce_with(
-            &topic,
-            Some(table.as_bytes()),
-            &value,
-            None,
-            Some(headers),
-            &t.tracker,
-        )
-        .await
-    }
-
     /// A row change while backfill windows are open: remember its key(s) for them.
     fn note_window_keys(&mut self, msg: &Message, rel_id: u32) {
         let tuples: Vec<&[Datum]> = match msg {
@@ -610,291 +492,6 @@ impl Capture {
             .unwrap_or_else(|p| p.into_inner())
             .push(chunk.done);
         Ok(())
-    }
-
-    /// The relation id of `table`, registering its schema from the catalog when the stream has
-    /// not described it yet (no change of it since capture started).
-    async fn relation_for(&mut self, table: &TableId) -> Result<u32> {
-        if let Some((id, _)) = self
-            .relations
-            .iter()
-            .find(|(_, st)| &st.schema.table == table)
-        {
-            return Ok(*id);
-        }
-        let q = crate::database::ident::qualified(table);
-        let r = self
-            .sql
-            .query_one(
-                "SELECT c.oid, c.relreplident::text FROM pg_class c WHERE c.oid = to_regclass($1)",
-                &[&q],
-            )
-            .await
-            .map_err(|e| Error::postgres(format!("describing {table} for backfill"), e))?;
-        let oid: u32 = r.get(0);
-        let ident: String = r.get(1);
-        let cols = self
-            .sql
-            .query(
-                "SELECT a.attname::text, a.atttypid, a.atttypmod,
-                        coalesce(a.attnum = ANY(i.indkey), false)
-                 FROM pg_attribute a
-                 LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
-                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-                 ORDER BY a.attnum",
-                &[&oid],
-            )
-            .await
-            .map_err(|e| Error::postgres(format!("columns of {table} for backfill"), e))?;
-        let rel = super::pgoutput::Relation {
-            id: oid,
-            namespace: table.schema.clone(),
-            name: table.name.clone(),
-            replica_identity: ident.as_bytes().first().copied().unwrap_or(b'd'),
-            columns: cols
-                .iter()
-                .map(|c| super::pgoutput::Column {
-                    key: ident == "f" || c.get::<_, bool>(3),
-                    name: c.get(0),
-                    type_oid: c.get(1),
-                    type_modifier: c.get(2),
-                })
-                .collect(),
-        };
-        self.on_relation(rel).await?;
-        Ok(oid)
-    }
-
-    fn state(&self, rel_id: u32) -> Result<&TableState> {
-        self.relations.get(&rel_id).ok_or_else(|| {
-            Error::internal(format!(
-                "change for relation {rel_id} before its Relation message"
-            ))
-        })
-    }
-
-    fn cells(&self, rel_id: u32, tuple: &[Datum]) -> Result<Vec<Cell>> {
-        let st = self.state(rel_id)?;
-        let mut out = Vec::with_capacity(tuple.len());
-        for (d, col) in tuple.iter().zip(&st.schema.columns) {
-            out.push(match d {
-                Datum::Null => Cell::Null,
-                Datum::UnchangedToast => Cell::Unchanged,
-                Datum::Text(b) | Datum::Binary(b) => {
-                    let text = std::str::from_utf8(b).map_err(|e| {
-                        Error::new(
-                            ErrorKind::Data,
-                            format!("{}.{}: value is not UTF-8: {e}", st.schema.table, col.name),
-                        )
-                    })?;
-                    Cell::Value(
-                        codec::types::text_to_avro(&col.kind, text)
-                            .map_err(|e| e.context(format!("{}.{}", st.schema.table, col.name)))?,
-                    )
-                }
-            });
-        }
-        Ok(out)
-    }
-
-    async fn on_relation(&mut self, rel: Relation) -> Result<()> {
-        let table = TableId::new(rel.namespace.clone(), rel.name.clone());
-        let configured = self.cfg.source.key_columns.get(&table.to_string()).cloned();
-        let pk = match &configured {
-            Some(cols) => cols.clone(),
-            None => self.catalog.primary_key(&self.sql, rel.id).await?,
-        };
-        let full = rel.replica_identity == b'f';
-        if pk.is_empty() && !full {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!("table {table} has no primary key: configure source.key_columns.\"{table}\" or ALTER TABLE {table} REPLICA IDENTITY FULL (then every column is the key)"),
-            ));
-        }
-        let mut columns = Vec::with_capacity(rel.columns.len());
-        for c in &rel.columns {
-            let kind = self
-                .catalog
-                .kind(&self.sql, c.type_oid, c.type_modifier)
-                .await?;
-            let key = if pk.is_empty() {
-                true
-            } else {
-                pk.contains(&c.name)
-            };
-            let pg_type = self
-                .catalog
-                .type_name(&self.sql, c.type_oid, c.type_modifier)
-                .await?;
-            columns.push(ColumnSpec {
-                name: c.name.clone(),
-                kind,
-                key,
-                pg_type: Some(pg_type),
-            });
-        }
-        if let Some(cols) = &configured {
-            for k in cols {
-                if !rel.columns.iter().any(|c| &c.name == k) {
-                    return Err(Error::config(format!(
-                        "source.key_columns.\"{table}\": column {k} does not exist"
-                    )));
-                }
-            }
-        }
-        let topic = kafka::topic::for_table(&self.cfg.topic_prefix, &table);
-        if let Some(existing) = self.relations.get(&rel.id) {
-            if existing.schema.columns == columns && existing.topic == topic {
-                return Ok(());
-            }
-        }
-        let schema = codec::derive(&table, columns, &topic)?;
-        // Register before the first event that uses this version.
-        let key_id = self
-            .registry
-            .register(&format!("{topic}-key"), &schema.key_json)
-            .await?;
-        let value_id = self
-            .registry
-            .register(&format!("{topic}-value"), &schema.value_json)
-            .await?;
-        kafka::ensure_topics(
-            &self.cfg.kafka,
-            &[TopicSpec {
-                name: topic.clone(),
-                partitions: self.cfg.kafka.partitions,
-                replication_factor: self.cfg.kafka.replication_factor,
-                configs: vec![],
-            }],
-        )
-        .await?;
-        let partitions = kafka::partition_count(&self.cfg.kafka, &topic).await?;
-        tracing::info!(table = %table, topic, key_id, value_id, "relation schema registered");
-        // The table's dead-letter series exists from its first relation, at zero.
-        metrics::counter!(names::CAPTURE_DLQ_EVENTS_TOTAL, names::LABEL_TABLE => table.to_string())
-            .increment(0);
-        self.relations.insert(
-            rel.id,
-            TableState {
-                schema: Arc::new(schema),
-                topic,
-                partitions: partitions.max(1),
-                key_id,
-                value_id,
-            },
-        );
-        Ok(())
-    }
-
-    async fn emit(
-        &mut self,
-        rel_id: u32,
-        t: &mut Txn,
-        op: Op,
-        before: Option<Vec<Cell>>,
-        after: Option<Vec<Cell>>,
-        wal_start: u64,
-    ) -> Result<()> {
-        let st = self.state(rel_id)?;
-        let source = SourceInfo {
-            pipeline: &self.cfg.name,
-            db: &self.db,
-            txid: Some(t.xid),
-            lsn: Some(wal_start),
-            commit_lsn: t.final_lsn.0,
-            seq: t.seq,
-            commit_ts_us: t.commit_ts_us,
-            origin: t.origin.as_deref(),
-            snapshot: false,
-        };
-        t.seq += 1;
-        let value = codec::wire(
-            st.value_id,
-            &st.schema
-                .encode_value(op, before.as_deref(), after.as_deref(), &source, now_ms())?,
-        );
-        let key_cells = after.as_deref().or(before.as_deref());
-        let key = match key_cells {
-            Some(c) => Some(codec::wire(st.key_id, &st.schema.encode_key(c)?)),
-            None => None,
-        };
-        let table = st.schema.table.to_string();
-        metrics::counter!(names::CAPTURE_EVENTS_TOTAL, names::LABEL_TABLE => table.clone(), names::LABEL_OP => op.code()).increment(1);
-        metrics::counter!(names::CAPTURE_BYTES_TOTAL, names::LABEL_TABLE => table)
-            .increment(value.len() as u64);
-        let topic = st.topic.clone();
-        match key {
-            Some(k) => {
-                self.produce(&topic, Some(&k), &value, None, &t.tracker)
-                    .await
-            }
-            // Truncate: one copy per partition, so it is ordered with every row's changes.
-            None => {
-                for p in 0..st.partitions {
-                    self.produce(&topic, None, &value, Some(p), &t.tracker)
-                        .await?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    async fn produce(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        value: &[u8],
-        partition: Option<i32>,
-        tracker: &Arc<TxnTracker>,
-    ) -> Result<()> {
-        self.produce_with(topic, key, value, partition, None, tracker)
-            .await
-    }
-
-    async fn produce_with(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        value: &[u8],
-        partition: Option<i32>,
-        headers: Option<rdkafka::message::OwnedHeaders>,
-        tracker: &Arc<TxnTracker>,
-    ) -> Result<()> {
-        tracker.pending.fetch_add(1, Ordering::AcqRel);
-        // The record timestamp is the source commit time: lag monitoring reads the age of the
-        // oldest unapplied event from it, and replay --from-timestamp means source time.
-        let commit_ms = (tracker.commit_ts_us.load(Ordering::Acquire) / 1000) as i64;
-        let mut record = BaseRecord::with_opaque_to(topic, tracker.clone())
-            .payload(value)
-            .timestamp(commit_ms);
-        if let Some(h) = headers {
-            record = record.headers(h);
-        }
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        if let Some(p) = partition {
-            record = record.partition(p);
-        }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    r,
-                )) => {
-                    // Backpressure: wait for deliveries to drain the bounded queue.
-                    record = r;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                Err((e, _)) => {
-                    tracker.release();
-                    return Err(Error::kafka(format!("producing to {topic}"), e));
-                }
-            }
-        }
     }
 }
 

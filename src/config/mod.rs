@@ -12,6 +12,7 @@
 //! unit in the key (`_ms`, `_secs`). Secrets are [`Secret`]/[`DbUrl`] and never print.
 
 mod compatibility;
+mod kafka;
 mod secret;
 mod tables;
 mod validate;
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize};
 
 pub use compatibility::Compatibility;
+pub use kafka::{GroupProtocol, KafkaConfig, KafkaProperties};
 pub use secret::{is_secret_property, redact_conninfo, DbUrl, Secret, REDACTED};
 pub use tables::{RouteConfig, TableMapping, TruncatePolicy, Unmapped};
 pub use validate::{FieldError, ValidationErrors};
@@ -190,67 +192,6 @@ fn default_backfill_concurrency() -> usize {
     2
 }
 
-/// librdkafka's `group.protocol`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GroupProtocol {
-    #[default]
-    Classic,
-    Consumer,
-}
-
-impl GroupProtocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GroupProtocol::Classic => "classic",
-            GroupProtocol::Consumer => "consumer",
-        }
-    }
-
-    /// Client settings this protocol refuses: with `consumer` the broker owns them
-    /// (`group.consumer.session.timeout.ms`, `group.consumer.heartbeat.interval.ms`,
-    /// `group.consumer.assignors`), and librdkafka fails the client if they are set.
-    pub fn rejected_client_settings(self) -> &'static [&'static str] {
-        match self {
-            GroupProtocol::Classic => &["group.remote.assignor"],
-            GroupProtocol::Consumer => &[
-                "session.timeout.ms",
-                "heartbeat.interval.ms",
-                "partition.assignment.strategy",
-                "group.protocol.type",
-            ],
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaConfig {
-    /// Bootstrap brokers, `host:port`; a list or a comma-separated string.
-    #[serde(deserialize_with = "string_or_list")]
-    pub brokers: Vec<String>,
-    #[serde(default = "default_client_id")]
-    pub client_id: String,
-    /// Partitions of topics cutover creates.
-    #[serde(default = "default_partitions")]
-    pub partitions: i32,
-    #[serde(default = "default_replication_factor")]
-    pub replication_factor: i32,
-    /// Timeout for admin and metadata requests.
-    #[serde(default = "default_request_timeout_ms")]
-    pub request_timeout_ms: u64,
-    /// Consumer group protocol of the sinks and the lag monitor: `classic` (JoinGroup/SyncGroup,
-    /// served by every Kafka-compatible broker) or `consumer` (KIP-848: the broker assigns
-    /// partitions incrementally and owns session/heartbeat timing; Apache Kafka >= 4.0).
-    /// See docs/APPLY.md, "Consumer group protocol", for why `classic` is the default.
-    #[serde(default)]
-    pub group_protocol: GroupProtocol,
-    /// Extra librdkafka properties applied to every client (security, tuning).
-    /// Values of secret-looking keys (`*password`, `*secret*`, `sasl.jaas.config`) are redacted.
-    #[serde(default)]
-    pub properties: KafkaProperties,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
@@ -403,24 +344,14 @@ fn default_status_secs() -> u64 {
 fn default_connect_timeout_secs() -> u64 {
     10
 }
-fn default_client_id() -> String {
-    "cutover".into()
-}
-fn default_partitions() -> i32 {
-    3
-}
-fn default_replication_factor() -> i32 {
-    1
-}
-fn default_request_timeout_ms() -> u64 {
-    30_000
-}
 fn default_registry_timeout_ms() -> u64 {
     10_000
 }
 
 /// Accept `["a", "b"]` or `"a,b"` (the form environment variables can express).
-fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+pub(super) fn string_or_list<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
@@ -436,52 +367,6 @@ fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<St
             .collect(),
         OneOrMany::Many(v) => v,
     })
-}
-
-/// librdkafka properties. Debug and Serialize redact the values of secret keys.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct KafkaProperties(pub BTreeMap<String, String>);
-
-impl KafkaProperties {
-    fn redacted(&self) -> BTreeMap<&str, &str> {
-        self.0
-            .iter()
-            .map(|(k, v)| {
-                let v = if is_secret_property(k) {
-                    REDACTED
-                } else {
-                    v.as_str()
-                };
-                (k.as_str(), v)
-            })
-            .collect()
-    }
-}
-
-impl std::ops::Deref for KafkaProperties {
-    type Target = BTreeMap<String, String>;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for KafkaProperties {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
-
-impl std::fmt::Debug for KafkaProperties {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.redacted().fmt(f)
-    }
-}
-
-impl Serialize for KafkaProperties {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.redacted().serialize(s)
-    }
 }
 
 /// Where a configuration came from, for messages.
@@ -640,148 +525,4 @@ impl SinkConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn builtin_default_loads_and_validates() {
-        let cfg = Config::load_with_env(None, env(&[])).unwrap();
-        assert_eq!(cfg.kafka.brokers, vec!["127.0.0.1:9092".to_string()]);
-        assert!(cfg.source.url.expose().contains("5433"));
-        assert_eq!(cfg.source.schemas, vec!["public".to_string()]);
-        assert_eq!(cfg.registry.url, "http://127.0.0.1:8081");
-        let names: Vec<_> = cfg.sinks.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["mirror", "newstore"]);
-    }
-
-    #[test]
-    fn shipped_example_loads_and_validates() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config/cutover.example.toml");
-        let cfg = Config::load_with_env(Some(&p), env(&[])).unwrap();
-        assert!(!cfg.sinks.is_empty());
-    }
-
-    #[test]
-    fn env_overrides_win_and_parse_lists_and_numbers() {
-        let cfg = Config::load_with_env(
-            None,
-            env(&[
-                ("CUTOVER__KAFKA__BROKERS", "k1:9092,k2:9092"),
-                ("CUTOVER__KAFKA__PARTITIONS", "12"),
-                ("CUTOVER__SOURCE__PASSWORD", "12345"),
-                ("OTHER__KAFKA__BROKERS", "ignored:1"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(cfg.kafka.brokers, vec!["k1:9092", "k2:9092"]);
-        assert_eq!(cfg.kafka.partitions, 12);
-        assert_eq!(cfg.source.password.as_ref().unwrap().expose(), "12345");
-    }
-
-    #[test]
-    fn empty_brokers_names_the_field_and_rule() {
-        let err = Config::load_with_env(None, env(&[("CUTOVER__KAFKA__BROKERS", "")])).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Config);
-        assert!(
-            err.to_string().contains("kafka.brokers: must not be empty"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn unknown_field_is_rejected_with_its_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("c.toml");
-        let text = LOCAL_DEFAULT_TOML.replace("[kafka]", "[kafka]\nbrokerz = \"x\"");
-        std::fs::write(&p, text).unwrap();
-        let err = Config::load_with_env(Some(&p), env(&[])).unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains("kafka"), "{msg}");
-        assert!(msg.contains("unknown field `brokerz`"), "{msg}");
-    }
-
-    #[test]
-    fn a_section_may_leave_out_every_key_with_a_default() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("c.toml");
-        // The shipped local config with [registry_server] and [observe] cut down to one key.
-        let (head, rest) = LOCAL_DEFAULT_TOML.split_once("[registry_server]").unwrap();
-        let (_, sinks) = rest.split_once("[[sinks]]").unwrap();
-        let text = format!(
-            "{head}[registry_server]\ndata_dir = \"/tmp/r\"\n\n[observe]\nlisten = \"127.0.0.1:9999\"\n\n[monitor]\nembedded = false\n\n[[sinks]]{sinks}"
-        );
-        std::fs::write(&p, text).unwrap();
-        let cfg = Config::load_with_env(Some(&p), env(&[])).unwrap();
-        assert_eq!(cfg.observe.listen, "127.0.0.1:9999");
-        assert_eq!(cfg.observe.log_format, "text");
-        assert_eq!(cfg.observe.log_level, "info");
-        assert_eq!(cfg.registry_server.listen, "127.0.0.1:8081");
-        assert_eq!(
-            cfg.registry_server.default_compatibility,
-            Compatibility::Backward
-        );
-        assert!(!cfg.monitor.embedded);
-        assert_eq!(cfg.monitor.interval_ms, 10_000);
-    }
-
-    #[test]
-    fn unknown_compatibility_level_names_the_field_and_the_levels() {
-        let err = Config::load_with_env(
-            None,
-            env(&[(
-                "CUTOVER__REGISTRY_SERVER__DEFAULT_COMPATIBILITY",
-                "sideways",
-            )]),
-        )
-        .unwrap_err();
-        let msg = err.to_string();
-        assert!(
-            msg.contains("registry_server.default_compatibility"),
-            "{msg}"
-        );
-        assert!(msg.contains("FULL_TRANSITIVE"), "{msg}");
-        let cfg = Config::load_with_env(
-            None,
-            env(&[("CUTOVER__REGISTRY_SERVER__DEFAULT_COMPATIBILITY", "full")]),
-        )
-        .unwrap();
-        assert_eq!(
-            cfg.registry_server.default_compatibility,
-            Compatibility::Full
-        );
-    }
-
-    #[test]
-    fn wrong_type_names_the_field() {
-        let err = Config::load_with_env(None, env(&[("CUTOVER__KAFKA__PARTITIONS", "many")]))
-            .unwrap_err();
-        assert!(err.to_string().contains("kafka.partitions"), "{err}");
-    }
-
-    #[test]
-    fn redacted_toml_hides_every_secret() {
-        let mut cfg = Config::load_with_env(None, env(&[])).unwrap();
-        cfg.source.url = DbUrl::new("postgres://u:hunter2@h:5433/app");
-        cfg.source.password = Some(Secret::new("hunter3"));
-        cfg.registry.password = Some(Secret::new("hunter4"));
-        cfg.kafka
-            .properties
-            .insert("sasl.password".into(), "hunter5".into());
-        cfg.kafka
-            .properties
-            .insert("security.protocol".into(), "SASL_SSL".into());
-        let text = cfg.to_redacted_toml();
-        for s in ["hunter2", "hunter3", "hunter4", "hunter5"] {
-            assert!(!text.contains(s), "{s} leaked:\n{text}");
-        }
-        assert!(text.contains("SASL_SSL"));
-        assert!(!format!("{cfg:?}").contains("hunter"));
-    }
-}
+mod tests;

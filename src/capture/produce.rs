@@ -1,0 +1,202 @@
+//! Producing: every event goes through here, keyed by primary key, with its tracker as the
+//! delivery opaque, so its acknowledgement is counted before the transaction's LSN can be
+//! confirmed; a full producer queue makes the stream wait (backpressure, bounded memory).
+//! Rows the codec cannot encode go to the capture dead-letter topic the same way.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::producer::BaseRecord;
+
+use super::ack::TxnTracker;
+use super::pgoutput::{Datum, Message};
+use super::stream::{now_ms, Capture, Txn};
+use crate::codec::{self, Cell, SourceInfo};
+use crate::deadletter;
+use crate::error::{Error, Result};
+use crate::event::Op;
+use crate::kafka;
+use crate::observe::names;
+
+impl Capture {
+    pub(super) async fn emit(
+        &mut self,
+        rel_id: u32,
+        t: &mut Txn,
+        op: Op,
+        before: Option<Vec<Cell>>,
+        after: Option<Vec<Cell>>,
+        wal_start: u64,
+    ) -> Result<()> {
+        let st = self.state(rel_id)?;
+        let source = SourceInfo {
+            pipeline: &self.cfg.name,
+            db: &self.db,
+            txid: Some(t.xid),
+            lsn: Some(wal_start),
+            commit_lsn: t.final_lsn.0,
+            seq: t.seq,
+            commit_ts_us: t.commit_ts_us,
+            origin: t.origin.as_deref(),
+            snapshot: false,
+        };
+        t.seq += 1;
+        let value = codec::wire(
+            st.value_id,
+            &st.schema
+                .encode_value(op, before.as_deref(), after.as_deref(), &source, now_ms())?,
+        );
+        let key_cells = after.as_deref().or(before.as_deref());
+        let key = match key_cells {
+            Some(c) => Some(codec::wire(st.key_id, &st.schema.encode_key(c)?)),
+            None => None,
+        };
+        let table = st.schema.table.to_string();
+        metrics::counter!(names::CAPTURE_EVENTS_TOTAL, names::LABEL_TABLE => table.clone(), names::LABEL_OP => op.code()).increment(1);
+        metrics::counter!(names::CAPTURE_BYTES_TOTAL, names::LABEL_TABLE => table)
+            .increment(value.len() as u64);
+        let topic = st.topic.clone();
+        match key {
+            Some(k) => {
+                self.produce(&topic, Some(&k), &value, None, &t.tracker)
+                    .await
+            }
+            // Truncate: one copy per partition, so it is ordered with every row's changes.
+            None => {
+                for p in 0..st.partitions {
+                    self.produce(&topic, None, &value, Some(p), &t.tracker)
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) async fn produce(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        partition: Option<i32>,
+        tracker: &Arc<TxnTracker>,
+    ) -> Result<()> {
+        self.produce_with(topic, key, value, partition, None, tracker)
+            .await
+    }
+
+    pub(super) async fn produce_with(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        partition: Option<i32>,
+        headers: Option<rdkafka::message::OwnedHeaders>,
+        tracker: &Arc<TxnTracker>,
+    ) -> Result<()> {
+        tracker.pending.fetch_add(1, Ordering::AcqRel);
+        // The record timestamp is the source commit time: lag monitoring reads the age of the
+        // oldest unapplied event from it, and replay --from-timestamp means source time.
+        let commit_ms = (tracker.commit_ts_us.load(Ordering::Acquire) / 1000) as i64;
+        let mut record = BaseRecord::with_opaque_to(topic, tracker.clone())
+            .payload(value)
+            .timestamp(commit_ms);
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
+                    // Backpressure: wait for deliveries to drain the bounded queue.
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((e, _)) => {
+                    tracker.release();
+                    return Err(Error::kafka(format!("producing to {topic}"), e));
+                }
+            }
+        }
+    }
+
+    /// A row change the codec cannot represent goes, as raw text, to `<prefix>.dlq.capture`
+    /// with headers naming the error and position; it is tracked like any event, so the LSN is
+    /// not confirmed before the dead letter is durable. The stream goes on.
+    pub(super) async fn dead_letter(
+        &mut self,
+        rel_id: u32,
+        msg: &Message,
+        t: &mut Txn,
+        wal_start: u64,
+        error: &Error,
+    ) -> Result<()> {
+        let topic = kafka::topic::capture_dlq(&self.cfg.topic_prefix);
+        if !self.dlq_ready {
+            deadletter::ensure_topic(&self.cfg.kafka, &topic).await?;
+            self.dlq_ready = true;
+        }
+        let st = self.state(rel_id)?;
+        let raw = |tuple: &[Datum]| -> serde_json::Value {
+            let mut row = serde_json::Map::new();
+            for (d, col) in tuple.iter().zip(&st.schema.columns) {
+                let v = match d {
+                    Datum::Null => serde_json::Value::Null,
+                    Datum::UnchangedToast => serde_json::json!({"unchanged_toast": true}),
+                    Datum::Text(b) | Datum::Binary(b) => {
+                        serde_json::Value::String(String::from_utf8_lossy(b).into_owned())
+                    }
+                };
+                row.insert(col.name.clone(), v);
+            }
+            serde_json::Value::Object(row)
+        };
+        let (op, before, after) = match msg {
+            Message::Insert { new, .. } => (Op::Create, None, Some(raw(new))),
+            Message::Update { old, new, .. } => {
+                (Op::Update, old.as_ref().map(|o| raw(&o.1)), Some(raw(new)))
+            }
+            Message::Delete { old, .. } => (Op::Delete, Some(raw(&old.1)), None),
+            _ => return Err(Error::internal("dead_letter on a non-row message")),
+        };
+        let table = st.schema.table.to_string();
+        let body = serde_json::json!({
+            "table": table, "op": op.code(), "before": before, "after": after,
+            "commit_lsn": t.final_lsn.0, "seq": t.seq, "lsn": wal_start, "txid": t.xid,
+            "error": error.to_string(),
+        });
+        t.seq += 1;
+        tracing::error!(table = %table, commit_lsn = %t.final_lsn, error = %error, dlq = %topic, "row cannot be encoded: sent to the capture dead-letter topic");
+        metrics::counter!(names::CAPTURE_DLQ_EVENTS_TOTAL, names::LABEL_TABLE => table.clone())
+            .increment(1);
+        let headers = deadletter::Letter {
+            error,
+            origin: vec![
+                ("cutover.table", table.clone()),
+                ("cutover.commit_lsn", t.final_lsn.to_string()),
+            ],
+        }
+        .headers();
+        let value = serde_json::to_vec(&body).map_err(|e| Error::internal(e.to_string()))?;
+        self.produce_with(
+            &topic,
+            Some(table.as_bytes()),
+            &value,
+            None,
+            Some(headers),
+            &t.tracker,
+        )
+        .await
+    }
+}

@@ -1,0 +1,190 @@
+//! Relations: how capture learns the shape of each table. A Relation message (or, for a table
+//! not yet described by the stream, the catalog) becomes a `TableState`: its Avro schema,
+//! registered as key and value subjects before any of its events is produced, its topic
+//! (created with the configured partitions) and its columns' codecs.
+
+use std::sync::Arc;
+
+use super::pgoutput::{Datum, Relation};
+use super::stream::{Capture, TableState};
+use crate::codec::{self, Cell, ColumnSpec};
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::TableId;
+use crate::kafka::{self, TopicSpec};
+use crate::observe::names;
+
+impl Capture {
+    /// The relation id of `table`, registering its schema from the catalog when the stream has
+    /// not described it yet (no change of it since capture started).
+    pub(super) async fn relation_for(&mut self, table: &TableId) -> Result<u32> {
+        if let Some((id, _)) = self
+            .relations
+            .iter()
+            .find(|(_, st)| &st.schema.table == table)
+        {
+            return Ok(*id);
+        }
+        let q = crate::database::ident::qualified(table);
+        let r = self
+            .sql
+            .query_one(
+                "SELECT c.oid, c.relreplident::text FROM pg_class c WHERE c.oid = to_regclass($1)",
+                &[&q],
+            )
+            .await
+            .map_err(|e| Error::postgres(format!("describing {table} for backfill"), e))?;
+        let oid: u32 = r.get(0);
+        let ident: String = r.get(1);
+        let cols = self
+            .sql
+            .query(
+                "SELECT a.attname::text, a.atttypid, a.atttypmod,
+                        coalesce(a.attnum = ANY(i.indkey), false)
+                 FROM pg_attribute a
+                 LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                 ORDER BY a.attnum",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| Error::postgres(format!("columns of {table} for backfill"), e))?;
+        let rel = super::pgoutput::Relation {
+            id: oid,
+            namespace: table.schema.clone(),
+            name: table.name.clone(),
+            replica_identity: ident.as_bytes().first().copied().unwrap_or(b'd'),
+            columns: cols
+                .iter()
+                .map(|c| super::pgoutput::Column {
+                    key: ident == "f" || c.get::<_, bool>(3),
+                    name: c.get(0),
+                    type_oid: c.get(1),
+                    type_modifier: c.get(2),
+                })
+                .collect(),
+        };
+        self.on_relation(rel).await?;
+        Ok(oid)
+    }
+
+    pub(super) fn state(&self, rel_id: u32) -> Result<&TableState> {
+        self.relations.get(&rel_id).ok_or_else(|| {
+            Error::internal(format!(
+                "change for relation {rel_id} before its Relation message"
+            ))
+        })
+    }
+
+    pub(super) fn cells(&self, rel_id: u32, tuple: &[Datum]) -> Result<Vec<Cell>> {
+        let st = self.state(rel_id)?;
+        let mut out = Vec::with_capacity(tuple.len());
+        for (d, col) in tuple.iter().zip(&st.schema.columns) {
+            out.push(match d {
+                Datum::Null => Cell::Null,
+                Datum::UnchangedToast => Cell::Unchanged,
+                Datum::Text(b) | Datum::Binary(b) => {
+                    let text = std::str::from_utf8(b).map_err(|e| {
+                        Error::new(
+                            ErrorKind::Data,
+                            format!("{}.{}: value is not UTF-8: {e}", st.schema.table, col.name),
+                        )
+                    })?;
+                    Cell::Value(
+                        codec::types::text_to_avro(&col.kind, text)
+                            .map_err(|e| e.context(format!("{}.{}", st.schema.table, col.name)))?,
+                    )
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn on_relation(&mut self, rel: Relation) -> Result<()> {
+        let table = TableId::new(rel.namespace.clone(), rel.name.clone());
+        let configured = self.cfg.source.key_columns.get(&table.to_string()).cloned();
+        let pk = match &configured {
+            Some(cols) => cols.clone(),
+            None => self.catalog.primary_key(&self.sql, rel.id).await?,
+        };
+        let full = rel.replica_identity == b'f';
+        if pk.is_empty() && !full {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("table {table} has no primary key: configure source.key_columns.\"{table}\" or ALTER TABLE {table} REPLICA IDENTITY FULL (then every column is the key)"),
+            ));
+        }
+        let mut columns = Vec::with_capacity(rel.columns.len());
+        for c in &rel.columns {
+            let kind = self
+                .catalog
+                .kind(&self.sql, c.type_oid, c.type_modifier)
+                .await?;
+            let key = if pk.is_empty() {
+                true
+            } else {
+                pk.contains(&c.name)
+            };
+            let pg_type = self
+                .catalog
+                .type_name(&self.sql, c.type_oid, c.type_modifier)
+                .await?;
+            columns.push(ColumnSpec {
+                name: c.name.clone(),
+                kind,
+                key,
+                pg_type: Some(pg_type),
+            });
+        }
+        if let Some(cols) = &configured {
+            for k in cols {
+                if !rel.columns.iter().any(|c| &c.name == k) {
+                    return Err(Error::config(format!(
+                        "source.key_columns.\"{table}\": column {k} does not exist"
+                    )));
+                }
+            }
+        }
+        let topic = kafka::topic::for_table(&self.cfg.topic_prefix, &table);
+        if let Some(existing) = self.relations.get(&rel.id) {
+            if existing.schema.columns == columns && existing.topic == topic {
+                return Ok(());
+            }
+        }
+        let schema = codec::derive(&table, columns, &topic)?;
+        // Register before the first event that uses this version.
+        let key_id = self
+            .registry
+            .register(&format!("{topic}-key"), &schema.key_json)
+            .await?;
+        let value_id = self
+            .registry
+            .register(&format!("{topic}-value"), &schema.value_json)
+            .await?;
+        kafka::ensure_topics(
+            &self.cfg.kafka,
+            &[TopicSpec {
+                name: topic.clone(),
+                partitions: self.cfg.kafka.partitions,
+                replication_factor: self.cfg.kafka.replication_factor,
+                configs: vec![],
+            }],
+        )
+        .await?;
+        let partitions = kafka::partition_count(&self.cfg.kafka, &topic).await?;
+        tracing::info!(table = %table, topic, key_id, value_id, "relation schema registered");
+        // The table's dead-letter series exists from its first relation, at zero.
+        metrics::counter!(names::CAPTURE_DLQ_EVENTS_TOTAL, names::LABEL_TABLE => table.to_string())
+            .increment(0);
+        self.relations.insert(
+            rel.id,
+            TableState {
+                schema: Arc::new(schema),
+                topic,
+                partitions: partitions.max(1),
+                key_id,
+                value_id,
+            },
+        );
+        Ok(())
+    }
+}
