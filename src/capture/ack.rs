@@ -15,8 +15,6 @@ use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
 use tokio::sync::Notify;
 
-use crate::observe::names;
-
 /// Per-transaction delivery accounting.
 pub struct TxnTracker {
     /// Messages produced and not yet acknowledged, plus 1 until the transaction is sealed.
@@ -57,7 +55,7 @@ impl ProducerContext for AckContext {
     type DeliveryOpaque = Arc<TxnTracker>;
     fn delivery(&self, result: &DeliveryResult<'_>, tracker: Arc<TxnTracker>) {
         if let Err((e, _)) = result {
-            metrics::counter!(names::CAPTURE_PRODUCER_ERRORS_TOTAL).increment(1);
+            super::metrics::producer_error();
             let mut f = tracker.failed.lock().unwrap_or_else(|p| p.into_inner());
             f.get_or_insert_with(|| e.to_string());
         }

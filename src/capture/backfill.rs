@@ -38,7 +38,6 @@ use crate::config::Config;
 use crate::database::ident::{literal as lit, qualified, quote};
 use crate::error::{Error, Result};
 use crate::event::TableId;
-use crate::observe::names;
 
 /// Prefix of the watermark messages.
 pub const WATERMARK_PREFIX: &str = "cutover.backfill";
@@ -260,8 +259,7 @@ async fn run_table(cfg: &Config, shared: &Shared, table: &str) -> Result<()> {
     let per_sec: i32 = row.get(2);
     let mut done_rows: i64 = row.get(3);
     let estimated: i64 = row.get(4);
-    metrics::gauge!(names::BACKFILL_ROWS_ESTIMATED, names::LABEL_TABLE => table.to_string())
-        .set(estimated as f64);
+    super::metrics::backfill_estimated(table, estimated);
     tracing::info!(table, chunk_rows, rows_per_sec = per_sec, resume_after = ?last, "backfill started");
     let started = Instant::now();
     let mut this_run = 0i64;
@@ -367,16 +365,13 @@ async fn run_table(cfg: &Config, shared: &Shared, table: &str) -> Result<()> {
         )
         .await
         .map_err(|e| Error::postgres("saving backfill progress", e))?;
-        metrics::counter!(names::BACKFILL_ROWS_TOTAL, names::LABEL_TABLE => table.to_string())
-            .increment(n as u64);
         let rate = this_run as f64 / started.elapsed().as_secs_f64().max(0.001);
         let eta = if rate > 0.0 {
             (estimated - done_rows).max(0) as f64 / rate
         } else {
             0.0
         };
-        metrics::gauge!(names::BACKFILL_ETA_SECONDS, names::LABEL_TABLE => table.to_string())
-            .set(if finished { 0.0 } else { eta });
+        super::metrics::backfill_progress(table, n, if finished { 0.0 } else { eta });
         if finished {
             tracing::info!(
                 table,

@@ -17,6 +17,7 @@
 
 mod ack;
 pub mod backfill;
+mod metrics;
 pub mod pgoutput;
 mod produce;
 mod relation;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use rdkafka::producer::BaseRecord;
 
 use super::ack::TxnTracker;
+use super::metrics;
 use super::pgoutput::{Datum, Message};
 use super::stream::{now_ms, Capture, Txn};
 use crate::codec::{self, Cell, SourceInfo};
@@ -17,7 +18,6 @@ use crate::deadletter;
 use crate::error::{Error, Result};
 use crate::event::Op;
 use crate::kafka;
-use crate::observe::names;
 
 impl Capture {
     pub(super) async fn emit(
@@ -53,9 +53,7 @@ impl Capture {
             None => None,
         };
         let table = st.schema.table.to_string();
-        metrics::counter!(names::CAPTURE_EVENTS_TOTAL, names::LABEL_TABLE => table.clone(), names::LABEL_OP => op.code()).increment(1);
-        metrics::counter!(names::CAPTURE_BYTES_TOTAL, names::LABEL_TABLE => table)
-            .increment(value.len() as u64);
+        metrics::event(&table, op, value.len());
         let topic = st.topic.clone();
         match key {
             Some(k) => {
@@ -178,8 +176,7 @@ impl Capture {
         });
         t.seq += 1;
         tracing::error!(table = %table, commit_lsn = %t.final_lsn, error = %error, dlq = %topic, "row cannot be encoded: sent to the capture dead-letter topic");
-        metrics::counter!(names::CAPTURE_DLQ_EVENTS_TOTAL, names::LABEL_TABLE => table.clone())
-            .increment(1);
+        metrics::dead_letter(&table);
         let headers = deadletter::Letter {
             error,
             origin: vec![

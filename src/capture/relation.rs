@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 
+use super::metrics;
 use super::pgoutput::{Datum, Relation};
 use super::stream::{Capture, TableState};
 use crate::codec::{self, Cell, ColumnSpec};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::TableId;
 use crate::kafka::{self, TopicSpec};
-use crate::observe::names;
 
 impl Capture {
     /// The relation id of `table`, registering its schema from the catalog when the stream has
@@ -173,8 +173,7 @@ impl Capture {
         let partitions = kafka::partition_count(&self.cfg.kafka, &topic).await?;
         tracing::info!(table = %table, topic, key_id, value_id, "relation schema registered");
         // The table's dead-letter series exists from its first relation, at zero.
-        metrics::counter!(names::CAPTURE_DLQ_EVENTS_TOTAL, names::LABEL_TABLE => table.to_string())
-            .increment(0);
+        metrics::table_seen(&table.to_string());
         self.relations.insert(
             rel.id,
             TableState {

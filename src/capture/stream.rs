@@ -28,6 +28,7 @@ use rdkafka::producer::{Producer, ThreadedProducer};
 use tokio::sync::{mpsc, watch};
 
 use super::ack::{AckContext, TxnTracker};
+use super::metrics;
 use super::pgoutput::{self, Datum, Message, OldKind};
 use super::setup::{self, Catalog};
 use crate::codec::TableSchema;
@@ -36,7 +37,6 @@ use crate::database::Endpoint;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Lsn, Op, PG_EPOCH_OFFSET_MICROS};
 use crate::kafka::{self};
-use crate::observe::names;
 use crate::registry::RegistryClient;
 use crate::retry::{self, Decision};
 
@@ -103,9 +103,7 @@ impl Capture {
             .create_with_context(AckContext)
             .map_err(|e| Error::kafka("creating producer", e))?;
         // Series that must exist before the first event, so rate() and alerts see them.
-        metrics::counter!(names::CAPTURE_TRANSACTIONS_TOTAL).increment(0);
-        metrics::counter!(names::CAPTURE_PRODUCER_ERRORS_TOTAL).increment(0);
-        metrics::gauge!(names::CAPTURE_PRODUCER_QUEUE_MESSAGES).set(0.0);
+        metrics::init();
         Ok((
             Capture {
                 cfg: cfg.clone(),
@@ -181,8 +179,7 @@ impl Capture {
                 }
                 let commit_us = t.commit_ts_us.load(Ordering::Acquire) as i64;
                 let lag = (now_ms() * 1000 - commit_us).max(0) as f64 / 1e6;
-                metrics::gauge!(names::CAPTURE_LAG_SECONDS).set(lag);
-                metrics::gauge!(names::CAPTURE_CONFIRMED_POSITION_BYTES).set(lsn.0 as f64);
+                metrics::confirmed(lsn, lag);
                 let _ = confirm_tx.send((lsn, None));
                 for n in std::mem::take(&mut *t.confirmed.lock().unwrap_or_else(|p| p.into_inner()))
                 {
@@ -272,7 +269,7 @@ impl Capture {
                 t.tracker
                     .commit_ts_us
                     .store(t.commit_ts_us as u64, Ordering::Release);
-                metrics::counter!(names::CAPTURE_TRANSACTIONS_TOTAL).increment(1);
+                metrics::transaction();
                 t.tracker.release();
                 track_tx
                     .send(t.tracker)
@@ -294,8 +291,7 @@ impl Capture {
             }
             E::Message { .. } | E::KeepAlive { .. } | E::StoppedAt { .. } => {}
         }
-        metrics::gauge!(names::CAPTURE_PRODUCER_QUEUE_MESSAGES)
-            .set(self.producer.in_flight_count() as f64);
+        metrics::producer_queue(self.producer.in_flight_count().max(0) as usize);
         Ok(())
     }
 
@@ -321,8 +317,7 @@ impl Capture {
                         .get(&rel_id)
                         .map(|st| st.schema.table.to_string())
                         .unwrap_or_default();
-                    metrics::counter!(names::CAPTURE_ECHOES_SUPPRESSED_TOTAL, names::LABEL_TABLE => table)
-                        .increment(1);
+                    metrics::echo_suppressed(table);
                     return Ok(());
                 }
                 if !self.windows.is_empty() {

@@ -23,7 +23,7 @@ pub(super) async fn observe(cfg: &Config, command: &'static str) -> Result<Readi
     let readiness = Readiness::new();
     if let Some(addr) = cfg.observe_addr() {
         let handle = observe::install_recorder()?;
-        metrics::gauge!(observe::names::UP, observe::names::LABEL_COMMAND => command).set(1.0);
+        observe::up(command);
         observe::serve(addr, handle, readiness.clone(), shutdown_signal()).await?;
     }
     Ok(readiness)

@@ -43,7 +43,7 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
             .parse()
             .map_err(|_| Error::config(format!("--observe-listen: {addr:?} is not host:port")))?;
         let handle = observe::install_recorder()?;
-        metrics::gauge!(observe::names::UP, observe::names::LABEL_COMMAND => "registry").set(1.0);
+        observe::up("registry");
         observe::serve(addr, handle, readiness.clone(), shutdown_signal()).await?;
     }
 

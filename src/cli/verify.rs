@@ -160,7 +160,7 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
             .parse()
             .map_err(|_| Error::config(format!("--metrics-listen: {addr:?} is not host:port")))?;
         let handle = crate::observe::install_recorder()?;
-        metrics::gauge!(crate::observe::names::UP, crate::observe::names::LABEL_COMMAND => "verify").set(1.0);
+        crate::observe::up("verify");
         crate::observe::serve(
             addr,
             handle,

@@ -65,6 +65,11 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
     }
 }
 
+/// `cutover_up{command}` = 1: this process serves `command`.
+pub fn up(command: &'static str) {
+    metrics::gauge!(names::UP, names::LABEL_COMMAND => command).set(1.0);
+}
+
 /// Named readiness checks; `/readyz` is 200 only when all registered checks pass.
 #[derive(Clone, Default)]
 pub struct Readiness(Arc<Mutex<BTreeMap<String, bool>>>);

@@ -452,10 +452,7 @@ pub async fn verify_table(
             bisect(plan, &s_side, &t_side, range.clone(), sn, &mut diff).await?;
             "mismatch"
         };
-        metrics::counter!(names::VERIFY_CHUNKS_TOTAL, names::LABEL_TABLE => table.clone(), names::LABEL_OUTCOME => outcome)
-            .increment(1);
-        metrics::counter!(names::VERIFY_ROWS_TOTAL, names::LABEL_TABLE => table.clone())
-            .increment(sn.max(0) as u64);
+        record_chunk(&table, outcome, sn);
         done += sn;
         progress(done);
         throttle.account(sn + tn).await;
@@ -493,17 +490,30 @@ pub async fn verify_table(
         100.0 * equal.max(0) as f64 / union as f64
     };
     report.seconds = started.elapsed().as_secs_f64();
+    record_report(&table, &report);
+    Ok(report)
+}
+
+/// One compared chunk (`match` | `mismatch`) of `rows` source rows.
+fn record_chunk(table: &str, outcome: &'static str, rows: i64) {
+    metrics::counter!(names::VERIFY_CHUNKS_TOTAL, names::LABEL_TABLE => table.to_string(), names::LABEL_OUTCOME => outcome)
+        .increment(1);
+    metrics::counter!(names::VERIFY_ROWS_TOTAL, names::LABEL_TABLE => table.to_string())
+        .increment(rows.max(0) as u64);
+}
+
+/// A finished table: its differences by kind and its parity.
+fn record_report(table: &str, report: &TableReport) {
     for (kind, n) in [
         ("missing", report.missing.len()),
         ("extra", report.extra.len()),
         ("different", report.different.len()),
     ] {
-        metrics::gauge!(names::VERIFY_DIFFERENCES, names::LABEL_TABLE => table.clone(), names::LABEL_KIND => kind)
+        metrics::gauge!(names::VERIFY_DIFFERENCES, names::LABEL_TABLE => table.to_string(), names::LABEL_KIND => kind)
             .set(n as f64);
     }
-    metrics::gauge!(names::VERIFY_PARITY_RATIO, names::LABEL_TABLE => table.clone())
+    metrics::gauge!(names::VERIFY_PARITY_RATIO, names::LABEL_TABLE => table.to_string())
         .set(report.parity_pct / 100.0);
-    Ok(report)
 }
 
 /// Narrow a mismatched range down to rows: split by the source's median key while it has more
