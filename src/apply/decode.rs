@@ -161,75 +161,7 @@ impl Decoder {
             }
             None => vec![],
         };
-        let Value::Record(env) = v else {
-            return Err(data_err("value is not a record"));
-        };
-        let get = |n: &str| env.iter().find(|(k, _)| k == n).map(|(_, v)| v);
-        let row = |v: Option<&Value>| -> Result<Option<Row>> {
-            match v.map(unwrap_union) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::Record(fs)) => fs
-                    .iter()
-                    .zip(&vs.fields)
-                    .map(|((_, v), f)| {
-                        render(v, &f.avro).map_err(|e| data_err(format!("column {}: {e}", f.name)))
-                    })
-                    .collect::<Result<Row>>()
-                    .map(Some),
-                Some(_) => Err(data_err("row is not a record")),
-            }
-        };
-        let before = row(get("before"))?;
-        let after = row(get("after"))?;
-        let op = match get("op") {
-            Some(Value::String(s)) => match s.as_str() {
-                "c" => Op::Create,
-                "u" => Op::Update,
-                "d" => Op::Delete,
-                "t" => Op::Truncate,
-                "r" => Op::Read,
-                other => return Err(data_err(format!("unknown op {other:?}"))),
-            },
-            _ => return Err(data_err("event has no op")),
-        };
-        let unchanged = match get("unchanged_toast") {
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| match v {
-                    Value::String(s) => Some(s.clone()),
-                    _ => None,
-                })
-                .collect(),
-            _ => vec![],
-        };
-        let Some(Value::Record(src)) = get("source") else {
-            return Err(data_err("event has no source"));
-        };
-        let sget = |n: &str| {
-            src.iter()
-                .find(|(k, _)| k == n)
-                .map(|(_, v)| unwrap_union(v))
-        };
-        let long = |n: &str| match sget(n) {
-            Some(Value::Long(l)) => Ok(*l),
-            _ => Err(data_err(format!("source.{n} missing"))),
-        };
-        let string = |n: &str| match sget(n) {
-            Some(Value::String(s)) => Ok(s.clone()),
-            _ => Err(data_err(format!("source.{n} missing"))),
-        };
-        let ev = ChangeEvent {
-            table: TableId::new(string("schema")?, string("table")?),
-            op,
-            fields: vs.clone(),
-            before,
-            after,
-            unchanged,
-            key_columns,
-            commit_lsn: long("commit_lsn")?,
-            seq: long("seq")?,
-            commit_ts_us: long("commit_ts_us")?,
-        };
+        let ev = envelope(v, &vs, key_columns)?;
         if ev.op != Op::Truncate && ev.key_values().is_none() {
             return Err(data_err(format!("{}: event has no row", ev.table)));
         }
@@ -249,6 +181,80 @@ fn unwrap_union(v: &Value) -> &Value {
         Value::Union(_, b) => unwrap_union(b),
         other => other,
     }
+}
+
+/// The Debezium-style envelope (`before`, `after`, `op`, `unchanged_toast`, `source`) of a
+/// decoded value, rendered to PostgreSQL text with the writer schema's fields.
+fn envelope(v: Value, vs: &Arc<WriterSchema>, key_columns: Vec<String>) -> Result<ChangeEvent> {
+    let Value::Record(env) = v else {
+        return Err(data_err("value is not a record"));
+    };
+    let get = |n: &str| env.iter().find(|(k, _)| k == n).map(|(_, v)| v);
+    let row = |v: Option<&Value>| -> Result<Option<Row>> {
+        match v.map(unwrap_union) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Record(fs)) => fs
+                .iter()
+                .zip(&vs.fields)
+                .map(|((_, v), f)| {
+                    render(v, &f.avro).map_err(|e| data_err(format!("column {}: {e}", f.name)))
+                })
+                .collect::<Result<Row>>()
+                .map(Some),
+            Some(_) => Err(data_err("row is not a record")),
+        }
+    };
+    let before = row(get("before"))?;
+    let after = row(get("after"))?;
+    let op = match get("op") {
+        Some(Value::String(s)) => match s.as_str() {
+            "c" => Op::Create,
+            "u" => Op::Update,
+            "d" => Op::Delete,
+            "t" => Op::Truncate,
+            "r" => Op::Read,
+            other => return Err(data_err(format!("unknown op {other:?}"))),
+        },
+        _ => return Err(data_err("event has no op")),
+    };
+    let unchanged = match get("unchanged_toast") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| match v {
+                Value::String(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => vec![],
+    };
+    let Some(Value::Record(src)) = get("source") else {
+        return Err(data_err("event has no source"));
+    };
+    let sget = |n: &str| {
+        src.iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| unwrap_union(v))
+    };
+    let long = |n: &str| match sget(n) {
+        Some(Value::Long(l)) => Ok(*l),
+        _ => Err(data_err(format!("source.{n} missing"))),
+    };
+    let string = |n: &str| match sget(n) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        _ => Err(data_err(format!("source.{n} missing"))),
+    };
+    Ok(ChangeEvent {
+        table: TableId::new(string("schema")?, string("table")?),
+        op,
+        fields: vs.clone(),
+        before,
+        after,
+        unchanged,
+        key_columns,
+        commit_lsn: long("commit_lsn")?,
+        seq: long("seq")?,
+        commit_ts_us: long("commit_ts_us")?,
+    })
 }
 
 /// Render an Avro value as PostgreSQL text input (`None` = SQL NULL).

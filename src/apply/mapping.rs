@@ -287,39 +287,15 @@ impl Mapping {
         ev: &ChangeEvent,
         key_of: &dyn Fn(&TableId) -> Vec<String>,
     ) -> Result<Vec<TargetOp>> {
-        let fields = &ev.fields.fields;
-        let delete_everywhere = |row: &Vec<Option<String>>| -> Result<Vec<TargetOp>> {
-            let key = self.target_key_values(ev, row)?;
-            Ok(self
-                .targets()
-                .into_iter()
-                .map(|t| {
-                    let k = key_of(&t);
-                    TargetOp::Delete {
-                        key: k
-                            .iter()
-                            .map(|c| {
-                                (
-                                    c.clone(),
-                                    key.iter()
-                                        .find(|(n, _)| n == c)
-                                        .and_then(|(_, v)| v.clone()),
-                                )
-                            })
-                            .collect(),
-                        table: t,
-                    }
-                })
-                .collect())
-        };
         let Some(after) = &ev.after else {
             // Delete: only the key is known for sure; remove it from every possible target.
             let before = ev
                 .before
                 .as_ref()
                 .ok_or_else(|| data_err(format!("{}: delete without a row", ev.table)))?;
-            return delete_everywhere(before);
+            return self.delete_everywhere(ev, before, key_of);
         };
+        let fields = &ev.fields.fields;
         let lookup = |c: &str| -> Option<Option<String>> {
             fields
                 .iter()
@@ -331,26 +307,80 @@ impl Mapping {
                 .eval(&lookup)
                 .map_err(|e| data_err(format!("{}: filter: {e}", self.source)))?;
             if truth(&keep) != Some(true) {
-                return delete_everywhere(after);
+                return self.delete_everywhere(ev, after, key_of);
             }
         }
-        let target = match &self.route {
-            None => self.target.clone(),
-            Some((col, ts, default)) => {
-                let v = lookup(col).flatten();
-                match v.as_ref().and_then(|v| ts.get(v)).or(default.as_ref()) {
-                    Some(t) => t.clone(),
-                    None => {
-                        return Err(data_err(format!(
-                            "{}.{col}: no route target for value {:?}",
-                            self.source, v
-                        )))
-                    }
+        let target = self.route_of(&lookup)?;
+        let cols = self.target_row(ev, after, &target, &lookup)?;
+        let mut ops = vec![];
+        // A routed row leaves the other targets (its routing column may have changed).
+        if self.route.is_some() {
+            for op in self.delete_everywhere(ev, after, key_of)? {
+                if matches!(&op, TargetOp::Delete { table, .. } if *table != target) {
+                    ops.push(op);
                 }
             }
+        }
+        ops.push(TargetOp::Upsert {
+            table: target,
+            cols,
+        });
+        Ok(ops)
+    }
+
+    /// Deletes of `row`'s key from every target the mapping can write.
+    fn delete_everywhere(
+        &self,
+        ev: &ChangeEvent,
+        row: &[Option<String>],
+        key_of: &dyn Fn(&TableId) -> Vec<String>,
+    ) -> Result<Vec<TargetOp>> {
+        let key = self.target_key_values(ev, row)?;
+        Ok(self
+            .targets()
+            .into_iter()
+            .map(|t| TargetOp::Delete {
+                key: key_of(&t)
+                    .iter()
+                    .map(|c| {
+                        let v = key
+                            .iter()
+                            .find(|(n, _)| n == c)
+                            .and_then(|(_, v)| v.clone());
+                        (c.clone(), v)
+                    })
+                    .collect(),
+                table: t,
+            })
+            .collect())
+    }
+
+    /// The target table of a row: the mapping's, or its route's for the routing column's value.
+    fn route_of(&self, lookup: &dyn Fn(&str) -> Option<Option<String>>) -> Result<TableId> {
+        let Some((col, ts, default)) = &self.route else {
+            return Ok(self.target.clone());
         };
+        let v = lookup(col).flatten();
+        match v.as_ref().and_then(|v| ts.get(v)).or(default.as_ref()) {
+            Some(t) => Ok(t.clone()),
+            None => Err(data_err(format!(
+                "{}.{col}: no route target for value {:?}",
+                self.source, v
+            ))),
+        }
+    }
+
+    /// The target row: renamed source columns (TOASTed ones left out), constants, computed
+    /// columns, then defaults for what is still NULL.
+    fn target_row(
+        &self,
+        ev: &ChangeEvent,
+        after: &[Option<String>],
+        target: &TableId,
+        lookup: &dyn Fn(&str) -> Option<Option<String>>,
+    ) -> Result<BTreeMap<String, Option<String>>> {
         let mut cols = BTreeMap::new();
-        for (f, v) in fields.iter().zip(after) {
+        for (f, v) in ev.fields.fields.iter().zip(after) {
             if ev.unchanged.contains(&f.name) {
                 continue;
             }
@@ -363,7 +393,7 @@ impl Mapping {
         }
         for (c, e) in &self.computed {
             let v = e
-                .eval(&lookup)
+                .eval(lookup)
                 .map_err(|m| data_err(format!("{}.{c}: computed: {m}", target)))?;
             cols.insert(c.clone(), v);
         }
@@ -373,20 +403,7 @@ impl Mapping {
                 *slot = Some(d.clone());
             }
         }
-        let mut ops = vec![];
-        // A routed row leaves the other targets (its routing column may have changed).
-        if self.route.is_some() {
-            for op in delete_everywhere(after)? {
-                if matches!(&op, TargetOp::Delete { table, .. } if *table != target) {
-                    ops.push(op);
-                }
-            }
-        }
-        ops.push(TargetOp::Upsert {
-            table: target,
-            cols,
-        });
-        Ok(ops)
+        Ok(cols)
     }
 
     /// Target key column → value, from the source key columns of `row` and constants.

@@ -50,6 +50,10 @@ use crate::registry::RegistryClient;
 use crate::retry::{self, Attempts, BackoffSettings, Decision};
 use crate::state::progress;
 
+/// What executing a plan left to do: records to park (index, why) and the truncate
+/// watermarks to remember once the batch commits.
+type Executed = (Vec<(usize, Error)>, Vec<(String, (i64, i64))>);
+
 /// One consumed record and what became of it.
 struct Item {
     msg: OwnedMessage,
@@ -319,32 +323,7 @@ impl Sink {
         // A back-sync role re-reads the phases at every batch: a phase change takes effect at
         // the next batch boundary.
         self.guard.begin(tx).await?;
-        let plan = {
-            let records: Vec<Record<'_>> = items
-                .iter()
-                .zip(mappings)
-                .map(|(it, m)| Record {
-                    topic: it.msg.topic(),
-                    partition: it.msg.partition(),
-                    offset: it.msg.offset(),
-                    event: it.event.as_ref(),
-                    parked: it.dead.is_some(),
-                    mapping: m.as_deref(),
-                })
-                .collect();
-            let tables = &self.tables;
-            let guard = &self.guard;
-            plan::plan(
-                &records,
-                &plan::Context {
-                    stored: &stored,
-                    truncated: &self.truncates,
-                    truncate: self.sink.truncate,
-                    key_of: &|t| tables.key_of(t),
-                    admit: &|s, t| guard.admit(s, t),
-                },
-            )?
-        };
+        let plan = self.plan(items, mappings, &stored)?;
         let mut outcome = BatchOutcome {
             duplicates: plan.duplicates,
             skipped: plan.skipped,
@@ -353,43 +332,10 @@ impl Sink {
         };
         let mut parked = plan.parked;
         tag_transaction(tx, items, &plan.live).await?;
-        let mut truncated = vec![];
-        {
-            let events: Vec<Option<&ChangeEvent>> =
-                items.iter().map(|it| it.event.as_ref()).collect();
-            let mut writer = Writer {
-                tx,
-                sink: &sink,
-                tables: &self.tables,
-                statements: &mut self.statements,
-                guard: self.guard.as_mut(),
-                events: &events,
-                mappings,
-            };
-            for step in plan.steps {
-                match step {
-                    Step::Writes(writes) => {
-                        parked.extend(writer.segment(writes, &mut outcome).await?)
-                    }
-                    Step::Truncate {
-                        source,
-                        at,
-                        targets,
-                        apply,
-                    } => {
-                        if apply {
-                            write::truncate(tx, &targets).await?;
-                            outcome.applied += 1;
-                        } else {
-                            outcome.skipped += 1;
-                        }
-                        progress::save_truncate(tx, &sink, &source, at).await?;
-                        truncated.push((source, at));
-                    }
-                }
-            }
-            writer.guard.finish(tx).await?;
-        }
+        let (failed, truncated) = self
+            .execute(tx, plan.steps, items, mappings, &mut outcome)
+            .await?;
+        parked.extend(failed);
         for (i, e) in parked {
             items[i].dead = Some(e);
         }
@@ -402,6 +348,86 @@ impl Sink {
         self.truncates.extend(truncated);
         self.observe_applied(items, &plan.live);
         Ok(outcome)
+    }
+
+    /// Plan the batch (pure, see `plan`) against the locked progress.
+    fn plan(
+        &self,
+        items: &[Item],
+        mappings: &[Option<Arc<Mapping>>],
+        stored: &HashMap<(String, i32), progress::Progress>,
+    ) -> Result<plan::Plan> {
+        let records: Vec<Record<'_>> = items
+            .iter()
+            .zip(mappings)
+            .map(|(it, m)| Record {
+                topic: it.msg.topic(),
+                partition: it.msg.partition(),
+                offset: it.msg.offset(),
+                event: it.event.as_ref(),
+                parked: it.dead.is_some(),
+                mapping: m.as_deref(),
+            })
+            .collect();
+        let tables = &self.tables;
+        let guard = &self.guard;
+        plan::plan(
+            &records,
+            &plan::Context {
+                stored,
+                truncated: &self.truncates,
+                truncate: self.sink.truncate,
+                key_of: &|t| tables.key_of(t),
+                admit: &|s, t| guard.admit(s, t),
+            },
+        )
+    }
+
+    /// Run the plan's steps in the transaction, then let the guard finish. Returns the records
+    /// whose writes failed with a data error, and the truncate watermarks written.
+    async fn execute(
+        &mut self,
+        tx: &tokio_postgres::Client,
+        steps: Vec<Step>,
+        items: &[Item],
+        mappings: &[Option<Arc<Mapping>>],
+        outcome: &mut BatchOutcome,
+    ) -> Result<Executed> {
+        let sink = self.sink.name.clone();
+        let events: Vec<Option<&ChangeEvent>> = items.iter().map(|it| it.event.as_ref()).collect();
+        let mut writer = Writer {
+            tx,
+            sink: &sink,
+            tables: &self.tables,
+            statements: &mut self.statements,
+            guard: self.guard.as_mut(),
+            events: &events,
+            mappings,
+        };
+        let mut parked = vec![];
+        let mut truncated = vec![];
+        for step in steps {
+            match step {
+                Step::Writes(writes) => parked.extend(writer.segment(writes, outcome).await?),
+                Step::Truncate {
+                    source,
+                    at,
+                    targets,
+                    apply,
+                } => {
+                    if apply {
+                        write::truncate(tx, &targets).await?;
+                        outcome.applied += 1;
+                    } else {
+                        outcome.skipped += 1;
+                    }
+                    progress::save_truncate(tx, &sink, &source, at).await?;
+                    truncated.push((source, at));
+                }
+            }
+        }
+        writer.guard.finish(tx).await?;
+        Ok((parked, truncated))
     }
 
     /// Send the batch's dead letters and wait for the broker's acks. Returns how many.

@@ -113,28 +113,7 @@ impl Capture {
                 format!("table {table} has no primary key: configure source.key_columns.\"{table}\" or ALTER TABLE {table} REPLICA IDENTITY FULL (then every column is the key)"),
             ));
         }
-        let mut columns = Vec::with_capacity(rel.columns.len());
-        for c in &rel.columns {
-            let kind = self
-                .catalog
-                .kind(&self.sql, c.type_oid, c.type_modifier)
-                .await?;
-            let key = if pk.is_empty() {
-                true
-            } else {
-                pk.contains(&c.name)
-            };
-            let pg_type = self
-                .catalog
-                .type_name(&self.sql, c.type_oid, c.type_modifier)
-                .await?;
-            columns.push(ColumnSpec {
-                name: c.name.clone(),
-                kind,
-                key,
-                pg_type: Some(pg_type),
-            });
-        }
+        let columns = self.column_specs(&rel, &pk).await?;
         if let Some(cols) = &configured {
             for k in cols {
                 if !rel.columns.iter().any(|c| &c.name == k) {
@@ -150,8 +129,45 @@ impl Capture {
                 return Ok(());
             }
         }
-        let schema = codec::derive(&table, columns, &topic)?;
-        // Register before the first event that uses this version.
+        let state = self.register(&table, columns, topic).await?;
+        // The table's dead-letter series exists from its first relation, at zero.
+        metrics::table_seen(&table.to_string());
+        self.relations.insert(rel.id, state);
+        Ok(())
+    }
+
+    /// The codec's column specs of a relation; `pk` empty means every column is the key
+    /// (`REPLICA IDENTITY FULL`).
+    async fn column_specs(&mut self, rel: &Relation, pk: &[String]) -> Result<Vec<ColumnSpec>> {
+        let mut columns = Vec::with_capacity(rel.columns.len());
+        for c in &rel.columns {
+            let kind = self
+                .catalog
+                .kind(&self.sql, c.type_oid, c.type_modifier)
+                .await?;
+            let pg_type = self
+                .catalog
+                .type_name(&self.sql, c.type_oid, c.type_modifier)
+                .await?;
+            columns.push(ColumnSpec {
+                name: c.name.clone(),
+                kind,
+                key: pk.is_empty() || pk.contains(&c.name),
+                pg_type: Some(pg_type),
+            });
+        }
+        Ok(columns)
+    }
+
+    /// Derive a table's schema, register it (before the first event that uses this version)
+    /// and make sure its topic exists.
+    async fn register(
+        &mut self,
+        table: &TableId,
+        columns: Vec<ColumnSpec>,
+        topic: String,
+    ) -> Result<TableState> {
+        let schema = codec::derive(table, columns, &topic)?;
         let key_id = self
             .registry
             .register(&format!("{topic}-key"), &schema.key_json)
@@ -172,18 +188,12 @@ impl Capture {
         .await?;
         let partitions = kafka::partition_count(&self.cfg.kafka, &topic).await?;
         tracing::info!(table = %table, topic, key_id, value_id, "relation schema registered");
-        // The table's dead-letter series exists from its first relation, at zero.
-        metrics::table_seen(&table.to_string());
-        self.relations.insert(
-            rel.id,
-            TableState {
-                schema: Arc::new(schema),
-                topic,
-                partitions: partitions.max(1),
-                key_id,
-                value_id,
-            },
-        );
-        Ok(())
+        Ok(TableState {
+            schema: Arc::new(schema),
+            topic,
+            partitions: partitions.max(1),
+            key_id,
+            value_id,
+        })
     }
 }
