@@ -106,6 +106,50 @@ pub struct SinkStatus {
     pub partitions: Vec<PartitionLag>,
 }
 
+impl SinkStatus {
+    /// Fill the lag in time from record timestamps (`stamps`: (topic, partition, offset) →
+    /// commit time in Unix ms) at `now_ms`: the oldest unapplied event's age and the newest
+    /// applied commit. Returns a problem when the sink lags but no oldest event could be read.
+    pub fn time_lag(
+        &mut self,
+        stamps: &std::collections::HashMap<(String, i32, i64), i64>,
+        now_ms: i64,
+    ) -> Option<String> {
+        let mut oldest: Option<i64> = None;
+        let mut unknown = false;
+        let mut last_applied: Option<i64> = None;
+        for p in self.partitions.iter_mut() {
+            let next = p.high - p.lag_messages;
+            if p.lag_messages > 0 {
+                p.oldest_unapplied_commit_ms =
+                    stamps.get(&(p.topic.clone(), p.partition, next)).copied();
+                match p.oldest_unapplied_commit_ms {
+                    Some(ts) => oldest = Some(oldest.map_or(ts, |o: i64| o.min(ts))),
+                    None => unknown = true,
+                }
+            }
+            if next > p.low {
+                if let Some(ts) = stamps.get(&(p.topic.clone(), p.partition, next - 1)) {
+                    last_applied = Some(last_applied.map_or(*ts, |l: i64| l.max(*ts)));
+                }
+            }
+        }
+        self.oldest_unapplied_commit_ms = oldest;
+        self.last_applied_commit_ms = last_applied;
+        self.lag_seconds = match (self.lag_messages, oldest) {
+            (0, _) => Some(0.0),
+            (_, Some(ts)) => Some(((now_ms - ts).max(0)) as f64 / 1000.0),
+            (_, None) => None,
+        };
+        (unknown && self.lag_messages > 0 && oldest.is_none()).then(|| {
+            format!(
+                "broker: could not read the oldest unapplied event of sink {}",
+                self.name
+            )
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PartitionLag {
     pub topic: String,
@@ -256,4 +300,65 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn partition(topic: &str, low: i64, high: i64, lag: i64) -> PartitionLag {
+        PartitionLag {
+            topic: topic.into(),
+            partition: 0,
+            low,
+            high,
+            committed: Some(high - lag),
+            lag_messages: lag,
+            oldest_unapplied_commit_ms: None,
+        }
+    }
+
+    fn sink(partitions: Vec<PartitionLag>) -> SinkStatus {
+        SinkStatus {
+            name: "mirror".into(),
+            group: "g".into(),
+            lag_messages: partitions.iter().map(|p| p.lag_messages).sum(),
+            lag_seconds: None,
+            oldest_unapplied_commit_ms: None,
+            last_applied_commit_ms: None,
+            last_progress_ms: None,
+            dlq_messages: Some(0),
+            partitions,
+        }
+    }
+
+    #[test]
+    fn lag_in_time_is_the_age_of_the_oldest_unapplied_event() {
+        let mut s = sink(vec![partition("a", 0, 10, 3), partition("b", 0, 5, 1)]);
+        let stamps: HashMap<(String, i32, i64), i64> = [
+            (("a".to_string(), 0, 7), 1_000),
+            (("a".to_string(), 0, 6), 900),
+            (("b".to_string(), 0, 4), 4_000),
+            (("b".to_string(), 0, 3), 3_500),
+        ]
+        .into();
+        assert_eq!(s.time_lag(&stamps, 11_000), None);
+        assert_eq!(s.oldest_unapplied_commit_ms, Some(1_000));
+        assert_eq!(s.lag_seconds, Some(10.0));
+        assert_eq!(s.last_applied_commit_ms, Some(3_500));
+        assert_eq!(s.partitions[1].oldest_unapplied_commit_ms, Some(4_000));
+    }
+
+    #[test]
+    fn no_lag_is_zero_seconds_and_an_unreadable_oldest_event_is_a_problem() {
+        let mut s = sink(vec![partition("a", 0, 10, 0)]);
+        assert_eq!(s.time_lag(&HashMap::new(), 5), None);
+        assert_eq!(s.lag_seconds, Some(0.0));
+        let mut s = sink(vec![partition("a", 0, 10, 2)]);
+        let p = s.time_lag(&HashMap::new(), 5).expect("a problem");
+        assert!(p.contains("sink mirror"), "{p}");
+        assert_eq!(s.lag_seconds, None);
+    }
 }

@@ -57,24 +57,7 @@ impl Monitor {
                 None
             }
         };
-        match crate::apply::consumer::captured_topics(&self.cfg, &self.registry).await {
-            Ok(t) => self.topics = t,
-            Err(e) => problems.push(format!("registry: {e}")),
-        }
-        let prefix = &self.cfg.topic_prefix;
-        let capture_dlq = crate::kafka::topic::capture_dlq(prefix);
-        let mut all: Vec<String> = self.topics.clone();
-        all.push(capture_dlq.clone());
-        for s in &self.cfg.sinks {
-            all.push(crate::kafka::topic::sink_dlq(prefix, &s.name));
-        }
-        let marks = match self.inspector.watermarks(&all).await {
-            Ok(m) => m,
-            Err(e) => {
-                problems.push(format!("broker: {e}"));
-                HashMap::new()
-            }
-        };
+        let marks = self.watermarks(&mut problems).await;
         let size = |topic: &str| -> Option<i64> {
             match marks.get(topic)? {
                 None => Some(0),
@@ -92,65 +75,7 @@ impl Monitor {
                     .collect::<Vec<_>>()
             })
             .collect();
-
-        let mut sinks = Vec::new();
-        let mut peek = Vec::new();
-        for s in self.cfg.sinks.clone() {
-            let group = s.group_id(&self.cfg.name);
-            let keys: Vec<(String, i32)> = tps.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
-            let committed = match self.inspector.committed(&group, &keys).await {
-                Ok(c) => c,
-                Err(e) => {
-                    problems.push(format!("broker: offsets of group {group}: {e}"));
-                    // Without offsets there is no lag to report for this sink.
-                    sinks.push(SinkStatus {
-                        name: s.name.clone(),
-                        group,
-                        lag_messages: 0,
-                        lag_seconds: None,
-                        oldest_unapplied_commit_ms: None,
-                        last_applied_commit_ms: None,
-                        last_progress_ms: None,
-                        dlq_messages: size(&crate::kafka::topic::sink_dlq(prefix, &s.name)),
-                        partitions: vec![],
-                    });
-                    continue;
-                }
-            };
-            let mut partitions = Vec::new();
-            for (t, p, w) in &tps {
-                let c = committed.get(&(t.clone(), *p)).copied().flatten();
-                let next = PartitionLag::next_offset(w.low, w.high, c);
-                let lag = w.high - next;
-                if lag > 0 {
-                    peek.push((t.clone(), *p, next));
-                }
-                if detail && next > w.low {
-                    peek.push((t.clone(), *p, next - 1));
-                }
-                partitions.push(PartitionLag {
-                    topic: t.clone(),
-                    partition: *p,
-                    low: w.low,
-                    high: w.high,
-                    committed: c,
-                    lag_messages: lag,
-                    oldest_unapplied_commit_ms: None,
-                });
-            }
-            partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-            sinks.push(SinkStatus {
-                name: s.name.clone(),
-                group,
-                lag_messages: partitions.iter().map(|p| p.lag_messages).sum(),
-                lag_seconds: None,
-                oldest_unapplied_commit_ms: None,
-                last_applied_commit_ms: None,
-                last_progress_ms: None,
-                dlq_messages: size(&crate::kafka::topic::sink_dlq(prefix, &s.name)),
-                partitions,
-            });
-        }
+        let (mut sinks, mut peek) = self.sink_lags(&tps, &size, detail, &mut problems).await;
         if detail {
             for (t, p, w) in &tps {
                 if w.high > w.low {
@@ -167,37 +92,8 @@ impl Monitor {
         };
         let now = now_ms();
         for sink in sinks.iter_mut() {
-            let mut oldest: Option<i64> = None;
-            let mut unknown = false;
-            let mut last_applied: Option<i64> = None;
-            for p in sink.partitions.iter_mut() {
-                let next = p.high - p.lag_messages;
-                if p.lag_messages > 0 {
-                    p.oldest_unapplied_commit_ms =
-                        stamps.get(&(p.topic.clone(), p.partition, next)).copied();
-                    match p.oldest_unapplied_commit_ms {
-                        Some(ts) => oldest = Some(oldest.map_or(ts, |o: i64| o.min(ts))),
-                        None => unknown = true,
-                    }
-                }
-                if next > p.low {
-                    if let Some(ts) = stamps.get(&(p.topic.clone(), p.partition, next - 1)) {
-                        last_applied = Some(last_applied.map_or(*ts, |l: i64| l.max(*ts)));
-                    }
-                }
-            }
-            sink.oldest_unapplied_commit_ms = oldest;
-            sink.last_applied_commit_ms = last_applied;
-            sink.lag_seconds = match (sink.lag_messages, oldest) {
-                (0, _) => Some(0.0),
-                (_, Some(ts)) => Some(((now - ts).max(0)) as f64 / 1000.0),
-                (_, None) => None,
-            };
-            if unknown && sink.lag_messages > 0 && oldest.is_none() {
-                problems.push(format!(
-                    "broker: could not read the oldest unapplied event of sink {}",
-                    sink.name
-                ));
+            if let Some(problem) = sink.time_lag(&stamps, now) {
+                problems.push(problem);
             }
         }
         let last_captured_commit_ms = tps
@@ -223,6 +119,7 @@ impl Monitor {
                 (vec![], None)
             }
         };
+        let capture_dlq = crate::kafka::topic::capture_dlq(&self.cfg.topic_prefix);
         Snapshot {
             phases,
             phase_changes,
@@ -238,6 +135,96 @@ impl Monitor {
             sinks,
             problems,
         }
+    }
+
+    /// The watermarks of every captured topic and every dead-letter topic (the captured topics
+    /// refreshed from the registry first).
+    async fn watermarks(
+        &mut self,
+        problems: &mut Vec<String>,
+    ) -> HashMap<String, Option<HashMap<i32, Watermarks>>> {
+        match crate::apply::consumer::captured_topics(&self.cfg, &self.registry).await {
+            Ok(t) => self.topics = t,
+            Err(e) => problems.push(format!("registry: {e}")),
+        }
+        let prefix = &self.cfg.topic_prefix;
+        let mut all: Vec<String> = self.topics.clone();
+        all.push(crate::kafka::topic::capture_dlq(prefix));
+        for s in &self.cfg.sinks {
+            all.push(crate::kafka::topic::sink_dlq(prefix, &s.name));
+        }
+        match self.inspector.watermarks(&all).await {
+            Ok(m) => m,
+            Err(e) => {
+                problems.push(format!("broker: {e}"));
+                HashMap::new()
+            }
+        }
+    }
+
+    /// Every sink's lag in messages, per partition, from its group's committed offsets; and
+    /// the records whose timestamps tell the lag in time (the oldest unapplied, and with
+    /// `detail` the last applied).
+    async fn sink_lags(
+        &self,
+        tps: &[(String, i32, Watermarks)],
+        size: &(dyn Fn(&str) -> Option<i64> + Sync),
+        detail: bool,
+        problems: &mut Vec<String>,
+    ) -> (Vec<SinkStatus>, Vec<(String, i32, i64)>) {
+        let prefix = &self.cfg.topic_prefix;
+        let mut sinks = Vec::new();
+        let mut peek = Vec::new();
+        for s in &self.cfg.sinks {
+            let group = s.group_id(&self.cfg.name);
+            let mut status = SinkStatus {
+                name: s.name.clone(),
+                group: group.clone(),
+                lag_messages: 0,
+                lag_seconds: None,
+                oldest_unapplied_commit_ms: None,
+                last_applied_commit_ms: None,
+                last_progress_ms: None,
+                dlq_messages: size(&crate::kafka::topic::sink_dlq(prefix, &s.name)),
+                partitions: vec![],
+            };
+            let keys: Vec<(String, i32)> = tps.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+            let committed = match self.inspector.committed(&group, &keys).await {
+                Ok(c) => c,
+                Err(e) => {
+                    problems.push(format!("broker: offsets of group {group}: {e}"));
+                    // Without offsets there is no lag to report for this sink.
+                    sinks.push(status);
+                    continue;
+                }
+            };
+            for (t, p, w) in tps {
+                let c = committed.get(&(t.clone(), *p)).copied().flatten();
+                let next = PartitionLag::next_offset(w.low, w.high, c);
+                let lag = w.high - next;
+                if lag > 0 {
+                    peek.push((t.clone(), *p, next));
+                }
+                if detail && next > w.low {
+                    peek.push((t.clone(), *p, next - 1));
+                }
+                status.partitions.push(PartitionLag {
+                    topic: t.clone(),
+                    partition: *p,
+                    low: w.low,
+                    high: w.high,
+                    committed: c,
+                    lag_messages: lag,
+                    oldest_unapplied_commit_ms: None,
+                });
+            }
+            status
+                .partitions
+                .sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+            status.lag_messages = status.partitions.iter().map(|p| p.lag_messages).sum();
+            sinks.push(status);
+        }
+        (sinks, peek)
     }
 
     /// Every table's phase and the audit counts, when a back-sync is configured (the forward
