@@ -52,26 +52,112 @@ fn parse_time(field: &str, s: &str) -> Result<i64> {
         .map_err(|e| Error::config(format!("{field}: {s:?} is not RFC 3339 or Unix ms ({e})")))
 }
 
+/// Per partition: the first offset to re-apply and the first not to.
+struct Span {
+    starts: HashMap<(String, i32), i64>,
+    ends: HashMap<(String, i32), i64>,
+}
+
+impl Span {
+    fn events(&self, k: &(String, i32), start: i64) -> i64 {
+        self.ends.get(k).copied().unwrap_or(start) - start
+    }
+}
+
 pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let cfg = load_config(cli)?;
     let (i, sink_cfg) = cfg.sink_at(&args.sink)?;
     let sink_cfg = sink_cfg.clone();
-    let registry = RegistryClient::new(&cfg.registry)?;
-    let captured = captured_topics(&cfg, &registry).await?;
-    let topics: Vec<String> = if args.topics.is_empty() {
-        captured
-    } else {
-        for t in &args.topics {
-            if !captured.contains(t) {
-                return Err(Error::config(format!(
-                    "--topic {t}: not a captured topic of this pipeline (known: {captured:?})"
-                )));
-            }
-        }
-        args.topics.clone()
-    };
+    let topics = select_topics(&cfg, args).await?;
     let inspector = Inspector::new(&cfg.kafka)?;
-    let marks = inspector.watermarks(&topics).await?;
+    let span = span(&inspector, &topics, args).await?;
+    let total = print_plan(&span);
+    if args.dry_run {
+        println!("dry run: nothing changed");
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    // Exclusive lock (refused while the sink runs), reset, audit.
+    let mut control = Endpoint::of_sink(&sink_cfg, i).connect().await?;
+    crate::state::ensure_target(&control).await?;
+    let group = sink_cfg.group_id(&cfg.name);
+    replay::hold_exclusive(&control, &args.sink, &group).await?;
+    let tables: Vec<String> = crate::state::progress::truncates(&control, &args.sink)
+        .await?
+        .into_keys()
+        .filter(|t| {
+            let topic = crate::kafka::topic::for_table(
+                &cfg.topic_prefix,
+                &crate::apply::mapping::table_id(t),
+            );
+            topics.contains(&topic)
+        })
+        .collect();
+    let spec = spec_of(args);
+    let audit = crate::state::progress::reset(
+        &mut control,
+        &args.sink,
+        &span.starts,
+        &tables,
+        (&super::operator(), &spec, total),
+    )
+    .await?;
+    if let Err(e) = inspector.commit(&group, &span.starts).await {
+        tracing::warn!(error = %e, "could not move the group's committed offsets (lag will read high until the first batch)");
+    }
+    tracing::info!(sink = %args.sink, %spec, events = total, "replay started");
+
+    // Run the sink, bounded, until every partition's progress reaches its end.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let sink = crate::backsync::start_sink(
+        &cfg,
+        &args.sink,
+        Readiness::new(),
+        Some(Bounds {
+            topics: topics.clone(),
+            end: span.ends.clone(),
+        }),
+    )
+    .await?;
+    let task = tokio::spawn(sink.run(stop));
+    let started = Instant::now();
+    if !wait_for_end(&control, &args.sink, &span, total, started, &task).await? {
+        task.await
+            .map_err(|e| Error::internal(format!("sink task: {e}")))??;
+        return Err(Error::internal("the replay's sink stopped before the end"));
+    }
+    let _ = stop_tx.send(true);
+    task.await
+        .map_err(|e| Error::internal(format!("sink task: {e}")))??;
+    crate::state::progress::finish(&control, audit).await?;
+    println!(
+        "replayed {total} events into sink {} in {:.1}s (audit id {audit})",
+        args.sink,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The topics to replay: `--topic`s (each must be captured), else every captured topic.
+async fn select_topics(cfg: &crate::config::Config, args: &Args) -> Result<Vec<String>> {
+    let registry = RegistryClient::new(&cfg.registry)?;
+    let captured = captured_topics(cfg, &registry).await?;
+    if args.topics.is_empty() {
+        return Ok(captured);
+    }
+    for t in &args.topics {
+        if !captured.contains(t) {
+            return Err(Error::config(format!(
+                "--topic {t}: not a captured topic of this pipeline (known: {captured:?})"
+            )));
+        }
+    }
+    Ok(args.topics.clone())
+}
+
+/// Start and end offsets of every partition of `topics` for the requested window.
+async fn span(inspector: &Inspector, topics: &[String], args: &Args) -> Result<Span> {
+    let marks = inspector.watermarks(topics).await?;
     let mut tps = Vec::new();
     let mut low_high = HashMap::new();
     for (t, parts) in &marks {
@@ -108,16 +194,21 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
             inspector.offsets_for_time(&tps, ts + 1).await?
         }
     };
-    let starts: HashMap<(String, i32), i64> = starts
+    let starts = starts
         .into_iter()
         .map(|(k, s)| {
             let e = ends.get(&k).copied().unwrap_or(s);
             (k, s.min(e))
         })
         .collect();
+    Ok(Span { starts, ends })
+}
+
+/// Print the events to replay per topic; returns the total.
+fn print_plan(span: &Span) -> i64 {
     let mut per_topic: BTreeMap<String, i64> = BTreeMap::new();
-    for (k, s) in &starts {
-        *per_topic.entry(k.0.clone()).or_default() += ends.get(k).copied().unwrap_or(*s) - s;
+    for (k, s) in &span.starts {
+        *per_topic.entry(k.0.clone()).or_default() += span.events(k, *s);
     }
     let total: i64 = per_topic.values().sum();
     println!("{:<60} {:>12}", "TOPIC", "EVENTS");
@@ -125,77 +216,44 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         println!("{t:<60} {n:>12}");
     }
     println!("{:<60} {:>12}", "total", total);
-    if args.dry_run {
-        println!("dry run: nothing changed");
-        return Ok(ExitCode::SUCCESS);
-    }
+    total
+}
 
-    // Exclusive lock (refused while the sink runs), reset, audit.
-    let endpoint = Endpoint::of_sink(&sink_cfg, i);
-    let mut control = endpoint.connect().await?;
-    crate::state::ensure_target(&control).await?;
-    let group = sink_cfg.group_id(&cfg.name);
-    replay::hold_exclusive(&control, &args.sink, &group).await?;
-    let tables: Vec<String> = crate::state::progress::truncates(&control, &args.sink)
-        .await?
-        .into_keys()
-        .filter(|t| {
-            let topic = crate::kafka::topic::for_table(
-                &cfg.topic_prefix,
-                &crate::apply::mapping::table_id(t),
-            );
-            topics.contains(&topic)
-        })
-        .collect();
-    let spec = format!(
-        "from {} to {}",
-        if args.from_beginning {
-            "beginning".to_string()
-        } else if let Some(o) = args.from_offset {
-            format!("offset {o}")
-        } else {
-            format!(
-                "timestamp {}",
-                args.from_timestamp.clone().unwrap_or_default()
-            )
-        },
-        args.to_timestamp.clone().unwrap_or_else(|| "end".into())
-    );
-    let audit = crate::state::progress::reset(
-        &mut control,
-        &args.sink,
-        &starts,
-        &tables,
-        (&super::operator(), &spec, total),
-    )
-    .await?;
-    if let Err(e) = inspector.commit(&group, &starts).await {
-        tracing::warn!(error = %e, "could not move the group's committed offsets (lag will read high until the first batch)");
-    }
-    tracing::info!(sink = %args.sink, %spec, events = total, "replay started");
+/// The window as recorded in the audit (`from offset 10 to end`).
+fn spec_of(args: &Args) -> String {
+    let from = if args.from_beginning {
+        "beginning".to_string()
+    } else if let Some(o) = args.from_offset {
+        format!("offset {o}")
+    } else {
+        format!(
+            "timestamp {}",
+            args.from_timestamp.clone().unwrap_or_default()
+        )
+    };
+    let to = args.to_timestamp.clone().unwrap_or_else(|| "end".into());
+    format!("from {from} to {to}")
+}
 
-    // Run the sink, bounded, until every partition's progress reaches its end.
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let sink = crate::backsync::start_sink(
-        &cfg,
-        &args.sink,
-        Readiness::new(),
-        Some(Bounds {
-            topics: topics.clone(),
-            end: ends.clone(),
-        }),
-    )
-    .await?;
-    let task = tokio::spawn(sink.run(stop));
-    let started = Instant::now();
+/// Report progress until every partition's stored progress reaches its end (`true`), or the
+/// sink stops first (`false`).
+async fn wait_for_end(
+    control: &tokio_postgres::Client,
+    sink: &str,
+    span: &Span,
+    total: i64,
+    started: Instant,
+    task: &tokio::task::JoinHandle<Result<()>>,
+) -> Result<bool> {
     let tty = std::io::stderr().is_terminal();
     let mut last_line = Instant::now() - Duration::from_secs(60);
     loop {
-        let progress = crate::state::progress::progress(&control, &args.sink).await?;
-        let done: i64 = starts
+        let progress = crate::state::progress::progress(control, sink).await?;
+        let done: i64 = span
+            .starts
             .iter()
             .map(|(k, s)| {
-                let e = ends.get(k).copied().unwrap_or(*s);
+                let e = span.ends.get(k).copied().unwrap_or(*s);
                 progress
                     .get(k)
                     .map(|p| p.next_offset.clamp(*s, e) - s)
@@ -203,7 +261,7 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
             })
             .sum();
         let (_, text) = super::progress(done, total, 0, started, "events");
-        let line = format!("replay {}: {text}", args.sink);
+        let line = format!("replay {sink}: {text}");
         if tty {
             eprint!("\r{line}   ");
         } else if last_line.elapsed() >= Duration::from_secs(5) || done >= total {
@@ -211,28 +269,14 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
             last_line = Instant::now();
         }
         if done >= total {
-            break;
+            if tty {
+                eprintln!();
+            }
+            return Ok(true);
         }
         if task.is_finished() {
-            let r = task
-                .await
-                .map_err(|e| Error::internal(format!("sink task: {e}")))?;
-            r?;
-            return Err(Error::internal("the replay's sink stopped before the end"));
+            return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    if tty {
-        eprintln!();
-    }
-    let _ = stop_tx.send(true);
-    task.await
-        .map_err(|e| Error::internal(format!("sink task: {e}")))??;
-    crate::state::progress::finish(&control, audit).await?;
-    println!(
-        "replayed {total} events into sink {} in {:.1}s (audit id {audit})",
-        args.sink,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(ExitCode::SUCCESS)
 }
