@@ -7,6 +7,8 @@
 //! [`ErrorKind`]: crate::error::ErrorKind
 
 // ---- label keys ----
+use metrics::Unit;
+
 pub const LABEL_VERSION: &str = "version";
 pub const LABEL_REVISION: &str = "revision";
 pub const LABEL_COMMAND: &str = "command";
@@ -138,163 +140,70 @@ pub const BATCH_EVENTS_BUCKETS: &[f64] = &[
     1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 50000.0,
 ];
 
+/// What kind of series a name is.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every series cutover exports, with its unit and help text (`# HELP` lines).
+const HELP: &[(Kind, &str, Option<Unit>, &str)] = &[
+    (Kind::Gauge, BUILD_INFO, None, "Build information: always 1, with version and git revision labels."),
+    (Kind::Gauge, UP, None, "1 while the cutover process runs; label command is the subcommand."),
+    (Kind::Counter, CAPTURE_EVENTS_TOTAL, None, "Change events published, by table and op."),
+    (Kind::Counter, CAPTURE_BYTES_TOTAL, None, "Bytes of encoded event values published, by table."),
+    (Kind::Counter, CAPTURE_TRANSACTIONS_TOTAL, None, "Source transactions captured."),
+    (Kind::Gauge, CAPTURE_LAG_SECONDS, None, "Seconds between now and the commit time of the last fully acknowledged transaction."),
+    (Kind::Gauge, CAPTURE_CONFIRMED_POSITION_BYTES, Some(Unit::Bytes), "LSN last confirmed to PostgreSQL by capture, as a byte position."),
+    (Kind::Gauge, CAPTURE_PRODUCER_QUEUE_MESSAGES, None, "Messages produced and not yet acknowledged by Kafka."),
+    (Kind::Counter, CAPTURE_PRODUCER_ERRORS_TOTAL, None, "Failed Kafka deliveries."),
+    (Kind::Counter, CAPTURE_DLQ_EVENTS_TOTAL, None, "Rows the codec cannot represent, sent to the capture dead-letter topic, by table."),
+    (Kind::Counter, SINK_EVENTS_APPLIED_TOTAL, None, "Events applied to the sink's target, by table and op."),
+    (Kind::Histogram, SINK_BATCH_EVENTS, None, "Events per applied batch."),
+    (Kind::Histogram, SINK_BATCH_DURATION_SECONDS, Some(Unit::Seconds), "Time to apply one batch, decode to COMMIT."),
+    (Kind::Histogram, SINK_LATENCY_SECONDS, Some(Unit::Seconds), "End-to-end latency: source commit to applied in the target."),
+    (Kind::Counter, SINK_DUPLICATES_SKIPPED_TOTAL, None, "Events skipped because the target already had them (re-sent or re-read)."),
+    (Kind::Counter, SINK_DLQ_EVENTS_TOTAL, None, "Events sent to the sink's dead-letter topic."),
+    (Kind::Counter, SINK_RETRIES_TOTAL, None, "Batch retries after transient errors, by kind."),
+    (Kind::Counter, SINK_ERRORS_TOTAL, None, "Sink errors, by kind."),
+    (Kind::Gauge, SINK_LAG_MESSAGES, None, "Messages not yet applied: high watermark minus next offset, per partition."),
+    (Kind::Gauge, SINK_LAST_APPLIED_COMMIT_SECONDS, None, "Source commit time (Unix seconds) of the newest applied event."),
+    (Kind::Gauge, SINK_LAG_SECONDS, Some(Unit::Seconds), "Age of the sink's oldest unapplied event (now minus its source commit time); 0 without lag."),
+    (Kind::Gauge, SLOT_ACTIVE, None, "1 if the replication slot exists and capture streams from it."),
+    (Kind::Gauge, SLOT_WAL_RETAINED_BYTES, Some(Unit::Bytes), "WAL the replication slot keeps on the source (current WAL position minus restart_lsn)."),
+    (Kind::Gauge, SLOT_PENDING_BYTES, Some(Unit::Bytes), "WAL written on the source and not yet confirmed by capture."),
+    (Kind::Gauge, SLOT_CONFIRMED_POSITION_BYTES, Some(Unit::Bytes), "The slot's confirmed_flush_lsn as a byte position."),
+    (Kind::Gauge, SOURCE_WAL_POSITION_BYTES, Some(Unit::Bytes), "The source's current WAL position as a byte position; rises while the source writes."),
+    (Kind::Gauge, DLQ_MESSAGES, None, "Events held in a dead-letter topic (high minus low watermark), by dlq (capture or sink)."),
+    (Kind::Counter, MONITOR_PROBES_TOTAL, None, "Monitor probes, by outcome."),
+    (Kind::Counter, BACKFILL_ROWS_TOTAL, None, "Rows backfilled as op=r events, counted when Kafka acknowledged their chunk."),
+    (Kind::Gauge, BACKFILL_ROWS_ESTIMATED, None, "Rows the table was estimated to hold when its backfill started."),
+    (Kind::Gauge, BACKFILL_ETA_SECONDS, Some(Unit::Seconds), "Estimated time until the table's backfill is done."),
+    (Kind::Counter, VERIFY_CHUNKS_TOTAL, None, "Chunks verify compared, by outcome."),
+    (Kind::Counter, VERIFY_ROWS_TOTAL, None, "Source rows covered by verify."),
+    (Kind::Gauge, VERIFY_DIFFERENCES, None, "Rows that differ between source and target in the last verify, by kind."),
+    (Kind::Gauge, VERIFY_PARITY_RATIO, None, "Equal rows over rows on either side in the last verify (1 = identical)."),
+    (Kind::Counter, SINK_CONFLICTS_TOTAL, None, "Conflicts (both sides changed a row in the dual phase) resolved, by policy and winner."),
+    (Kind::Counter, SINK_PHASE_SKIPPED_TOTAL, None, "Events not applied because the other side owns the table in its current phase."),
+    (Kind::Counter, CAPTURE_ECHOES_SUPPRESSED_TOTAL, None, "Row changes written by cutover itself (a cutover replication origin), dropped by capture."),
+    (Kind::Gauge, TABLE_PHASE, None, "1 for each table's current cutover phase (forward, dual, reverse), 0 for the others."),
+    (Kind::Counter, PHASE_CHANGES_TOTAL, None, "Phase changes recorded in the audit trail, by whether they were forced."),
+    (Kind::Histogram, MONITOR_PROBE_DURATION_SECONDS, Some(Unit::Seconds), "Time one monitor probe took."),
+    (Kind::Counter, REGISTRY_REGISTRATIONS_TOTAL, None, "Schema registrations handled by the embedded registry, by outcome."),
+];
+
 /// Register help texts with the recorder (shown as `# HELP` lines).
 pub fn describe_all() {
-    metrics::describe_gauge!(
-        BUILD_INFO,
-        "Build information: always 1, with version and git revision labels."
-    );
-    metrics::describe_gauge!(
-        UP,
-        "1 while the cutover process runs; label command is the subcommand."
-    );
-    metrics::describe_counter!(
-        CAPTURE_EVENTS_TOTAL,
-        "Change events published, by table and op."
-    );
-    metrics::describe_counter!(
-        CAPTURE_BYTES_TOTAL,
-        "Bytes of encoded event values published, by table."
-    );
-    metrics::describe_counter!(CAPTURE_TRANSACTIONS_TOTAL, "Source transactions captured.");
-    metrics::describe_gauge!(
-        CAPTURE_LAG_SECONDS,
-        "Seconds between now and the commit time of the last fully acknowledged transaction."
-    );
-    metrics::describe_gauge!(
-        CAPTURE_CONFIRMED_POSITION_BYTES,
-        metrics::Unit::Bytes,
-        "LSN last confirmed to PostgreSQL by capture, as a byte position."
-    );
-    metrics::describe_gauge!(
-        CAPTURE_PRODUCER_QUEUE_MESSAGES,
-        "Messages produced and not yet acknowledged by Kafka."
-    );
-    metrics::describe_counter!(CAPTURE_PRODUCER_ERRORS_TOTAL, "Failed Kafka deliveries.");
-    metrics::describe_counter!(
-        CAPTURE_DLQ_EVENTS_TOTAL,
-        "Rows the codec cannot represent, sent to the capture dead-letter topic, by table."
-    );
-    metrics::describe_counter!(
-        SINK_EVENTS_APPLIED_TOTAL,
-        "Events applied to the sink's target, by table and op."
-    );
-    metrics::describe_histogram!(SINK_BATCH_EVENTS, "Events per applied batch.");
-    metrics::describe_histogram!(
-        SINK_BATCH_DURATION_SECONDS,
-        metrics::Unit::Seconds,
-        "Time to apply one batch, decode to COMMIT."
-    );
-    metrics::describe_histogram!(
-        SINK_LATENCY_SECONDS,
-        metrics::Unit::Seconds,
-        "End-to-end latency: source commit to applied in the target."
-    );
-    metrics::describe_counter!(
-        SINK_DUPLICATES_SKIPPED_TOTAL,
-        "Events skipped because the target already had them (re-sent or re-read)."
-    );
-    metrics::describe_counter!(
-        SINK_DLQ_EVENTS_TOTAL,
-        "Events sent to the sink's dead-letter topic."
-    );
-    metrics::describe_counter!(
-        SINK_RETRIES_TOTAL,
-        "Batch retries after transient errors, by kind."
-    );
-    metrics::describe_counter!(SINK_ERRORS_TOTAL, "Sink errors, by kind.");
-    metrics::describe_gauge!(
-        SINK_LAG_MESSAGES,
-        "Messages not yet applied: high watermark minus next offset, per partition."
-    );
-    metrics::describe_gauge!(
-        SINK_LAST_APPLIED_COMMIT_SECONDS,
-        "Source commit time (Unix seconds) of the newest applied event."
-    );
-    metrics::describe_gauge!(
-        SINK_LAG_SECONDS,
-        metrics::Unit::Seconds,
-        "Age of the sink's oldest unapplied event (now minus its source commit time); 0 without lag."
-    );
-    metrics::describe_gauge!(
-        SLOT_ACTIVE,
-        "1 if the replication slot exists and capture streams from it."
-    );
-    metrics::describe_gauge!(
-        SLOT_WAL_RETAINED_BYTES,
-        metrics::Unit::Bytes,
-        "WAL the replication slot keeps on the source (current WAL position minus restart_lsn)."
-    );
-    metrics::describe_gauge!(
-        SLOT_PENDING_BYTES,
-        metrics::Unit::Bytes,
-        "WAL written on the source and not yet confirmed by capture."
-    );
-    metrics::describe_gauge!(
-        SLOT_CONFIRMED_POSITION_BYTES,
-        metrics::Unit::Bytes,
-        "The slot's confirmed_flush_lsn as a byte position."
-    );
-    metrics::describe_gauge!(
-        SOURCE_WAL_POSITION_BYTES,
-        metrics::Unit::Bytes,
-        "The source's current WAL position as a byte position; rises while the source writes."
-    );
-    metrics::describe_gauge!(
-        DLQ_MESSAGES,
-        "Events held in a dead-letter topic (high minus low watermark), by dlq (capture or sink)."
-    );
-    metrics::describe_counter!(MONITOR_PROBES_TOTAL, "Monitor probes, by outcome.");
-    metrics::describe_counter!(
-        BACKFILL_ROWS_TOTAL,
-        "Rows backfilled as op=r events, counted when Kafka acknowledged their chunk."
-    );
-    metrics::describe_gauge!(
-        BACKFILL_ROWS_ESTIMATED,
-        "Rows the table was estimated to hold when its backfill started."
-    );
-    metrics::describe_gauge!(
-        BACKFILL_ETA_SECONDS,
-        metrics::Unit::Seconds,
-        "Estimated time until the table's backfill is done."
-    );
-    metrics::describe_counter!(VERIFY_CHUNKS_TOTAL, "Chunks verify compared, by outcome.");
-    metrics::describe_counter!(VERIFY_ROWS_TOTAL, "Source rows covered by verify.");
-    metrics::describe_gauge!(
-        VERIFY_DIFFERENCES,
-        "Rows that differ between source and target in the last verify, by kind."
-    );
-    metrics::describe_gauge!(
-        VERIFY_PARITY_RATIO,
-        "Equal rows over rows on either side in the last verify (1 = identical)."
-    );
-    metrics::describe_counter!(
-        SINK_CONFLICTS_TOTAL,
-        "Conflicts (both sides changed a row in the dual phase) resolved, by policy and winner."
-    );
-    metrics::describe_counter!(
-        SINK_PHASE_SKIPPED_TOTAL,
-        "Events not applied because the other side owns the table in its current phase."
-    );
-    metrics::describe_counter!(
-        CAPTURE_ECHOES_SUPPRESSED_TOTAL,
-        "Row changes written by cutover itself (a cutover replication origin), dropped by capture."
-    );
-    metrics::describe_gauge!(
-        TABLE_PHASE,
-        "1 for each table's current cutover phase (forward, dual, reverse), 0 for the others."
-    );
-    metrics::describe_counter!(
-        PHASE_CHANGES_TOTAL,
-        "Phase changes recorded in the audit trail, by whether they were forced."
-    );
-    metrics::describe_histogram!(
-        MONITOR_PROBE_DURATION_SECONDS,
-        metrics::Unit::Seconds,
-        "Time one monitor probe took."
-    );
-    metrics::describe_counter!(
-        REGISTRY_REGISTRATIONS_TOTAL,
-        "Schema registrations handled by the embedded registry, by outcome."
-    );
+    for &(kind, name, unit, help) in HELP {
+        match (kind, unit) {
+            (Kind::Counter, Some(u)) => metrics::describe_counter!(name, u, help),
+            (Kind::Counter, None) => metrics::describe_counter!(name, help),
+            (Kind::Gauge, Some(u)) => metrics::describe_gauge!(name, u, help),
+            (Kind::Gauge, None) => metrics::describe_gauge!(name, help),
+            (Kind::Histogram, Some(u)) => metrics::describe_histogram!(name, u, help),
+            (Kind::Histogram, None) => metrics::describe_histogram!(name, help),
+        }
+    }
 }
