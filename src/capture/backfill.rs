@@ -38,6 +38,7 @@ use crate::config::Config;
 use crate::database::ident::{literal as lit, qualified, quote};
 use crate::error::{Error, Result};
 use crate::event::TableId;
+use crate::state::backfill;
 
 /// Prefix of the watermark messages.
 pub const WATERMARK_PREFIX: &str = "cutover.backfill";
@@ -141,17 +142,9 @@ pub async fn coordinate(cfg: Config, shared: Arc<Shared>) {
             };
         }
         if let Some(c) = &client {
-            match c
-                .query(
-                    "SELECT table_name FROM cutover.backfill
-                     WHERE pipeline = $1 AND state IN ('pending', 'running') ORDER BY requested_at",
-                    &[&cfg.name],
-                )
-                .await
-            {
-                Ok(rows) => {
-                    for r in rows {
-                        let table: String = r.get(0);
+            match backfill::open_requests(c, &cfg.name).await {
+                Ok(tables) => {
+                    for table in tables {
                         if running.contains_key(&table)
                             || running.len() >= cfg.source.backfill_concurrency.max(1)
                         {
@@ -236,79 +229,65 @@ async fn layout(
     Ok((key, cols, types))
 }
 
-/// Backfill one table from its stored position to the end.
-async fn run_table(cfg: &Config, shared: &Shared, table: &str) -> Result<()> {
-    let c = connect(cfg).await?;
-    let t = crate::apply::mapping::table_id(table);
-    let (key, cols, key_types) = layout(&c, cfg, &t).await?;
-    let key_idx: Vec<usize> = key
-        .iter()
-        .map(|k| cols.iter().position(|c| c == k).unwrap_or(0))
-        .collect();
-    let row = c
-        .query_one(
-            "UPDATE cutover.backfill SET state = 'running', updated_at = now()
-             WHERE pipeline = $1 AND table_name = $2
-             RETURNING last_key, chunk_rows, rows_per_sec, rows_done, rows_estimated",
-            &[&cfg.name, &table],
-        )
-        .await
-        .map_err(|e| Error::postgres("claiming the backfill request", e))?;
-    let mut last: Option<Vec<String>> = row.get(0);
-    let chunk_rows: i32 = row.get(1);
-    let per_sec: i32 = row.get(2);
-    let mut done_rows: i64 = row.get(3);
-    let estimated: i64 = row.get(4);
-    super::metrics::backfill_estimated(table, estimated);
-    tracing::info!(table, chunk_rows, rows_per_sec = per_sec, resume_after = ?last, "backfill started");
-    let started = Instant::now();
-    let mut this_run = 0i64;
-    let select_cols: Vec<String> = cols.iter().map(|c| quote(c)).collect();
-    let key_row = format!(
-        "ROW({})",
-        key.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
-    );
-    loop {
-        let id = next_id();
-        let mark = |m: &str| {
-            format!(
-                "SELECT pg_logical_emit_message(true, {}, {})",
-                lit(WATERMARK_PREFIX),
-                lit(&format!("{id} {m} {table}"))
-            )
+/// One table's chunk reads: keyset pagination in key order, in the replication session's
+/// text formats, so chunk rows encode exactly like stream rows.
+struct Chunks {
+    c: Client,
+    /// The table as requested (`schema.table`), named in the watermarks.
+    name: String,
+    table: TableId,
+    key: Vec<String>,
+    key_types: Vec<String>,
+    /// Position of each key column among `cols`.
+    key_idx: Vec<usize>,
+    cols: Vec<String>,
+    chunk_rows: i32,
+}
+
+impl Chunks {
+    /// Up to `chunk_rows` rows after `last` (a key, in key order), and the last one's key.
+    async fn read(
+        &self,
+        last: &Option<Vec<String>>,
+    ) -> Result<(Vec<Vec<Datum>>, Option<Vec<String>>)> {
+        let list = |names: &[String]| {
+            names
+                .iter()
+                .map(|k| quote(k))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
-        c.simple_query(&mark("low"))
-            .await
-            .map_err(|e| Error::postgres("writing the low watermark", e))?;
-        let after = match &last {
+        let after = match last {
             None => "true".to_string(),
             Some(vals) => {
                 // Compare in the key columns' own types, not as text.
                 let typed: Vec<String> = vals
                     .iter()
-                    .zip(&key_types)
+                    .zip(&self.key_types)
                     .map(|(v, ty)| format!("{}::{ty}", lit(v)))
                     .collect();
-                format!("{key_row} > ROW({})", typed.join(", "))
+                format!("ROW({}) > ROW({})", list(&self.key), typed.join(", "))
             }
         };
         let sql = format!(
-            "SELECT {} FROM {} WHERE {after} ORDER BY {} LIMIT {chunk_rows}",
-            select_cols.join(", "),
-            qualified(&t),
-            key.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
+            "SELECT {} FROM {} WHERE {after} ORDER BY {} LIMIT {}",
+            list(&self.cols),
+            qualified(&self.table),
+            list(&self.key),
+            self.chunk_rows
         );
         let mut rows: Vec<Vec<Datum>> = Vec::new();
         let mut last_key: Option<Vec<String>> = None;
-        for m in c
+        for m in self
+            .c
             .simple_query(&sql)
             .await
-            .map_err(|e| Error::postgres(format!("reading a chunk of {t}"), e))?
+            .map_err(|e| Error::postgres(format!("reading a chunk of {}", self.table), e))?
         {
             if let SimpleQueryMessage::Row(r) = m {
                 let vals: Vec<Option<&str>> = (0..r.len()).map(|i| r.get(i)).collect();
                 last_key = Some(
-                    key_idx
+                    self.key_idx
                         .iter()
                         .map(|&i| vals[i].unwrap_or_default().to_string())
                         .collect(),
@@ -323,6 +302,54 @@ async fn run_table(cfg: &Config, shared: &Shared, table: &str) -> Result<()> {
                 );
             }
         }
+        Ok((rows, last_key))
+    }
+
+    /// The low or high watermark of chunk `id`, as a transactional logical message.
+    async fn watermark(&self, id: u64, which: &str) -> Result<()> {
+        let sql = format!(
+            "SELECT pg_logical_emit_message(true, {}, {})",
+            lit(WATERMARK_PREFIX),
+            lit(&format!("{id} {which} {}", self.name))
+        );
+        self.c
+            .simple_query(&sql)
+            .await
+            .map_err(|e| Error::postgres(format!("writing the {which} watermark"), e))?;
+        Ok(())
+    }
+}
+
+/// Backfill one table from its stored position to the end.
+async fn run_table(cfg: &Config, shared: &Shared, table: &str) -> Result<()> {
+    let c = connect(cfg).await?;
+    let t = crate::apply::mapping::table_id(table);
+    let (key, cols, key_types) = layout(&c, cfg, &t).await?;
+    let key_idx: Vec<usize> = key
+        .iter()
+        .map(|k| cols.iter().position(|c| c == k).unwrap_or(0))
+        .collect();
+    let claim = backfill::claim(&c, &cfg.name, table).await?;
+    let (mut last, per_sec, estimated) = (claim.last_key, claim.rows_per_sec, claim.rows_estimated);
+    let mut done_rows = claim.rows_done;
+    super::metrics::backfill_estimated(table, estimated);
+    tracing::info!(table, chunk_rows = claim.chunk_rows, rows_per_sec = per_sec, resume_after = ?last, "backfill started");
+    let chunks = Chunks {
+        c,
+        name: table.to_string(),
+        table: t.clone(),
+        key,
+        key_types,
+        key_idx,
+        cols,
+        chunk_rows: claim.chunk_rows,
+    };
+    let started = Instant::now();
+    let mut this_run = 0i64;
+    loop {
+        let id = next_id();
+        chunks.watermark(id, "low").await?;
+        let (rows, last_key) = chunks.read(&last).await?;
         let n = rows.len() as i64;
         let (tx, rx) = oneshot::channel();
         shared.put(
@@ -333,38 +360,15 @@ async fn run_table(cfg: &Config, shared: &Shared, table: &str) -> Result<()> {
                 done: tx,
             },
         );
-        c.simple_query(&mark("high"))
-            .await
-            .map_err(|e| Error::postgres("writing the high watermark", e))?;
-        // The chunk is durable in Kafka once capture's acker confirmed high's transaction.
-        tokio::time::timeout(Duration::from_secs(600), rx)
-            .await
-            .map_err(|_| {
-                Error::new(
-                    crate::ErrorKind::Timeout,
-                    "chunk not acknowledged within 600 s",
-                )
-            })?
-            .map_err(|_| {
-                Error::new(
-                    crate::ErrorKind::Unavailable,
-                    "capture stopped before the chunk was acknowledged",
-                )
-            })?;
+        chunks.watermark(id, "high").await?;
+        acknowledged(rx).await?;
         done_rows += n;
         this_run += n;
         if last_key.is_some() {
             last = last_key;
         }
-        let finished = n < chunk_rows as i64;
-        c.execute(
-            "UPDATE cutover.backfill SET last_key = $3, rows_done = $4, chunks_done = chunks_done + 1,
-                    state = CASE WHEN $5 THEN 'done' ELSE 'running' END, updated_at = now()
-             WHERE pipeline = $1 AND table_name = $2",
-            &[&cfg.name, &table, &last, &done_rows, &finished],
-        )
-        .await
-        .map_err(|e| Error::postgres("saving backfill progress", e))?;
+        let finished = n < chunks.chunk_rows as i64;
+        backfill::save_chunk(&chunks.c, &cfg.name, table, &last, done_rows, finished).await?;
         let rate = this_run as f64 / started.elapsed().as_secs_f64().max(0.001);
         let eta = if rate > 0.0 {
             (estimated - done_rows).max(0) as f64 / rate
@@ -389,6 +393,25 @@ async fn run_table(cfg: &Config, shared: &Shared, table: &str) -> Result<()> {
             }
         }
     }
+}
+
+/// The chunk is durable in Kafka once capture's acker confirmed its high watermark's
+/// transaction.
+async fn acknowledged(rx: oneshot::Receiver<()>) -> Result<()> {
+    tokio::time::timeout(Duration::from_secs(600), rx)
+        .await
+        .map_err(|_| {
+            Error::new(
+                crate::ErrorKind::Timeout,
+                "chunk not acknowledged within 600 s",
+            )
+        })?
+        .map_err(|_| {
+            Error::new(
+                crate::ErrorKind::Unavailable,
+                "capture stopped before the chunk was acknowledged",
+            )
+        })
 }
 
 /// Open watermark windows of the stream: chunk id → (table, encoded keys changed since low).

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::{load_config, Cli};
 use crate::error::{Error, Result};
+use crate::state::backfill;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -43,44 +44,17 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         tables = crate::capture::setup::captured_tables(&cfg, &src).await?;
     }
     for t in &tables {
-        let q = crate::database::ident::qualified(&crate::apply::mapping::table_id(t));
-        let est: Option<i64> = src
-            .query_one(
-                "SELECT greatest(reltuples::bigint, 0) FROM pg_class WHERE oid = to_regclass($1)",
-                &[&q],
-            )
-            .await
-            .map_err(|e| Error::postgres(format!("estimating rows of {t}"), e))?
-            .get(0);
-        let est = match est {
-            None => {
-                return Err(Error::config(format!(
-                    "--table {t}: no such table on the source"
-                )))
-            }
-            // Never analysed: count (fine for the tables a backfill is cheap for anyway).
-            Some(0) => src
-                .query_one(&format!("SELECT count(*) FROM {q}"), &[])
-                .await
-                .map(|r| r.get(0))
-                .unwrap_or(0),
-            Some(n) => n,
-        };
-        src.execute(
-            "INSERT INTO cutover.backfill (pipeline, table_name, state, chunk_rows, rows_per_sec, rows_estimated)
-             VALUES ($1, $2, 'pending', $3, $4, $5)
-             ON CONFLICT (pipeline, table_name) DO UPDATE SET
-               chunk_rows = EXCLUDED.chunk_rows, rows_per_sec = EXCLUDED.rows_per_sec,
-               rows_estimated = EXCLUDED.rows_estimated, requested_at = now(), error = NULL,
-               state = CASE WHEN $6 OR cutover.backfill.state = 'failed'
-                            THEN 'pending' ELSE cutover.backfill.state END,
-               last_key = CASE WHEN $6 THEN NULL ELSE cutover.backfill.last_key END,
-               rows_done = CASE WHEN $6 THEN 0 ELSE cutover.backfill.rows_done END,
-               chunks_done = CASE WHEN $6 THEN 0 ELSE cutover.backfill.chunks_done END",
-            &[&cfg.name, t, &args.chunk_rows, &args.rows_per_sec, &est, &args.restart],
+        let est = estimate(&src, t).await?;
+        backfill::request(
+            &src,
+            &cfg.name,
+            t,
+            args.chunk_rows,
+            args.rows_per_sec,
+            est,
+            args.restart,
         )
-        .await
-        .map_err(|e| Error::postgres("recording the backfill request", e))?;
+        .await?;
     }
     println!(
         "backfill requested for {} table(s): {}",
@@ -90,26 +64,58 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     if args.no_wait {
         return Ok(ExitCode::SUCCESS);
     }
-    let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
+    wait_until_done(&src, &cfg.name, &tables, started).await?;
+    println!(
+        "backfill done: {} table(s) in {:.1}s",
+        tables.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The table's row estimate (the planner's, or a count when it was never analysed).
+async fn estimate(src: &tokio_postgres::Client, t: &str) -> Result<i64> {
+    let q = crate::database::ident::qualified(&crate::apply::mapping::table_id(t));
+    let est: Option<i64> = src
+        .query_one(
+            "SELECT greatest(reltuples::bigint, 0) FROM pg_class WHERE oid = to_regclass($1)",
+            &[&q],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("estimating rows of {t}"), e))?
+        .get(0);
+    Ok(match est {
+        None => {
+            return Err(Error::config(format!(
+                "--table {t}: no such table on the source"
+            )))
+        }
+        // Never analysed: count (fine for the tables a backfill is cheap for anyway).
+        Some(0) => src
+            .query_one(&format!("SELECT count(*) FROM {q}"), &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0),
+        Some(n) => n,
+    })
+}
+
+/// Show a progress bar until every table's backfill is done.
+async fn wait_until_done(
+    src: &tokio_postgres::Client,
+    pipeline: &str,
+    tables: &[String],
+    started: Instant,
+) -> Result<()> {
+    let tty = std::io::stderr().is_terminal();
     let mut first: Option<i64> = None;
     let mut last_line = Instant::now() - Duration::from_secs(60);
     loop {
-        let rows = src
-            .query(
-                "SELECT table_name, state, rows_done, rows_estimated, error FROM cutover.backfill
-                 WHERE pipeline = $1 AND table_name = ANY($2) ORDER BY table_name",
-                &[&cfg.name, &tables],
-            )
-            .await
-            .map_err(|e| Error::postgres("reading backfill progress", e))?;
-        let done: i64 = rows.iter().map(|r| r.get::<_, i64>(2)).sum();
-        let est: i64 = rows
-            .iter()
-            .map(|r| r.get::<_, i64>(3))
-            .sum::<i64>()
-            .max(done);
-        let finished = rows.iter().all(|r| r.get::<_, String>(1) == "done");
+        let rows = backfill::status(src, pipeline, tables).await?;
+        let done: i64 = rows.iter().map(|r| r.rows_done).sum();
+        let est: i64 = rows.iter().map(|r| r.rows_estimated).sum::<i64>().max(done);
+        let finished = rows.iter().all(|r| r.state == "done");
         let base = *first.get_or_insert(done);
         let (pct, text) = super::progress(done, est, base, started, "rows");
         let width = 30usize;
@@ -126,17 +132,11 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
             last_line = Instant::now();
         }
         if finished {
-            break;
+            if tty {
+                eprintln!();
+            }
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    if tty {
-        eprintln!();
-    }
-    println!(
-        "backfill done: {} table(s) in {:.1}s",
-        tables.len(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! The `cutover.*` state tables: every one of them, its DDL, and where it lives. This module
 //! is their one owner; the SQL that reads and writes a sink's progress is in [`progress`],
-//! the phases and their audit trail in [`phases`]; the conflict rows are written by
+//! the phases and their audit trail in [`phases`], backfill requests and progress in
+//! [`backfill`]; the conflict rows are written by
 //! `backsync::conflict` (their shape is the conflict record's) through the tables defined here.
 //!
 //! ```text
@@ -17,6 +18,7 @@
 //!
 //! All DDL is idempotent (`IF NOT EXISTS`) and runs at start-up of whoever needs the tables.
 
+pub mod backfill;
 pub mod phases;
 pub mod progress;
 
