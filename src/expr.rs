@@ -351,6 +351,9 @@ impl Expr {
     }
 
     /// Evaluate against a row (`col` → text value or NULL).
+    ///
+    /// Long on purpose: one arm per form of the language (the table in the module docs), with
+    /// SQL's NULL rules spelled out in each.
     pub fn eval(
         &self,
         col: &dyn Fn(&str) -> Option<Option<String>>,

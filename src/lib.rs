@@ -24,13 +24,33 @@
 //! 6. Bad data is parked in a dead-letter topic, never dropped.
 //! 7. Memory is bounded by configuration, not by input.
 //!
+//! The house, from the top floor down (a module imports only modules below it; `farm-studio
+//! look` draws it, with no circles):
+//!
+//! ```text
+//!   cli                      subcommands: the only wiring layer
+//!   monitor                  lag and slot growth observed from outside, the health verdict
+//!   backsync                 roles, the write guard of a back-sync sink, the phase gate, conflicts
+//!   capture   verify         the source half of the pipeline; old-vs-new comparison
+//!   apply                    the target half: consumer → decode → schema → plan → write
+//!   deadletter               parked records, one shape for capture and sinks
+//!   kafka  database  state   Kafka clients and topic names; PostgreSQL endpoints, identifiers,
+//!   registry  codec          catalog, origins; the cutover.* state tables; schemas and Avro
+//!   config  observe  retry   typed config; metrics and health; the one retry policy
+//!   error  event  expr       leaves: the error type, the shared vocabulary, mapping expressions
+//! ```
+//!
 //! Modules: [`config`] (typed config, validation, redaction), [`error`] + [`retry`] (one
-//! error type, one retry policy), [`database`] (SQL connections), [`kafka`] (clients, topics,
-//! error classes, read-only inspection), [`registry`] (schema-registry client and embedded
-//! server), [`capture`] and [`apply`] (the two halves of the pipeline), [`backsync`]
-//! (origins, phases, gate, conflicts: what makes the reverse direction safe), [`monitor`] (lag and
-//! slot growth observed from outside, the health verdict), [`observe`] (metrics, health
-//! endpoints, logging), [`cli`] (subcommands; the only wiring layer).
+//! error type with its peer-code classification, one retry policy and loop), [`event`] (LSNs,
+//! ops, table ids, sides), [`expr`] (the mapping expression language), [`database`]
+//! (endpoints, identifiers and literals, catalog facts, replication origins), [`state`] (every
+//! `cutover.*` table: DDL and SQL), [`kafka`] (clients, topic names, error classes, read-only
+//! inspection), [`registry`] (schema-registry client and embedded server), [`codec`] (Avro
+//! schemas and encodings), [`deadletter`] (parking bad records), [`capture`] and [`apply`]
+//! (the two halves of the pipeline), [`verify`] (chunked checksums and bisection),
+//! [`backsync`] (roles, guard, gate, conflicts: what makes the reverse direction safe),
+//! [`monitor`] (lag and slot growth observed from outside, the health verdict), [`observe`]
+//! (metrics, health endpoints, logging), [`cli`] (subcommands; the only wiring layer).
 
 pub mod apply;
 pub mod backsync;

@@ -258,6 +258,9 @@ fn envelope(v: Value, vs: &Arc<WriterSchema>, key_columns: Vec<String>) -> Resul
 }
 
 /// Render an Avro value as PostgreSQL text input (`None` = SQL NULL).
+///
+/// Long on purpose: one arm per Avro type and logical type the codec writes, each next to the
+/// PostgreSQL text form it must produce; splitting it would scatter that table.
 pub fn render(v: &Value, avro: &Json) -> std::result::Result<Option<String>, String> {
     let avro = strip_null(avro);
     // Raw ints/longs/bytes with a logical type (as the codec builds them) read like the typed

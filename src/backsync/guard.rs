@@ -187,11 +187,7 @@ impl WriteGuard for RoleGuard {
 /// Last-writer-wins compares commit timestamps, which PostgreSQL keeps only with
 /// `track_commit_timestamp = on`.
 async fn require_commit_timestamps(client: &Client, field: &str) -> Result<()> {
-    let on: String = client
-        .query_one("SELECT current_setting('track_commit_timestamp')", &[])
-        .await
-        .map_err(|e| Error::postgres("reading track_commit_timestamp", e))?
-        .get(0);
+    let on = crate::database::setting(client, "track_commit_timestamp").await?;
     if on != "on" {
         return Err(Error::new(
             ErrorKind::Environment,

@@ -16,8 +16,8 @@
 //!
 //! Invariants:
 //! - **No echo.** Every sink writes inside a replication-origin session named `cutover:…`
-//!   ([`origin`]); both captures drop transactions carrying such an origin. A change crosses to
-//!   the other side at most once.
+//!   (`database::origin`); both captures drop transactions carrying such an origin. A change
+//!   crosses to the other side at most once.
 //! - **One owner per table and phase.** A sink drops the events of a table the other side owns
 //!   (counted), so outside `dual` no row can conflict; in `dual` both directions run and every
 //!   incoming change is checked against the target row first ([`conflict`]).
@@ -27,10 +27,19 @@
 //!   both end with the same row. Every conflict is recorded, with both versions, in the
 //!   target's `cutover.conflicts`, in the transaction that resolves it.
 //! - **Gated, audited phase changes.** The phase of each table lives in legacy's
-//!   `cutover.table_phases` ([`phase`]); `cutover phase set` changes it only when both
+//!   `cutover.table_phases` (`state::phases`); `cutover phase set` changes it only when both
 //!   directions are caught up and both sides agree on row count and checksum (or with
-//!   `--force` and a reason), and records every change in `cutover.phase_audit`
-//!   (`state::phases`).
+//!   `--force` and a reason, [`gate`]), and records every change in `cutover.phase_audit`.
+//!
+//! How it plugs into a sink: apply owns the `WriteGuard` interface (`apply::guard`); this
+//! module's [`guard`] implements it for the two roles (admission by phase, settling by the
+//! conflict policy), and [`start_sink`] gives every sink the guard its role needs.
+//!
+//! ```text
+//!   cli ──▶ backsync::start_sink ──▶ apply::Sink::start(…, guard)
+//!                 │                          │ begin / admit / settle / finish
+//!                 └── guard_for(role) ──▶ RoleGuard ──▶ state::phases, conflict
+//! ```
 
 pub mod conflict;
 pub mod gate;

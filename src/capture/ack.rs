@@ -10,10 +10,13 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
-use tokio::sync::Notify;
+
+use crate::event::Lsn;
+use tokio::sync::{mpsc, watch, Notify};
 
 /// Per-transaction delivery accounting.
 pub struct TxnTracker {
@@ -61,4 +64,41 @@ impl ProducerContext for AckContext {
         }
         tracker.release();
     }
+}
+
+/// The acker: takes trackers in commit order and, once a tracker has no pending delivery,
+/// publishes its end LSN on `confirm` (the stream sends it to the server). A failed delivery
+/// is published with its error and ends the acker: nothing after it is ever confirmed.
+pub(super) fn spawn_acker(
+    mut trackers: mpsc::Receiver<Arc<TxnTracker>>,
+    confirm: watch::Sender<(Lsn, Option<String>)>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(t) = trackers.recv().await {
+            while t.pending.load(Ordering::Acquire) != 0 {
+                t.done.notified().await;
+            }
+            let failed = t.failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let lsn = Lsn(t.end_lsn.load(Ordering::Acquire));
+            if failed.is_some() {
+                let _ = confirm.send((lsn, failed));
+                return;
+            }
+            let commit_us = t.commit_ts_us.load(Ordering::Acquire) as i64;
+            let lag = (now_ms() * 1000 - commit_us).max(0) as f64 / 1e6;
+            super::metrics::confirmed(lsn, lag);
+            let _ = confirm.send((lsn, None));
+            for n in std::mem::take(&mut *t.confirmed.lock().unwrap_or_else(|p| p.into_inner())) {
+                let _ = n.send(());
+            }
+        }
+    })
+}
+
+/// Wall-clock now, in Unix milliseconds.
+pub(super) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

@@ -224,6 +224,9 @@ impl<'a> Reader<'a> {
 }
 
 /// Decode one pgoutput message (the payload of an XLogData record).
+///
+/// Long on purpose: one arm per protocol message type, in the order of PostgreSQL's "Logical
+/// Replication Message Formats" page, so each arm can be read against its table there.
 pub fn decode(buf: &Bytes) -> Result<Message> {
     let Some(&tag) = buf.first() else {
         return Err(Error::new(ErrorKind::Data, "pgoutput: empty message"));
@@ -397,6 +400,8 @@ pub mod encode {
     }
 
     /// Encode any message (inverse of [`decode`]).
+    ///
+    /// Long on purpose: one arm per message type, mirroring `decode` arm for arm.
     pub fn message(m: &Message) -> Bytes {
         let mut o = Vec::new();
         match m {

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use rdkafka::producer::BaseRecord;
 
+use super::ack::now_ms;
 use super::ack::TxnTracker;
 use super::metrics;
 use super::pgoutput::{Datum, Message};
-use super::stream::{now_ms, Capture, Txn};
+use super::stream::{Capture, Txn};
 use crate::codec::{self, Cell, SourceInfo};
 use crate::deadletter;
 use crate::error::{Error, Result};

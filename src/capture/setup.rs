@@ -13,11 +13,7 @@ use crate::event::Lsn;
 
 /// Fail with an operator-actionable message unless the server can do logical decoding.
 pub async fn check_server(client: &Client) -> Result<()> {
-    let wal_level: String = client
-        .query_one("SELECT current_setting('wal_level')", &[])
-        .await
-        .map_err(|e| Error::postgres("reading wal_level", e))?
-        .get(0);
+    let wal_level = crate::database::setting(client, "wal_level").await?;
     if wal_level != "logical" {
         return Err(Error::new(
             ErrorKind::Environment,

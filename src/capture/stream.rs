@@ -21,13 +21,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::producer::{Producer, ThreadedProducer};
 use tokio::sync::{mpsc, watch};
 
-use super::ack::{AckContext, TxnTracker};
+use super::ack::{self, AckContext, TxnTracker};
 use super::metrics;
 use super::pgoutput::{self, Datum, Message, OldKind};
 use super::setup::{self, Catalog};
@@ -58,13 +58,6 @@ pub(super) struct Txn {
     pub(super) seq: u64,
     pub(super) origin: Option<String>,
     pub(super) tracker: Arc<TxnTracker>,
-}
-
-pub(super) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// The capture process.
@@ -164,29 +157,9 @@ impl Capture {
         tracing::info!(slot = %self.cfg.source.slot, start = %start, "capture streaming");
 
         // Acker: confirms end LSNs strictly in commit order, only when fully acknowledged.
-        let (track_tx, mut track_rx) = mpsc::channel::<Arc<TxnTracker>>(10_000);
+        let (track_tx, track_rx) = mpsc::channel::<Arc<TxnTracker>>(10_000);
         let (confirm_tx, mut confirm_rx) = watch::channel::<(Lsn, Option<String>)>((start, None));
-        let acker = tokio::spawn(async move {
-            while let Some(t) = track_rx.recv().await {
-                while t.pending.load(Ordering::Acquire) != 0 {
-                    t.done.notified().await;
-                }
-                let failed = t.failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                let lsn = Lsn(t.end_lsn.load(Ordering::Acquire));
-                if failed.is_some() {
-                    let _ = confirm_tx.send((lsn, failed));
-                    return;
-                }
-                let commit_us = t.commit_ts_us.load(Ordering::Acquire) as i64;
-                let lag = (now_ms() * 1000 - commit_us).max(0) as f64 / 1e6;
-                metrics::confirmed(lsn, lag);
-                let _ = confirm_tx.send((lsn, None));
-                for n in std::mem::take(&mut *t.confirmed.lock().unwrap_or_else(|p| p.into_inner()))
-                {
-                    let _ = n.send(());
-                }
-            }
-        });
+        let acker = ack::spawn_acker(track_rx, confirm_tx);
 
         let heartbeat = spawn_heartbeat(&self.cfg);
         let backfill = tokio::spawn(super::backfill::coordinate(

@@ -107,40 +107,7 @@ pub fn render(snap: &Snapshot, v: &Verdict, partitions: bool) -> String {
     for r in &v.reasons {
         let _ = writeln!(o, "  - {r}");
     }
-    let c = &snap.capture;
-    let _ = writeln!(o, "\ncapture");
-    match &c.slot_state {
-        None => {
-            let _ = writeln!(o, "  slot {:<24} unknown (source unreachable)", c.slot);
-        }
-        Some(st) if !st.exists => {
-            let _ = writeln!(o, "  slot {:<24} does not exist", c.slot);
-        }
-        Some(st) => {
-            let _ = writeln!(
-                o,
-                "  slot {:<24} {}  wal_status {}",
-                c.slot,
-                if st.active { "active" } else { "INACTIVE" },
-                st.wal_status.as_deref().unwrap_or("-")
-            );
-            let _ = writeln!(
-                o,
-                "  confirmed LSN  {:<14} source at {}  ({} not yet confirmed)",
-                st.confirmed_lsn.as_deref().unwrap_or("-"),
-                st.current_lsn,
-                bytes(st.pending_bytes)
-            );
-            let _ = writeln!(o, "  WAL retained   {}", bytes(st.retained_bytes));
-        }
-    }
-    let _ = writeln!(
-        o,
-        "  last captured  {}   topics {}   dead letters {}",
-        when(c.last_captured_commit_ms, now),
-        c.topics,
-        opt(c.dlq_messages)
-    );
+    render_capture(&mut o, &snap.capture, now);
     let _ = writeln!(o, "\nsinks");
     let _ = writeln!(
         o,
@@ -181,4 +148,42 @@ pub fn render(snap: &Snapshot, v: &Verdict, partitions: bool) -> String {
         }
     }
     o
+}
+
+/// The capture section: slot, confirmed position, retained WAL, last capture.
+fn render_capture(o: &mut String, c: &crate::monitor::CaptureStatus, now: i64) {
+    use std::fmt::Write;
+    let _ = writeln!(o, "\ncapture");
+    match &c.slot_state {
+        None => {
+            let _ = writeln!(o, "  slot {:<24} unknown (source unreachable)", c.slot);
+        }
+        Some(st) if !st.exists => {
+            let _ = writeln!(o, "  slot {:<24} does not exist", c.slot);
+        }
+        Some(st) => {
+            let _ = writeln!(
+                o,
+                "  slot {:<24} {}  wal_status {}",
+                c.slot,
+                if st.active { "active" } else { "INACTIVE" },
+                st.wal_status.as_deref().unwrap_or("-")
+            );
+            let _ = writeln!(
+                o,
+                "  confirmed LSN  {:<14} source at {}  ({} not yet confirmed)",
+                st.confirmed_lsn.as_deref().unwrap_or("-"),
+                st.current_lsn,
+                bytes(st.pending_bytes)
+            );
+            let _ = writeln!(o, "  WAL retained   {}", bytes(st.retained_bytes));
+        }
+    }
+    let _ = writeln!(
+        o,
+        "  last captured  {}   topics {}   dead letters {}",
+        when(c.last_captured_commit_ms, now),
+        c.topics,
+        opt(c.dlq_messages)
+    );
 }

@@ -156,18 +156,7 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let cfg = load_config(cli)?;
     let i = pick_sink(&cfg, args.sink.as_deref())?;
     if let Some(addr) = &args.metrics_listen {
-        let addr = addr
-            .parse()
-            .map_err(|_| Error::config(format!("--metrics-listen: {addr:?} is not host:port")))?;
-        let handle = crate::observe::install_recorder()?;
-        crate::observe::up("verify");
-        crate::observe::serve(
-            addr,
-            handle,
-            crate::observe::Readiness::new(),
-            std::future::pending(),
-        )
-        .await?;
+        serve_metrics(addr).await?;
     }
     let src = crate::database::Endpoint::source(&cfg).connect().await?;
     let dst = crate::database::Endpoint::of_sink(&cfg.sinks[i], i)
@@ -214,29 +203,59 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         }
         reports.push(report);
     }
-    if args.json {
+    print_reports(args.json, &cfg.sinks[i].name, &reports, &repairs);
+    let clean = reports.iter().all(|r| r.differences() == 0);
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+/// `--metrics-listen`: serve `/metrics` (`cutover_verify_*`) while verify runs.
+async fn serve_metrics(addr: &str) -> Result<()> {
+    let addr = addr
+        .parse()
+        .map_err(|_| Error::config(format!("--metrics-listen: {addr:?} is not host:port")))?;
+    let handle = crate::observe::install_recorder()?;
+    crate::observe::up("verify");
+    crate::observe::serve(
+        addr,
+        handle,
+        crate::observe::Readiness::new(),
+        std::future::pending(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Re-emitted source rows and deleted extra target rows, by table.
+type Repairs = Vec<(String, (u64, u64))>;
+
+/// The reports (and repairs) as JSON or as one line per table with the differing keys.
+fn print_reports(json: bool, sink: &str, reports: &[verify::TableReport], repairs: &Repairs) {
+    if json {
         let doc = serde_json::json!({
-            "sink": cfg.sinks[i].name,
+            "sink": sink,
             "tables": reports,
             "repairs": repairs.iter().map(|(t, (r, d))| serde_json::json!({"table": t, "reemitted": r, "deleted_extra": d})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
-        for r in &reports {
+        for r in reports {
             println!(
-                "{} → {}: {} source rows, {} target rows, parity {:.2}%, missing {}, extra {}, different {} ({} chunks, {} mismatched, {:.1}s)",
-                r.table,
-                r.targets.join("+"),
-                r.source_rows,
-                r.target_rows,
-                r.parity_pct,
-                r.missing.len(),
-                r.extra.len(),
-                r.different.len(),
-                r.chunks,
-                r.mismatched_chunks,
-                r.seconds
-            );
+            "{} → {}: {} source rows, {} target rows, parity {:.2}%, missing {}, extra {}, different {} ({} chunks, {} mismatched, {:.1}s)",
+            r.table,
+            r.targets.join("+"),
+            r.source_rows,
+            r.target_rows,
+            r.parity_pct,
+            r.missing.len(),
+            r.extra.len(),
+            r.different.len(),
+            r.chunks,
+            r.mismatched_chunks,
+            r.seconds
+        );
             for (what, keys) in [
                 ("missing", &r.missing),
                 ("extra", &r.extra),
@@ -247,14 +266,8 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
                 }
             }
         }
-        for (t, (re, del)) in &repairs {
+        for (t, (re, del)) in repairs {
             println!("repaired {t}: re-emitted {re} source row(s) through the pipeline, deleted {del} extra target row(s)");
         }
     }
-    let clean = reports.iter().all(|r| r.differences() == 0);
-    Ok(if clean {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(3)
-    })
 }

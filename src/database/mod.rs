@@ -21,6 +21,15 @@ pub use endpoint::Endpoint;
 
 use crate::error::{Error, Result};
 
+/// The value of one server setting (`current_setting(name)`).
+pub async fn setting(client: &Client, name: &str) -> Result<String> {
+    Ok(client
+        .query_one("SELECT current_setting($1)", &[&name])
+        .await
+        .map_err(|e| Error::postgres(format!("reading {name}"), e))?
+        .get(0))
+}
+
 /// Facts about a server that cutover depends on.
 #[derive(Debug, Clone)]
 pub struct ServerFacts {

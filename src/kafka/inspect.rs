@@ -278,70 +278,9 @@ impl Inspector {
         let cache = self.peeked.clone();
         let found = blocking("peek", move || {
             let consumer = peek.lock().unwrap_or_else(|p| p.into_inner());
-            // Per partition, the offsets still wanted, ascending.
-            let mut want: HashMap<Tp, Vec<i64>> = HashMap::new();
-            for (t, p, o) in &todo {
-                want.entry((t.clone(), *p)).or_default().push(*o);
-            }
-            let mut tpl = TopicPartitionList::new();
-            for ((t, p), offs) in want.iter_mut() {
-                offs.sort_unstable();
-                offs.dedup();
-                tpl.add_partition_offset(t, *p, Offset::Offset(offs[0]))
-                    .map_err(|e| Error::kafka("building peek assignment", e))?;
-            }
-            consumer
-                .assign(&tpl)
-                .map_err(|e| Error::kafka("assigning peek partitions", e))?;
-            let mut found = HashMap::new();
-            let deadline = Instant::now() + wait;
-            while !want.is_empty() && Instant::now() < deadline {
-                let m = match consumer.poll(Duration::from_millis(50)) {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => {
-                        let kind = e
-                            .rdkafka_error_code()
-                            .map(kafka_code)
-                            .unwrap_or(ErrorKind::Internal);
-                        tracing::debug!(error = %e, %kind, "peek fetch error");
-                        continue;
-                    }
-                    None => continue,
-                };
-                let tp = (m.topic().to_string(), m.partition());
-                let Some(offs) = want.get_mut(&tp) else {
-                    continue;
-                };
-                let Some(ts) = m.timestamp().to_millis() else {
-                    continue;
-                };
-                // Every wanted offset at or below this record resolves to it: equal is the
-                // record itself; below means the wanted one is gone (retention, compaction)
-                // and this is the oldest record after it.
-                while offs.first().is_some_and(|o| *o <= m.offset()) {
-                    let o = offs.remove(0);
-                    found.insert((tp.0.clone(), tp.1, o), ts);
-                }
-                match offs.first() {
-                    None => {
-                        want.remove(&tp);
-                    }
-                    // Far ahead: jump instead of reading everything in between.
-                    Some(next) if *next > m.offset() + 1000 => {
-                        if let Err(e) = consumer.seek(
-                            &tp.0,
-                            tp.1,
-                            Offset::Offset(*next),
-                            Duration::from_secs(5),
-                        ) {
-                            tracing::debug!(error = %e, "peek seek failed");
-                        }
-                    }
-                    Some(_) => {}
-                }
-            }
+            let found = read_timestamps(&consumer, &todo, wait);
             let _ = consumer.unassign();
-            Ok(found)
+            found
         })
         .await?;
         let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -361,4 +300,74 @@ impl Inspector {
         }
         Ok(out)
     }
+}
+
+/// Read the records at `todo`'s offsets with the peek consumer (assigned here; the caller
+/// unassigns): each wanted offset resolves to its record's timestamp, or to the next record's
+/// when it is gone (retention, compaction). Stops after `wait`.
+fn read_timestamps(
+    consumer: &BaseConsumer,
+    todo: &[(String, i32, i64)],
+    wait: Duration,
+) -> Result<HashMap<(String, i32, i64), i64>> {
+    // Per partition, the offsets still wanted, ascending.
+    let mut want: HashMap<Tp, Vec<i64>> = HashMap::new();
+    for (t, p, o) in todo {
+        want.entry((t.clone(), *p)).or_default().push(*o);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((t, p), offs) in want.iter_mut() {
+        offs.sort_unstable();
+        offs.dedup();
+        tpl.add_partition_offset(t, *p, Offset::Offset(offs[0]))
+            .map_err(|e| Error::kafka("building peek assignment", e))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| Error::kafka("assigning peek partitions", e))?;
+    let mut found = HashMap::new();
+    let deadline = Instant::now() + wait;
+    while !want.is_empty() && Instant::now() < deadline {
+        let m = match consumer.poll(Duration::from_millis(50)) {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                let kind = e
+                    .rdkafka_error_code()
+                    .map(kafka_code)
+                    .unwrap_or(ErrorKind::Internal);
+                tracing::debug!(error = %e, %kind, "peek fetch error");
+                continue;
+            }
+            None => continue,
+        };
+        let tp = (m.topic().to_string(), m.partition());
+        let Some(offs) = want.get_mut(&tp) else {
+            continue;
+        };
+        let Some(ts) = m.timestamp().to_millis() else {
+            continue;
+        };
+        // Every wanted offset at or below this record resolves to it: equal is the
+        // record itself; below means the wanted one is gone (retention, compaction)
+        // and this is the oldest record after it.
+        while offs.first().is_some_and(|o| *o <= m.offset()) {
+            let o = offs.remove(0);
+            found.insert((tp.0.clone(), tp.1, o), ts);
+        }
+        match offs.first() {
+            None => {
+                want.remove(&tp);
+            }
+            // Far ahead: jump instead of reading everything in between.
+            Some(next) if *next > m.offset() + 1000 => {
+                if let Err(e) =
+                    consumer.seek(&tp.0, tp.1, Offset::Offset(*next), Duration::from_secs(5))
+                {
+                    tracing::debug!(error = %e, "peek seek failed");
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(found)
 }

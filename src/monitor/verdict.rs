@@ -13,7 +13,7 @@
 
 use serde::Serialize;
 
-use super::Snapshot;
+use super::{SinkStatus, Snapshot};
 use crate::config::MonitorConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -59,23 +59,60 @@ pub fn human_bytes(b: i64) -> String {
     }
 }
 
+/// Reasons found so far, by severity.
+#[derive(Default)]
+struct Findings {
+    stalled: Vec<String>,
+    degraded: Vec<String>,
+}
+
 pub fn judge(s: &Snapshot, t: &MonitorConfig) -> Verdict {
-    let mut stalled: Vec<String> = Vec::new();
-    let mut degraded: Vec<String> = Vec::new();
+    let mut f = Findings::default();
+    judge_capture(s, t, &mut f);
+    let sinks = s
+        .sinks
+        .iter()
+        .map(|sink| {
+            (
+                sink.name.clone(),
+                judge_sink(sink, s.taken_at_ms, t, &mut f),
+            )
+        })
+        .collect();
+    for p in &s.problems {
+        f.degraded.push(format!("cannot read {p}"));
+    }
+    let health = if !f.stalled.is_empty() {
+        Health::Stalled
+    } else if !f.degraded.is_empty() {
+        Health::Degraded
+    } else {
+        Health::Healthy
+    };
+    f.stalled.extend(f.degraded);
+    Verdict {
+        health,
+        reasons: f.stalled,
+        sinks,
+    }
+}
+
+/// The slot (missing, lost, inactive, retaining too much) and capture's dead letters.
+fn judge_capture(s: &Snapshot, t: &MonitorConfig, f: &mut Findings) {
     match &s.capture.slot_state {
         None => {}
-        Some(st) if !st.exists => stalled.push(format!(
+        Some(st) if !st.exists => f.stalled.push(format!(
             "capture: slot {} does not exist (capture never ran, or the slot was dropped)",
             s.capture.slot
         )),
         Some(st) => {
             if st.wal_status.as_deref() == Some("lost") {
-                stalled.push(format!(
+                f.stalled.push(format!(
                     "capture: slot {} lost required WAL; the pipeline must be re-snapshotted",
                     s.capture.slot
                 ));
             } else if !st.active {
-                stalled.push(format!(
+                f.stalled.push(format!(
                     "capture: slot {} is inactive (capture is not streaming); {} of WAL retained",
                     s.capture.slot,
                     human_bytes(st.retained_bytes.unwrap_or(0))
@@ -83,7 +120,7 @@ pub fn judge(s: &Snapshot, t: &MonitorConfig) -> Verdict {
             }
             if let Some(b) = st.retained_bytes {
                 if b as u64 > t.slot_retained_degraded_bytes {
-                    degraded.push(format!(
+                    f.degraded.push(format!(
                         "capture: slot {} retains {} of WAL (threshold {})",
                         s.capture.slot,
                         human_bytes(b),
@@ -94,65 +131,51 @@ pub fn judge(s: &Snapshot, t: &MonitorConfig) -> Verdict {
         }
     }
     if let Some(n) = s.capture.dlq_messages.filter(|n| *n > 0) {
-        degraded.push(format!("capture: dead-letter topic holds {n} event(s)"));
+        f.degraded
+            .push(format!("capture: dead-letter topic holds {n} event(s)"));
     }
-    let mut sinks = Vec::new();
-    for sink in &s.sinks {
-        let idle_ms = sink.last_progress_ms.map(|p| s.taken_at_ms - p);
-        // With no progress row yet, the oldest unapplied event's age stands in for idleness.
-        let idle_ms = idle_ms.or(sink.oldest_unapplied_commit_ms.map(|o| s.taken_at_ms - o));
-        let stalled_ms = (t.stalled_after_secs * 1000) as i64;
-        let state = if sink.lag_messages > 0 && idle_ms.is_some_and(|i| i >= stalled_ms) {
-            stalled.push(format!(
-                "sink {}: {} event(s) unapplied, nothing applied for {}s",
-                sink.name,
-                sink.lag_messages,
-                idle_ms.unwrap_or(0) / 1000
-            ));
-            "stalled"
-        } else if sink
-            .lag_seconds
-            .is_some_and(|l| l > t.lag_degraded_secs as f64)
-        {
-            degraded.push(format!(
-                "sink {}: oldest unapplied event is {:.0}s old (threshold {}s), {} event(s) behind",
-                sink.name,
-                sink.lag_seconds.unwrap_or(0.0),
-                t.lag_degraded_secs,
-                sink.lag_messages
-            ));
-            "lagging"
-        } else if sink.lag_messages > 0 && sink.lag_seconds.is_none() {
-            "unknown"
-        } else if sink.lag_messages > 0 {
-            "lagging"
-        } else {
-            "ok"
-        };
-        if let Some(n) = sink.dlq_messages.filter(|n| *n > 0) {
-            degraded.push(format!(
-                "sink {}: dead-letter topic holds {n} event(s)",
-                sink.name
-            ));
-        }
-        sinks.push((sink.name.clone(), state));
-    }
-    for p in &s.problems {
-        degraded.push(format!("cannot read {p}"));
-    }
-    let health = if !stalled.is_empty() {
-        Health::Stalled
-    } else if !degraded.is_empty() {
-        Health::Degraded
+}
+
+/// One sink's state (`ok`, `lagging`, `unknown`, `stalled`) at `now_ms`, and its reasons.
+fn judge_sink(sink: &SinkStatus, now_ms: i64, t: &MonitorConfig, f: &mut Findings) -> &'static str {
+    let idle_ms = sink.last_progress_ms.map(|p| now_ms - p);
+    // With no progress row yet, the oldest unapplied event's age stands in for idleness.
+    let idle_ms = idle_ms.or(sink.oldest_unapplied_commit_ms.map(|o| now_ms - o));
+    let stalled_ms = (t.stalled_after_secs * 1000) as i64;
+    let state = if sink.lag_messages > 0 && idle_ms.is_some_and(|i| i >= stalled_ms) {
+        f.stalled.push(format!(
+            "sink {}: {} event(s) unapplied, nothing applied for {}s",
+            sink.name,
+            sink.lag_messages,
+            idle_ms.unwrap_or(0) / 1000
+        ));
+        "stalled"
+    } else if sink
+        .lag_seconds
+        .is_some_and(|l| l > t.lag_degraded_secs as f64)
+    {
+        f.degraded.push(format!(
+            "sink {}: oldest unapplied event is {:.0}s old (threshold {}s), {} event(s) behind",
+            sink.name,
+            sink.lag_seconds.unwrap_or(0.0),
+            t.lag_degraded_secs,
+            sink.lag_messages
+        ));
+        "lagging"
+    } else if sink.lag_messages > 0 && sink.lag_seconds.is_none() {
+        "unknown"
+    } else if sink.lag_messages > 0 {
+        "lagging"
     } else {
-        Health::Healthy
+        "ok"
     };
-    stalled.extend(degraded);
-    Verdict {
-        health,
-        reasons: stalled,
-        sinks,
+    if let Some(n) = sink.dlq_messages.filter(|n| *n > 0) {
+        f.degraded.push(format!(
+            "sink {}: dead-letter topic holds {n} event(s)",
+            sink.name
+        ));
     }
+    state
 }
 
 #[cfg(test)]

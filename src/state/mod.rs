@@ -127,23 +127,29 @@ CREATE TABLE IF NOT EXISTS cutover.backfill (
     PRIMARY KEY (pipeline, table_name)
 );";
 
+/// Create a target store's state tables (idempotent).
 pub async fn ensure_target(client: &Client) -> Result<()> {
-    client
-        .batch_execute(TARGET_DDL)
-        .await
-        .map_err(|e| Error::postgres("creating schema cutover and its progress tables", e))
+    ensure(client, TARGET_DDL, "schema cutover and its progress tables").await
 }
 
+/// Create the phase tables in legacy (idempotent).
 pub async fn ensure_control(client: &Client) -> Result<()> {
-    client
-        .batch_execute(CONTROL_DDL)
-        .await
-        .map_err(|e| Error::postgres("creating cutover.table_phases and cutover.phase_audit", e))
+    ensure(
+        client,
+        CONTROL_DDL,
+        "cutover.table_phases and cutover.phase_audit",
+    )
+    .await
 }
 
+/// Create the backfill table in the source (idempotent).
 pub async fn ensure_backfill(client: &Client) -> Result<()> {
+    ensure(client, BACKFILL_DDL, "cutover.backfill").await
+}
+
+async fn ensure(client: &Client, ddl: &str, what: &str) -> Result<()> {
     client
-        .batch_execute(BACKFILL_DDL)
+        .batch_execute(ddl)
         .await
-        .map_err(|e| Error::postgres("creating cutover.backfill", e))
+        .map_err(|e| Error::postgres(format!("creating {what}"), e))
 }

@@ -158,6 +158,21 @@ fn hash_expr(key: &[String], cols: &[String]) -> String {
 }
 
 impl Plan {
+    /// The compared columns as a report names them (`source→target` when renamed).
+    fn compared_columns(&self) -> Vec<String> {
+        self.key
+            .iter()
+            .chain(&self.cols)
+            .map(|(s, t)| {
+                if s == t {
+                    s.clone()
+                } else {
+                    format!("{s}→{t}")
+                }
+            })
+            .collect()
+    }
+
     fn source_side<'a>(&self, c: &'a Client) -> Side<'a> {
         Side {
             client: c,
@@ -406,18 +421,7 @@ pub async fn verify_table(
     let mut report = TableReport {
         table: table.clone(),
         targets: plan.targets.iter().map(|t| t.to_string()).collect(),
-        compared_columns: plan
-            .key
-            .iter()
-            .chain(&plan.cols)
-            .map(|(s, t)| {
-                if s == t {
-                    s.clone()
-                } else {
-                    format!("{s}→{t}")
-                }
-            })
-            .collect(),
+        compared_columns: plan.compared_columns(),
         ..Default::default()
     };
     let mut diff = Diff::default();
@@ -462,23 +466,7 @@ pub async fn verify_table(
         lo = range.hi;
     }
     // Rows that were only in flight (the pipeline lags) are not differences: look again later.
-    let suspects: Vec<Key> = diff
-        .missing
-        .iter()
-        .chain(&diff.extra)
-        .chain(&diff.different)
-        .cloned()
-        .collect();
-    if !suspects.is_empty() {
-        tokio::time::sleep(opts.recheck_after).await;
-        let mut again = Diff::default();
-        for chunk in suspects.chunks(500) {
-            let s = plan.rows(&s_side, None, Some(chunk)).await?;
-            let t = plan.rows(&t_side, None, Some(chunk)).await?;
-            classify(&s, &t, &mut again);
-        }
-        diff = again;
-    }
+    let diff = recheck(plan, &s_side, &t_side, diff, opts.recheck_after).await?;
     report.missing = diff.missing.into_iter().collect();
     report.extra = diff.extra.into_iter().collect();
     report.different = diff.different.into_iter().collect();
@@ -492,6 +480,35 @@ pub async fn verify_table(
     report.seconds = started.elapsed().as_secs_f64();
     record_report(&table, &report);
     Ok(report)
+}
+
+/// Look again at every differing key after `after`: what the pipeline applied meanwhile was
+/// in flight, not a difference.
+async fn recheck(
+    plan: &Plan,
+    s_side: &Side<'_>,
+    t_side: &Side<'_>,
+    diff: Diff,
+    after: Duration,
+) -> Result<Diff> {
+    let suspects: Vec<Key> = diff
+        .missing
+        .iter()
+        .chain(&diff.extra)
+        .chain(&diff.different)
+        .cloned()
+        .collect();
+    if suspects.is_empty() {
+        return Ok(diff);
+    }
+    tokio::time::sleep(after).await;
+    let mut again = Diff::default();
+    for chunk in suspects.chunks(500) {
+        let s = plan.rows(s_side, None, Some(chunk)).await?;
+        let t = plan.rows(t_side, None, Some(chunk)).await?;
+        classify(&s, &t, &mut again);
+    }
+    Ok(again)
 }
 
 /// One compared chunk (`match` | `mismatch`) of `rows` source rows.

@@ -88,11 +88,21 @@ fn plan_of(
             mapping: Some(&mapping),
         })
         .collect();
+    plan_with(&records, stored, &HashMap::new(), admit)
+}
+
+/// Plan `records` with the identity key and truncates applied.
+fn plan_with(
+    records: &[Record<'_>],
+    stored: &HashMap<Partition, Progress>,
+    truncated: &HashMap<String, (i64, i64)>,
+    admit: &dyn Fn(&TableId, &[TableId]) -> Admission,
+) -> Plan {
     plan(
-        &records,
+        records,
         &Context {
             stored,
-            truncated: &HashMap::new(),
+            truncated,
             truncate: TruncatePolicy::Apply,
             key_of: &key_of,
             admit,
@@ -202,17 +212,7 @@ fn orders_across_partitions_by_source_position() {
             mapping: Some(&mapping),
         },
     ];
-    let p = plan(
-        &records,
-        &Context {
-            stored: &HashMap::new(),
-            truncated: &HashMap::new(),
-            truncate: TruncatePolicy::Apply,
-            key_of: &key_of,
-            admit: &apply_all,
-        },
-    )
-    .unwrap();
+    let p = plan_with(&records, &HashMap::new(), &HashMap::new(), &apply_all);
     assert_eq!(p.live, vec![1, 0]);
     assert_eq!(
         writes(&p)[0].op,
@@ -253,17 +253,7 @@ fn a_truncate_closes_the_segment_and_supersedes_older_events() {
         })
         .collect();
     let truncated: HashMap<String, (i64, i64)> = [("public.t".to_string(), (11, 0))].into();
-    let p = plan(
-        &records,
-        &Context {
-            stored: &HashMap::new(),
-            truncated: &truncated,
-            truncate: TruncatePolicy::Apply,
-            key_of: &key_of,
-            admit: &apply_all,
-        },
-    )
-    .unwrap();
+    let p = plan_with(&records, &HashMap::new(), &truncated, &apply_all);
     assert_eq!(p.duplicates, 2);
     assert_eq!(writes(&p).len(), 1);
 }
@@ -303,17 +293,7 @@ fn unmapped_and_parked_records_write_nothing_but_move_progress() {
             mapping: None,
         },
     ];
-    let p = plan(
-        &records,
-        &Context {
-            stored: &HashMap::new(),
-            truncated: &HashMap::new(),
-            truncate: TruncatePolicy::Apply,
-            key_of: &key_of,
-            admit: &apply_all,
-        },
-    )
-    .unwrap();
+    let p = plan_with(&records, &HashMap::new(), &HashMap::new(), &apply_all);
     assert_eq!(p.skipped, 1);
     assert!(p.steps.is_empty());
     assert_eq!(p.progress[&("t".to_string(), 0)].next_offset, 2);
