@@ -6,11 +6,10 @@
 //!                            └─▶ Fatal  (operator must act: stop with a clear message)
 //! ```
 //!
-//! Call sites never inspect error strings; they ask [`policy`] and obey. Backoff is
-//! exponential with full jitter (via the maintained `backon` crate), bounded by
-//! [`BackoffSettings`].
+//! Call sites never inspect error strings or kinds to decide a retry; they ask [`policy`] (or
+//! [`Attempts`], the one retry loop's schedule, which asks it) and obey. Backoff is exponential
+//! with full jitter (via the maintained `backon` crate), bounded by [`BackoffSettings`].
 
-use std::future::Future;
 use std::time::Duration;
 
 use backon::ExponentialBuilder;
@@ -84,9 +83,10 @@ impl BackoffSettings {
     }
 }
 
-/// The schedule of one retry loop. After each failed attempt, [`Attempts::after`] waits the
-/// next delay when the policy retries the error, or hands the error back. Every retry loop in
-/// cutover is one of these, so none of them branches on an error kind itself.
+/// The schedule of one retry loop. After each failed attempt, [`Attempts::next_delay`] gives
+/// the delay to wait when the policy retries the error (and attempts remain), or `None`: give
+/// up with the error. Every retry loop in cutover (the sink's batch, the reconnect loop of
+/// `cutover capture`/`apply`/`run`) draws from one of these.
 pub struct Attempts {
     settings: BackoffSettings,
     delays: Box<dyn Iterator<Item = Duration> + Send>,
@@ -122,42 +122,11 @@ impl Attempts {
         self.failed += 1;
         Some(delay)
     }
-
-    /// After a failed attempt: sleep and return `Ok` if `e` is worth another attempt, else
-    /// return `e`. Every retry is logged with the error and the delay chosen.
-    pub async fn after(&mut self, what: &str, e: Error) -> Result<(), Error> {
-        let Some(delay) = self.next_delay(&e) else {
-            return Err(e);
-        };
-        tracing::warn!(what, error = %e, kind = %e.kind(), attempt = self.failed, delay_ms = delay.as_millis() as u64, "retrying");
-        tokio::time::sleep(delay).await;
-        Ok(())
-    }
-}
-
-/// Run `op` until it succeeds or fails with an error the policy does not retry.
-pub async fn with_backoff<T, F, Fut>(
-    what: &str,
-    settings: BackoffSettings,
-    mut op: F,
-) -> Result<T, Error>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, Error>>,
-{
-    let mut attempts = Attempts::new(settings);
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) => attempts.after(what, e).await?,
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn transient_kinds_retry_data_parks_rest_fatal() {
@@ -169,34 +138,32 @@ mod tests {
         assert_eq!(policy(ErrorKind::Config), Decision::Fatal);
     }
 
-    #[tokio::test]
-    async fn retries_transient_until_success_and_stops_on_fatal() {
-        let calls = AtomicUsize::new(0);
+    #[test]
+    fn attempts_delay_transient_errors_within_bounds_and_give_up_on_the_rest() {
         let settings = BackoffSettings {
             initial: Duration::from_millis(1),
             max: Duration::from_millis(5),
-            max_attempts: 10,
+            max_attempts: 3,
         };
-        let out = with_backoff("t", settings, || async {
-            let n = calls.fetch_add(1, Ordering::SeqCst);
-            if n < 3 {
-                Err(Error::new(ErrorKind::Connection, "down"))
-            } else {
-                Ok(n)
-            }
-        })
-        .await
-        .unwrap();
-        assert_eq!(out, 3);
+        let mut a = Attempts::new(settings);
+        let down = Error::new(ErrorKind::Connection, "down");
+        for n in 1..=3 {
+            let d = a.next_delay(&down).expect("transient errors are retried");
+            assert!(d <= Duration::from_millis(10), "{d:?}");
+            assert_eq!(a.failed, n);
+        }
+        assert_eq!(a.next_delay(&down), None, "max_attempts bounds the loop");
+        a.reset();
+        assert!(a.next_delay(&down).is_some(), "reset starts over");
+        assert_eq!(a.next_delay(&Error::new(ErrorKind::Auth, "denied")), None);
+        assert_eq!(a.next_delay(&Error::new(ErrorKind::Data, "poison")), None);
 
-        let fatal_calls = AtomicUsize::new(0);
-        let err = with_backoff("t", settings, || async {
-            fatal_calls.fetch_add(1, Ordering::SeqCst);
-            Err::<(), _>(Error::new(ErrorKind::Auth, "denied"))
-        })
-        .await
-        .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Auth);
-        assert_eq!(fatal_calls.load(Ordering::SeqCst), 1);
+        let mut endless = Attempts::new(BackoffSettings {
+            max_attempts: 0,
+            ..settings
+        });
+        for _ in 0..50 {
+            assert!(endless.next_delay(&down).is_some());
+        }
     }
 }

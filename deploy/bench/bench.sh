@@ -262,6 +262,9 @@ R[backfill_target_s]=$(elapsed "$t0" "$(now)")
 stop_bg "$pid"
 L -c "DELETE FROM cutover.backfill WHERE pipeline = '$id'" >/dev/null 2>&1 || true
 drop_slot "$id"
+# This stage's pipeline name is per run: drop its sink's replication origin, or every run
+# would keep one of the new store's max_replication_slots origin states for good.
+T bench_target -c "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname LIKE 'cutover:${id}:%'" >/dev/null 2>&1 || true
 
 log "peak RSS through a $RSS_ROWS-row transaction"
 rss_line=$(CUTOVER_BIN="$BIN" bash "$ROOT/deploy/bench/capture_1m.sh" "$RSS_ROWS" | tail -1)

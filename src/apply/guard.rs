@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use tokio_postgres::Client;
 
+use super::mapping::Mapping;
 use crate::database::catalog::TargetTable;
 use crate::error::Result;
 use crate::event::TableId;
@@ -70,8 +71,9 @@ pub trait WriteGuard: Send + Sync {
     async fn start(&mut self, target: &Client) -> Result<()>;
     /// At the start of every batch attempt, inside its transaction.
     async fn begin(&mut self, tx: &Client) -> Result<()>;
-    /// Admission of an event of `source` whose mapping writes `targets`.
-    fn admit(&self, source: &TableId, targets: &[TableId]) -> Admission;
+    /// Admission of an event of `source`, written through `mapping` (called per event: keep it
+    /// cheap; `mapping.targets()` allocates).
+    fn admit(&self, source: &TableId, mapping: &Mapping) -> Admission;
     /// Settle one key's write against the target row (for `Admission::Settle` events).
     async fn settle(&mut self, tx: &Client, write: &Contested<'_>) -> Result<Verdict>;
     /// After the batch's last write, before its progress is saved.
@@ -93,7 +95,7 @@ impl WriteGuard for Unguarded {
     async fn begin(&mut self, _tx: &Client) -> Result<()> {
         Ok(())
     }
-    fn admit(&self, _source: &TableId, _targets: &[TableId]) -> Admission {
+    fn admit(&self, _source: &TableId, _mapping: &Mapping) -> Admission {
         Admission::Apply
     }
     async fn settle(&mut self, _tx: &Client, _write: &Contested<'_>) -> Result<Verdict> {

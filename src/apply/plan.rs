@@ -84,10 +84,10 @@ pub struct Context<'a> {
     /// Source table → the `(commit_lsn, seq)` of the last truncate applied.
     pub truncated: &'a HashMap<String, (i64, i64)>,
     pub truncate: TruncatePolicy,
-    /// Key columns of a target table.
-    pub key_of: &'a dyn Fn(&TableId) -> Vec<String>,
-    /// The write guard's admission of an event of `source` written to `targets`.
-    pub admit: &'a dyn Fn(&TableId, &[TableId]) -> Admission,
+    /// Key columns of a target table (empty when unknown).
+    pub key_of: &'a dyn Fn(&TableId) -> &'a [String],
+    /// The write guard's admission of an event of `source` written through a mapping.
+    pub admit: &'a dyn Fn(&TableId, &Mapping) -> Admission,
 }
 
 #[derive(Debug, Default)]
@@ -144,7 +144,8 @@ pub fn plan(records: &[Record<'_>], cx: &Context<'_>) -> Result<Plan> {
             });
             continue;
         }
-        let ops = match mapping.map(ev, cx.key_of) {
+        let key_of = |t: &TableId| (cx.key_of)(t).to_vec();
+        let ops = match mapping.map(ev, &key_of) {
             Ok(ops) => ops,
             Err(e) if retry::policy(e.kind()) == Decision::Park => {
                 out.parked.push((i, e.context("mapping")));
@@ -152,7 +153,7 @@ pub fn plan(records: &[Record<'_>], cx: &Context<'_>) -> Result<Plan> {
             }
             Err(e) => return Err(e),
         };
-        let settle = match (cx.admit)(&ev.table, &mapping.targets()) {
+        let settle = match (cx.admit)(&ev.table, mapping) {
             Admission::Skip => {
                 out.phase_skipped += 1;
                 continue;
@@ -206,9 +207,9 @@ pub fn fold(
 }
 
 /// A target op with its key values, in the target's key order.
-fn keyed(
+fn keyed<'k>(
     op: TargetOp,
-    key_of: &dyn Fn(&TableId) -> Vec<String>,
+    key_of: &dyn Fn(&TableId) -> &'k [String],
 ) -> (TableId, Vec<Option<String>>, Folded) {
     match op {
         TargetOp::Upsert { table, cols } => {

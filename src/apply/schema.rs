@@ -65,6 +65,14 @@ impl Tables {
         self.catalogs.get(t)
     }
 
+    /// Key columns of a target table (empty when unknown), borrowed.
+    pub fn key_cols(&self, t: &TableId) -> &[String] {
+        self.catalogs
+            .get(t)
+            .map(|c| c.key.as_slice())
+            .unwrap_or(&[])
+    }
+
     /// Key columns of a target table (empty when unknown).
     pub fn key_of(&self, t: &TableId) -> Vec<String> {
         self.catalogs

@@ -377,8 +377,8 @@ impl Sink {
                 stored,
                 truncated: &self.truncates,
                 truncate: self.sink.truncate,
-                key_of: &|t| tables.key_of(t),
-                admit: &|s, t| guard.admit(s, t),
+                key_of: &|t| tables.key_cols(t),
+                admit: &|s, m| guard.admit(s, m),
             },
         )
     }

@@ -17,6 +17,7 @@ use tokio_postgres::Client;
 use super::conflict::{self, Incoming};
 use super::Role;
 use crate::apply::guard::{Admission, Contested, Verdict, WriteGuard};
+use crate::apply::mapping::Mapping;
 use crate::config::ConflictPolicy;
 use crate::database::catalog::TargetTable;
 use crate::error::{Error, ErrorKind, Result};
@@ -84,12 +85,16 @@ impl WriteGuard for RoleGuard {
         Ok(())
     }
 
-    fn admit(&self, source: &TableId, targets: &[TableId]) -> Admission {
+    fn admit(&self, source: &TableId, mapping: &Mapping) -> Admission {
         // Phases are named by the legacy table: the source of the forward role, the (first)
         // target of the reverse one.
         let legacy_table = match self.role.writes {
             Side::New => source.to_string(),
-            Side::Legacy => targets.first().map(|t| t.to_string()).unwrap_or_default(),
+            Side::Legacy => mapping
+                .targets()
+                .first()
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
         };
         let phase = self
             .phases

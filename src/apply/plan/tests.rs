@@ -61,11 +61,18 @@ fn truncate(pos: (i64, i64)) -> ChangeEvent {
     }
 }
 
-fn key_of(_: &TableId) -> Vec<String> {
-    vec!["id".to_string()]
+static ID_KEY: std::sync::LazyLock<Vec<String>> =
+    std::sync::LazyLock::new(|| vec!["id".to_string()]);
+
+fn key_cols(_: &TableId) -> &'static [String] {
+    &ID_KEY
 }
 
-fn apply_all(_: &TableId, _: &[TableId]) -> Admission {
+fn key_of(t: &TableId) -> Vec<String> {
+    key_cols(t).to_vec()
+}
+
+fn apply_all(_: &TableId, _: &Mapping) -> Admission {
     Admission::Apply
 }
 
@@ -73,7 +80,7 @@ fn apply_all(_: &TableId, _: &[TableId]) -> Admission {
 fn plan_of(
     events: &[ChangeEvent],
     stored: &HashMap<Partition, Progress>,
-    admit: &dyn Fn(&TableId, &[TableId]) -> Admission,
+    admit: &dyn Fn(&TableId, &Mapping) -> Admission,
 ) -> Plan {
     let mapping = Mapping::identity(table());
     let records: Vec<Record<'_>> = events
@@ -96,7 +103,7 @@ fn plan_with(
     records: &[Record<'_>],
     stored: &HashMap<Partition, Progress>,
     truncated: &HashMap<String, (i64, i64)>,
-    admit: &dyn Fn(&TableId, &[TableId]) -> Admission,
+    admit: &dyn Fn(&TableId, &Mapping) -> Admission,
 ) -> Plan {
     plan(
         records,
@@ -104,7 +111,7 @@ fn plan_with(
             stored,
             truncated,
             truncate: TruncatePolicy::Apply,
-            key_of: &key_of,
+            key_of: &|t| key_cols(t),
             admit,
         },
     )
@@ -261,13 +268,13 @@ fn a_truncate_closes_the_segment_and_supersedes_older_events() {
 #[test]
 fn admission_skips_and_marks_writes_to_settle() {
     let evs = [event(Op::Create, None, Some(["1", "x", "y"]), &[], (10, 0))];
-    let skip = |_: &TableId, _: &[TableId]| Admission::Skip;
+    let skip = |_: &TableId, _: &Mapping| Admission::Skip;
     let p = plan_of(&evs, &HashMap::new(), &skip);
     assert_eq!(p.phase_skipped, 1);
     assert!(writes(&p).is_empty());
     assert_eq!(p.live, vec![0], "a skipped event still moves progress");
 
-    let settle = |_: &TableId, _: &[TableId]| Admission::Settle;
+    let settle = |_: &TableId, _: &Mapping| Admission::Settle;
     let p = plan_of(&evs, &HashMap::new(), &settle);
     assert!(writes(&p)[0].settle);
 }
@@ -401,7 +408,7 @@ fn apply_write(target: &mut Rows, key: &str, op: &Folded) {
 fn one_op(ev: &ChangeEvent) -> (String, Folded) {
     let m = Mapping::identity(table());
     let op = m.map(ev, &key_of).unwrap().pop().unwrap();
-    let (_, key, f) = keyed(op, &key_of);
+    let (_, key, f) = keyed(op, &key_cols);
     (key[0].clone().unwrap(), f)
 }
 
