@@ -83,19 +83,28 @@ fn plan_of(
     admit: &dyn Fn(&TableId, &Mapping) -> Admission,
 ) -> Plan {
     let mapping = Mapping::identity(table());
-    let records: Vec<Record<'_>> = events
+    let records = records_of(events, "p.public.t", &mapping);
+    plan_with(&records, stored, &HashMap::new(), admit)
+}
+
+/// `events` as records of one partition of `topic`, at offsets 0.., all through `mapping`.
+fn records_of<'a>(
+    events: &'a [ChangeEvent],
+    topic: &'a str,
+    mapping: &'a Mapping,
+) -> Vec<Record<'a>> {
+    events
         .iter()
         .enumerate()
         .map(|(i, e)| Record {
-            topic: "p.public.t",
+            topic,
             partition: 0,
             offset: i as i64,
             event: Some(e),
             parked: false,
-            mapping: Some(&mapping),
+            mapping: Some(mapping),
         })
-        .collect();
-    plan_with(&records, stored, &HashMap::new(), admit)
+        .collect()
 }
 
 /// Plan `records` with the identity key and truncates applied.
@@ -247,18 +256,7 @@ fn a_truncate_closes_the_segment_and_supersedes_older_events() {
 
     // With the truncate already applied, the events before it are superseded.
     let mapping = Mapping::identity(table());
-    let records: Vec<Record<'_>> = evs
-        .iter()
-        .enumerate()
-        .map(|(i, e)| Record {
-            topic: "t",
-            partition: 0,
-            offset: i as i64,
-            event: Some(e),
-            parked: false,
-            mapping: Some(&mapping),
-        })
-        .collect();
+    let records = records_of(&evs, "t", &mapping);
     let truncated: HashMap<String, (i64, i64)> = [("public.t".to_string(), (11, 0))].into();
     let p = plan_with(&records, &HashMap::new(), &truncated, &apply_all);
     assert_eq!(p.duplicates, 2);
