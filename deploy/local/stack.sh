@@ -149,11 +149,12 @@ sweep_tests() {
   for port in "$LEGACY_PORT" "$NEW_PORT"; do
     while IFS='|' read -r db name; do
       [ -n "$name" ] || continue
-      pid="$(sed -E 's/^[a-z]+(_[a-z]+)*_([0-9]+)_[0-9]+_[0-9]+.*$/\2/' <<<"$name")"
+      # Test ids are <word>[_<word>...]_<pid>_<n>_<n>; a word may carry digits (static848).
+      pid="$(sed -E 's/^[a-z][a-z0-9]*(_[a-z][a-z0-9]*)*_([0-9]+)_[0-9]+_[0-9]+.*$/\2/' <<<"$name")"
       [ -d "/proc/$pid" ] && continue
       psql_at "$port" -d "$db" -tAc "SELECT pg_drop_replication_slot('$name')" >/dev/null 2>&1 && n=$((n + 1))
     done < <(psql_at "$port" -d postgres -tAc "SELECT database, slot_name FROM pg_replication_slots
-               WHERE NOT active AND slot_name ~ '^[a-z]+(_[a-z]+)*_[0-9]+_[0-9]+_[0-9]+(_[a-z]+)?$'")
+               WHERE NOT active AND slot_name ~ '^[a-z][a-z0-9]*(_[a-z][a-z0-9]*)*_[0-9]+_[0-9]+_[0-9]+(_[a-z]+)?$'")
     while read -r name; do
       [ -n "$name" ] || continue
       # The test id is the pipeline (cutover:<id>:<sink>) or the instance id
