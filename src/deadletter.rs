@@ -82,10 +82,6 @@ impl Parking {
         Ok(Parking { producer, topic })
     }
 
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
     /// Park one record; the future resolves when the broker acknowledged it.
     pub fn park(
         &self,

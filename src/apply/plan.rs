@@ -45,17 +45,18 @@ pub struct Record<'a> {
     pub mapping: Option<&'a Mapping>,
 }
 
-/// A folded write to one target row.
+/// A folded write to one target row (its key is the `Write`'s).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Folded {
     Upsert(BTreeMap<String, Option<String>>),
-    Delete(Vec<(String, Option<String>)>),
+    Delete,
 }
 
 /// One keyed write of a segment and the records it stands for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Write {
     pub table: TableId,
+    /// The key values, in the target table's key order.
     pub key: Vec<Option<String>>,
     pub op: Folded,
     /// Indexes of the records folded into it, in source order.
@@ -221,7 +222,7 @@ fn keyed<'k>(
         }
         TargetOp::Delete { table, key } => {
             let k = key.iter().map(|(_, v)| v.clone()).collect();
-            (table, k, Folded::Delete(key))
+            (table, k, Folded::Delete)
         }
     }
 }

@@ -70,17 +70,11 @@ impl Writer<'_> {
             .catalog(&w.table)
             .ok_or_else(|| Error::internal(format!("no catalog for {}", w.table)))?;
         let before = self.before_image(w, first);
-        let key: Vec<(String, Option<String>)> = match &w.op {
-            Folded::Upsert(cols) => tt
-                .key
-                .iter()
-                .map(|k| (k.clone(), cols.get(k).cloned().flatten()))
-                .collect(),
-            Folded::Delete(key) => key.clone(),
-        };
+        let key: Vec<(String, Option<String>)> =
+            tt.key.iter().cloned().zip(w.key.iter().cloned()).collect();
         let row = match &w.op {
             Folded::Upsert(cols) => Some(cols),
-            Folded::Delete(_) => None,
+            Folded::Delete => None,
         };
         let verdict = self
             .guard
@@ -174,9 +168,9 @@ impl Writer<'_> {
     }
 
     async fn write(&mut self, writes: &[&Write]) -> Result<()> {
-        let mut by_table: BTreeMap<&TableId, Vec<&Folded>> = BTreeMap::new();
+        let mut by_table: BTreeMap<&TableId, Vec<&Write>> = BTreeMap::new();
         for w in writes {
-            by_table.entry(&w.table).or_default().push(&w.op);
+            by_table.entry(&w.table).or_default().push(w);
         }
         for (t, ops) in by_table {
             let tt = self
@@ -209,20 +203,15 @@ fn columns(
     t: &TableId,
     key: &[String],
     known: &BTreeMap<String, String>,
-    ops: &[&Folded],
+    writes: &[&Write],
 ) -> Result<(DeleteKeys, UpsertGroups)> {
     let mut deletes: DeleteKeys = vec![Vec::new(); key.len()];
     let mut groups: UpsertGroups = BTreeMap::new();
-    for op in ops {
-        match op {
-            Folded::Delete(pairs) => {
-                for (j, k) in key.iter().enumerate() {
-                    deletes[j].push(
-                        pairs
-                            .iter()
-                            .find(|(n, _)| n == k)
-                            .and_then(|(_, v)| v.clone()),
-                    );
+    for w in writes {
+        match &w.op {
+            Folded::Delete => {
+                for (j, column) in deletes.iter_mut().enumerate() {
+                    column.push(w.key.get(j).cloned().flatten());
                 }
             }
             Folded::Upsert(cols) => {

@@ -160,10 +160,8 @@ fn folds_per_key_into_one_write() {
         Folded::Upsert(cols(&[("id", "1"), ("a", "x2"), ("b", "y")]))
     );
     assert_eq!(w[0].sources, vec![0, 1]);
-    assert_eq!(
-        w[1].op,
-        Folded::Delete(vec![("id".into(), Some("2".into()))])
-    );
+    assert_eq!(w[1].op, Folded::Delete);
+    assert_eq!(w[1].key, vec![Some("2".to_string())]);
     assert_eq!(w[1].sources, vec![2, 3]);
     assert_eq!(p.live, vec![0, 1, 2, 3]);
 }
@@ -391,7 +389,7 @@ fn to_events(changes: &[Change], rows: &mut Rows) -> Vec<ChangeEvent> {
 /// an upsert sets the columns it carries, inserting the row when absent).
 fn apply_write(target: &mut Rows, key: &str, op: &Folded) {
     match op {
-        Folded::Delete(_) => {
+        Folded::Delete => {
             target.remove(key);
         }
         Folded::Upsert(c) => {
