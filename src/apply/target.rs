@@ -16,6 +16,7 @@ use crate::database::catalog::TargetTable;
 use crate::database::ident::{qualified, quote};
 use crate::error::{Error, Result};
 use crate::event::TableId;
+use crate::state;
 
 /// The PostgreSQL type for a captured column: its source type if the target knows it, else
 /// one derived from the Avro type.
@@ -88,24 +89,19 @@ pub async fn create_table(
         cols.join(", "),
         pk.join(", ")
     );
-    client
-        .batch_execute(&sql)
-        .await
-        .map_err(|e| Error::postgres(format!("creating target table {t}"), e))?;
+    state::serialized_ddl(client, &sql, &format!("target table {t}")).await?;
     tracing::info!(table = %t, "created target table");
     Ok(())
 }
 
 pub async fn add_column(client: &Client, t: &TableId, f: &FieldInfo) -> Result<()> {
     let ty = column_type(client, f).await?;
-    client
-        .batch_execute(&format!(
-            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {ty}",
-            qualified(t),
-            quote(&f.name)
-        ))
-        .await
-        .map_err(|e| Error::postgres(format!("adding column {t}.{}", f.name), e))?;
+    let sql = format!(
+        "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {ty}",
+        qualified(t),
+        quote(&f.name)
+    );
+    state::serialized_ddl(client, &sql, &format!("column {t}.{}", f.name)).await?;
     tracing::info!(table = %t, column = %f.name, "added target column");
     Ok(())
 }

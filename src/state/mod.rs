@@ -26,6 +26,9 @@ use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
 
+/// The advisory lock key every state DDL script runs under (see [`serialized_ddl`]).
+const DDL_LOCK: &str = "hashtext('cutover:state-ddl')";
+
 /// A target store's tables (every sink creates them at start).
 pub const TARGET_DDL: &str = "
 SET client_min_messages = warning;
@@ -129,12 +132,12 @@ CREATE TABLE IF NOT EXISTS cutover.backfill (
 
 /// Create a target store's state tables (idempotent).
 pub async fn ensure_target(client: &Client) -> Result<()> {
-    ensure(client, TARGET_DDL, "schema cutover and its progress tables").await
+    serialized_ddl(client, TARGET_DDL, "schema cutover and its progress tables").await
 }
 
 /// Create the phase tables in legacy (idempotent).
 pub async fn ensure_control(client: &Client) -> Result<()> {
-    ensure(
+    serialized_ddl(
         client,
         CONTROL_DDL,
         "cutover.table_phases and cutover.phase_audit",
@@ -144,12 +147,19 @@ pub async fn ensure_control(client: &Client) -> Result<()> {
 
 /// Create the backfill table in the source (idempotent).
 pub async fn ensure_backfill(client: &Client) -> Result<()> {
-    ensure(client, BACKFILL_DDL, "cutover.backfill").await
+    serialized_ddl(client, BACKFILL_DDL, "cutover.backfill").await
 }
 
-async fn ensure(client: &Client, ddl: &str, what: &str) -> Result<()> {
+/// Runs one DDL script as a single implicit transaction (a multi-statement simple
+/// query) that first takes a transaction-scoped advisory lock. `CREATE … IF NOT
+/// EXISTS` is not safe against a concurrent creator (two sinks starting together
+/// fail with 23505 on `pg_type_typname_nsp_index`); under the lock the second
+/// creator waits, then sees the first one's tables and does nothing. Every DDL
+/// cutover runs on a store (state tables, identity target tables) goes through here.
+pub async fn serialized_ddl(client: &Client, ddl: &str, what: &str) -> Result<()> {
+    let script = format!("SELECT pg_advisory_xact_lock({DDL_LOCK});\n{ddl}");
     client
-        .batch_execute(ddl)
+        .batch_execute(&script)
         .await
         .map_err(|e| Error::postgres(format!("creating {what}"), e))
 }

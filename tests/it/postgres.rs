@@ -79,3 +79,62 @@ async fn a_pgoutput_slot_can_be_created_on_legacy() {
         .await
         .unwrap();
 }
+
+/// Every sink (and every instance of one) runs the state DDL at start. `CREATE … IF NOT
+/// EXISTS` alone races (CI once saw 23505 on `pg_type_typname_nsp_index` when two sinks
+/// started together); under the advisory lock, any number of concurrent creators succeed.
+#[tokio::test]
+async fn state_ddl_is_safe_when_many_sinks_start_at_once() {
+    let db = unique("stateddl");
+    let admin_url = "host=127.0.0.1 port=5434 user=postgres dbname=postgres";
+    let (admin, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+
+    for round in 0..3 {
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            let (c, conn) = tokio_postgres::connect(
+                &format!("host=127.0.0.1 port=5434 user=postgres dbname={db}"),
+                tokio_postgres::NoTls,
+            )
+            .await
+            .unwrap();
+            tokio::spawn(conn);
+            clients.push(c);
+        }
+        if round > 0 {
+            clients[0]
+                .batch_execute("DROP SCHEMA cutover CASCADE")
+                .await
+                .unwrap();
+        }
+        let results = futures::future::join_all(clients.iter().map(|c| async move {
+            cutover::state::ensure_target(c).await?;
+            cutover::state::ensure_control(c).await?;
+            cutover::state::ensure_backfill(c).await
+        }))
+        .await;
+        for (i, r) in results.iter().enumerate() {
+            assert!(r.is_ok(), "round {round}, creator {i}: {:?}", r);
+        }
+        let n: i64 = clients[0]
+            .query_one(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'cutover'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(n >= 5, "round {round}: only {n} state tables");
+    }
+    admin
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
