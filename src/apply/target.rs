@@ -14,9 +14,9 @@ use tokio_postgres::{Client, Statement};
 use super::decode::FieldInfo;
 use crate::database::catalog::TargetTable;
 use crate::database::ident::{qualified, quote};
+use crate::database::serialized_ddl;
 use crate::error::{Error, Result};
 use crate::event::TableId;
-use crate::state;
 
 /// The PostgreSQL type for a captured column: its source type if the target knows it, else
 /// one derived from the Avro type.
@@ -89,7 +89,7 @@ pub async fn create_table(
         cols.join(", "),
         pk.join(", ")
     );
-    state::serialized_ddl(client, &sql, &format!("target table {t}")).await?;
+    serialized_ddl(client, &sql, &format!("target table {t}")).await?;
     tracing::info!(table = %t, "created target table");
     Ok(())
 }
@@ -101,7 +101,7 @@ pub async fn add_column(client: &Client, t: &TableId, f: &FieldInfo) -> Result<(
         qualified(t),
         quote(&f.name)
     );
-    state::serialized_ddl(client, &sql, &format!("column {t}.{}", f.name)).await?;
+    serialized_ddl(client, &sql, &format!("column {t}.{}", f.name)).await?;
     tracing::info!(table = %t, column = %f.name, "added target column");
     Ok(())
 }

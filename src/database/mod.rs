@@ -6,6 +6,7 @@
 //!   ident     identifiers and literals as SQL text (postgres_protocol::escape)
 //!   catalog   what a table looks like in a target: columns, key, replica identity
 //!   origin    replication origins: how cutover's own writes are tagged (never echoed)
+//!   (here)    settings, server facts, and `serialized_ddl`: every DDL cutover runs
 //! ```
 //!
 //! Replication streaming lives in `capture`; the `cutover.*` state tables in `state`.
@@ -20,6 +21,24 @@ use tokio_postgres::Client;
 pub use endpoint::Endpoint;
 
 use crate::error::{Error, Result};
+
+/// The advisory lock key every DDL script cutover runs takes first (see [`serialized_ddl`]).
+const DDL_LOCK: &str = "hashtext('cutover:ddl')";
+
+/// Runs one DDL script as a single implicit transaction (a multi-statement simple query)
+/// that first takes a transaction-scoped advisory lock. `CREATE … IF NOT EXISTS` is not
+/// safe against a concurrent creator (two sinks starting together fail with 23505 on
+/// `pg_type_typname_nsp_index`); under the lock the second creator waits, then sees the
+/// first one's objects and does nothing. Every DDL cutover runs on a store goes through
+/// here: the `cutover.*` state tables (`state`) and identity target tables and columns.
+/// `what` names the object in the error ("creating {what}").
+pub async fn serialized_ddl(client: &Client, ddl: &str, what: &str) -> Result<()> {
+    let script = format!("SELECT pg_advisory_xact_lock({DDL_LOCK});\n{ddl}");
+    client
+        .batch_execute(&script)
+        .await
+        .map_err(|e| Error::postgres(format!("creating {what}"), e))
+}
 
 /// The value of one server setting (`current_setting(name)`).
 pub async fn setting(client: &Client, name: &str) -> Result<String> {

@@ -24,10 +24,8 @@ pub mod progress;
 
 use tokio_postgres::Client;
 
-use crate::error::{Error, Result};
-
-/// The advisory lock key every state DDL script runs under (see [`serialized_ddl`]).
-const DDL_LOCK: &str = "hashtext('cutover:state-ddl')";
+use crate::database::serialized_ddl;
+use crate::error::Result;
 
 /// A target store's tables (every sink creates them at start).
 pub const TARGET_DDL: &str = "
@@ -148,18 +146,4 @@ pub async fn ensure_control(client: &Client) -> Result<()> {
 /// Create the backfill table in the source (idempotent).
 pub async fn ensure_backfill(client: &Client) -> Result<()> {
     serialized_ddl(client, BACKFILL_DDL, "cutover.backfill").await
-}
-
-/// Runs one DDL script as a single implicit transaction (a multi-statement simple
-/// query) that first takes a transaction-scoped advisory lock. `CREATE … IF NOT
-/// EXISTS` is not safe against a concurrent creator (two sinks starting together
-/// fail with 23505 on `pg_type_typname_nsp_index`); under the lock the second
-/// creator waits, then sees the first one's tables and does nothing. Every DDL
-/// cutover runs on a store (state tables, identity target tables) goes through here.
-pub async fn serialized_ddl(client: &Client, ddl: &str, what: &str) -> Result<()> {
-    let script = format!("SELECT pg_advisory_xact_lock({DDL_LOCK});\n{ddl}");
-    client
-        .batch_execute(&script)
-        .await
-        .map_err(|e| Error::postgres(format!("creating {what}"), e))
 }
