@@ -16,6 +16,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/../local/lib.sh"
 cd "$ROOT"
 PGBIN="$(pg_bindir)"
 BIN="${CUTOVER_BIN:-$ROOT/target/release/cutover}"
+# A debug build is 5-10x slower per row: measuring one by mistake (lib.sh once set CUTOVER_BIN to
+# the stack's debug build, and every bench from 2026-12-02 ran it) makes every ratio meaningless.
+case "$(readlink -f "$BIN")" in
+  */target/debug/*) [ "${BENCH_ALLOW_DEBUG:-0}" = 1 ] || die "refusing to benchmark a debug build: $BIN (BENCH_ALLOW_DEBUG=1 to insist)";;
+esac
+BIN_ID="$(readlink -f "$BIN") ($(sha256sum "$BIN" | cut -c1-12), built $(date -u -r "$BIN" +%FT%TZ))"
 N="${BENCH_ROWS:-200000}"
 RATE="${BENCH_RATE:-2000}"
 SECS="${BENCH_SECS:-60}"
@@ -274,6 +280,7 @@ R[rss_events_s]=$(sed -n 's/.*throughput=\([0-9,]*\) events.*/\1/p' <<<"$rss_lin
 machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
 {
   printf '\ncutover bench %s — %s rows, %s\n\n' "$(date -u +%FT%TZ)" "$N" "$machine"
+  printf 'binary %s\n\n' "$BIN_ID"
   printf '%-44s %14s %14s\n' "stage" "1-row txns" "100-row txns"
   for k in native cutover apply capture; do
     case $k in native) name="native logical replication (rows/s)";; cutover) name="cutover capture + mirror sink (rows/s)";;
@@ -296,13 +303,13 @@ machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /pro
   printf '%-44s %14s\n' "COPY TO STDOUT | COPY FROM STDIN (rows/s)" "$(rate "$N" "${R[copy_s]}")"
 } | tee "$OUT/results.txt"
 
-"$VENV/bin/python" - "$OUT/results.json" "$N" "$machine" <<PY
+"$VENV/bin/python" - "$OUT/results.json" "$N" "$machine" "$BIN_ID" <<PY
 import json, sys
 r = {$(for k in "${!R[@]}"; do printf '"%s": "%s", ' "$k" "${R[$k]}"; done)}
 def num(v):
     try: return float(v)
     except ValueError: return v
-out = {"rows": int(sys.argv[2]), "machine": sys.argv[3], "raw": {k: num(v) for k, v in sorted(r.items())}}
+out = {"rows": int(sys.argv[2]), "machine": sys.argv[3], "binary": sys.argv[4], "raw": {k: num(v) for k, v in sorted(r.items())}}
 json.dump(out, open(sys.argv[1], "w"), indent=2)
 print("results:", sys.argv[1])
 PY

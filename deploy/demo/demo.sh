@@ -26,7 +26,7 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-"$CUTOVER_BIN" run >"$DEMO/run.log" 2>&1 &
+"$STACK_BIN" run >"$DEMO/run.log" 2>&1 &
 pids+=($!)
 
 (

@@ -15,7 +15,9 @@ CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 KAFKA_VERSION="$(sed -nE 's#.*<kafka.version>([^<]+)</kafka.version>.*#\1#p' "$ROOT/deploy/local/kafka/pom.xml")"
 KAFKA_HOME="${CUTOVER_KAFKA_HOME:-$HOME/.m2/cutover-kafka/$KAFKA_VERSION}"
 VENV="$STATE/venv"
-CUTOVER_BIN="$ROOT/target/debug/cutover"
+# The debug build the stack runs (the embedded registry, the demo). Not the benchmarked binary:
+# bench.sh takes CUTOVER_BIN from the environment and defaults to the release build.
+STACK_BIN="$ROOT/target/debug/cutover"
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }

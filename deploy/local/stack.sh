@@ -104,7 +104,7 @@ registry_up() {
   mkdir -p "$dir"
   log "building cutover (for the embedded registry)"
   ( cd "$ROOT" && cargo build --quiet --bin cutover )
-  local stamp; stamp="$(stat -c %Y "$CUTOVER_BIN")"
+  local stamp; stamp="$(stat -c %Y "$STACK_BIN")"
   if pid_alive "$dir/registry.pid" && [ "$(cat "$dir/registry.stamp" 2>/dev/null)" != "$stamp" ]; then
     log "cutover was rebuilt: restarting the registry on the new binary"
     stop_pidfile "$dir/registry.pid" "schema registry"
@@ -115,7 +115,7 @@ registry_up() {
     if port_open "$REGISTRY_PORT"; then die "port $REGISTRY_PORT is taken by another process (another checkout's stack? run make down there)"; fi
     echo "$stamp" > "$dir/registry.stamp"
     log "starting schema registry on 127.0.0.1:$REGISTRY_PORT"
-    nohup "$CUTOVER_BIN" registry --listen "127.0.0.1:$REGISTRY_PORT" --data-dir "$dir" \
+    nohup "$STACK_BIN" registry --listen "127.0.0.1:$REGISTRY_PORT" --data-dir "$dir" \
       </dev/null >>"$dir/registry.log" 2>&1 &
     echo $! > "$dir/registry.pid"
   fi
