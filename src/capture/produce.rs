@@ -14,7 +14,7 @@ use super::ack::TxnTracker;
 use super::metrics;
 use super::pgoutput::{Datum, Message};
 use super::stream::{Capture, Txn};
-use crate::codec::{self, Cell, SourceInfo};
+use crate::codec::{self, Row, SourceInfo};
 use crate::deadletter;
 use crate::error::{Error, Result};
 use crate::event::Op;
@@ -26,8 +26,8 @@ impl Capture {
         rel_id: u32,
         t: &mut Txn,
         op: Op,
-        before: Option<Vec<Cell>>,
-        after: Option<Vec<Cell>>,
+        before: Option<Row>,
+        after: Option<Row>,
         wal_start: u64,
     ) -> Result<()> {
         let st = self.state(rel_id)?;
@@ -46,9 +46,9 @@ impl Capture {
         let value = codec::wire(
             st.value_id,
             &st.schema
-                .encode_value(op, before.as_deref(), after.as_deref(), &source, now_ms())?,
+                .encode_value(op, before.as_ref(), after.as_ref(), &source, now_ms()),
         );
-        let key_cells = after.as_deref().or(before.as_deref());
+        let key_cells = after.as_ref().or(before.as_ref());
         let key = match key_cells {
             Some(c) => Some(codec::wire(st.key_id, &st.schema.encode_key(c)?)),
             None => None,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::metrics;
 use super::pgoutput::{Datum, Relation};
 use super::stream::{Capture, TableState};
-use crate::codec::{self, Cell, ColumnSpec};
+use crate::codec::{self, ColumnSpec, Row};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::TableId;
 use crate::kafka::{self, TopicSpec};
@@ -75,13 +75,15 @@ impl Capture {
         })
     }
 
-    pub(super) fn cells(&self, rel_id: u32, tuple: &[Datum]) -> Result<Vec<Cell>> {
+    /// A tuple of the stream as a [`Row`] of Avro-encoded values; a value the codec cannot
+    /// represent is a `Data` error naming the table and column.
+    pub(super) fn cells(&self, rel_id: u32, tuple: &[Datum]) -> Result<Row> {
         let st = self.state(rel_id)?;
-        let mut out = Vec::with_capacity(tuple.len());
+        let mut row = Row::with_columns(tuple.len());
         for (d, col) in tuple.iter().zip(&st.schema.columns) {
-            out.push(match d {
-                Datum::Null => Cell::Null,
-                Datum::UnchangedToast => Cell::Unchanged,
+            match d {
+                Datum::Null => row.push_null(),
+                Datum::UnchangedToast => row.push_unchanged(),
                 Datum::Text(b) | Datum::Binary(b) => {
                     let text = std::str::from_utf8(b).map_err(|e| {
                         Error::new(
@@ -89,14 +91,12 @@ impl Capture {
                             format!("{}.{}: value is not UTF-8: {e}", st.schema.table, col.name),
                         )
                     })?;
-                    Cell::Value(
-                        codec::types::text_to_avro(&col.kind, text)
-                            .map_err(|e| e.context(format!("{}.{}", st.schema.table, col.name)))?,
-                    )
+                    row.push_text(&col.kind, text)
+                        .map_err(|e| e.context(format!("{}.{}", st.schema.table, col.name)))?;
                 }
-            });
+            }
         }
-        Ok(out)
+        Ok(row)
     }
 
     pub(super) async fn on_relation(&mut self, rel: Relation) -> Result<()> {

@@ -26,10 +26,10 @@
 //! later is backward compatible and an unchanged TOAST value can be left out (see envelope).
 
 use apache_avro::types::Value;
-use apache_avro::Decimal;
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 use serde_json::json;
 
+use super::binary;
 use crate::error::{Error, ErrorKind, Result};
 
 /// How a column's values are represented.
@@ -167,45 +167,76 @@ fn bad(kind: &PgKind, text: &str, why: impl std::fmt::Display) -> Error {
     )
 }
 
-/// Convert PostgreSQL's text output (session settings `DateStyle=ISO`, `TimeZone=UTC`,
-/// `IntervalStyle=iso_8601`, `extra_float_digits=3`) into an Avro value of [`avro_type`].
-pub fn text_to_avro(kind: &PgKind, text: &str) -> Result<Value> {
-    Ok(match kind {
+/// Write PostgreSQL's text output (session settings `DateStyle=ISO`, `TimeZone=UTC`,
+/// `IntervalStyle=iso_8601`, `extra_float_digits=3`) as the Avro binary encoding of
+/// [`avro_type`]`(kind)`, appended to `out`. On error `out` may hold a partial value: the
+/// caller discards the row.
+pub fn write_text(kind: &PgKind, text: &str, out: &mut Vec<u8>) -> Result<()> {
+    match kind {
         PgKind::Bool => match text {
-            "t" | "true" => Value::Boolean(true),
-            "f" | "false" => Value::Boolean(false),
+            "t" | "true" => binary::boolean(out, true),
+            "f" | "false" => binary::boolean(out, false),
             _ => return Err(bad(kind, text, "expected t or f")),
         },
-        PgKind::Int => Value::Int(text.parse().map_err(|e| bad(kind, text, e))?),
-        PgKind::Long => Value::Long(text.parse().map_err(|e| bad(kind, text, e))?),
-        PgKind::Float => Value::Float(parse_float(text).map_err(|e| bad(kind, text, e))? as f32),
-        PgKind::Double => Value::Double(parse_float(text).map_err(|e| bad(kind, text, e))?),
-        PgKind::Decimal { scale, .. } => Value::Decimal(Decimal::from(
-            decimal_bytes(text, *scale).map_err(|e| bad(kind, text, e))?,
-        )),
-        PgKind::Text => Value::String(text.to_string()),
-        PgKind::Bytes => Value::Bytes(parse_bytea(text).map_err(|e| bad(kind, text, e))?),
-        PgKind::Uuid => Value::String(text.to_string()),
-        PgKind::Date => Value::Int(parse_date(text).map_err(|e| bad(kind, text, e))?),
-        PgKind::Time => Value::Long(parse_time(text).map_err(|e| bad(kind, text, e))?),
-        PgKind::Timestamp => {
-            Value::Long(parse_timestamp(text, false).map_err(|e| bad(kind, text, e))?)
+        PgKind::Int => {
+            let v: i32 = text.parse().map_err(|e| bad(kind, text, e))?;
+            binary::long(out, i64::from(v))
         }
-        PgKind::Timestamptz => {
-            Value::Long(parse_timestamp(text, true).map_err(|e| bad(kind, text, e))?)
-        }
+        PgKind::Long => binary::long(out, text.parse().map_err(|e| bad(kind, text, e))?),
+        PgKind::Float => binary::float(
+            out,
+            parse_float(text).map_err(|e| bad(kind, text, e))? as f32,
+        ),
+        PgKind::Double => binary::double(out, parse_float(text).map_err(|e| bad(kind, text, e))?),
+        PgKind::Decimal { scale, .. } => binary::bytes(
+            out,
+            &decimal_bytes(text, *scale).map_err(|e| bad(kind, text, e))?,
+        ),
+        PgKind::Text | PgKind::Uuid => binary::string(out, text),
+        PgKind::Bytes => binary::bytes(out, &parse_bytea(text).map_err(|e| bad(kind, text, e))?),
+        PgKind::Date => binary::long(
+            out,
+            i64::from(parse_date(text).map_err(|e| bad(kind, text, e))?),
+        ),
+        PgKind::Time => binary::long(out, parse_time(text).map_err(|e| bad(kind, text, e))?),
+        PgKind::Timestamp => binary::long(
+            out,
+            parse_timestamp(text, false).map_err(|e| bad(kind, text, e))?,
+        ),
+        PgKind::Timestamptz => binary::long(
+            out,
+            parse_timestamp(text, true).map_err(|e| bad(kind, text, e))?,
+        ),
         PgKind::Array(elem) => {
             let items = parse_array(text).map_err(|e| bad(kind, text, e))?;
-            let mut out = Vec::with_capacity(items.len());
-            for item in items {
-                out.push(match item {
-                    None => Value::Union(0, Box::new(Value::Null)),
-                    Some(s) => Value::Union(1, Box::new(text_to_avro(elem, &s)?)),
-                });
+            if !items.is_empty() {
+                binary::long(out, items.len() as i64);
+                for item in items {
+                    match item {
+                        None => binary::union(out, 0),
+                        Some(s) => {
+                            binary::union(out, 1);
+                            write_text(elem, &s, out)?;
+                        }
+                    }
+                }
             }
-            Value::Array(out)
+            binary::long(out, 0);
         }
-    })
+    }
+    Ok(())
+}
+
+/// The Avro value [`write_text`] encodes, as apache-avro reads it back with [`avro_type`]
+/// (logical types included: a `date` is `Value::Date`, a `uuid` is `Value::Uuid`). For tests and
+/// tools; the capture path never builds values.
+pub fn text_to_avro(kind: &PgKind, text: &str) -> Result<Value> {
+    let mut datum = Vec::new();
+    write_text(kind, text, &mut datum)?;
+    let schema = apache_avro::Schema::parse(&avro_type(kind))
+        .map_err(|e| Error::internal(format!("avro_type({kind:?}): {e}")))?;
+    apache_avro::from_avro_datum(&schema, &mut &datum[..], None)
+        .map_err(|e| Error::internal(format!("reading back {kind:?}: {e}")))
 }
 
 fn parse_float(s: &str) -> std::result::Result<f64, String> {
