@@ -2,6 +2,8 @@
 //! (`cutover_capture_*`, `cutover_backfill_*`; names in `observe::names`). Series that alerts
 //! read exist from the start, at zero.
 
+use std::sync::OnceLock;
+
 use crate::event::{Lsn, Op};
 use crate::observe::names;
 
@@ -18,11 +20,31 @@ pub fn table_seen(table: &str) {
         .increment(0);
 }
 
-/// One event produced: its table, op and encoded value size.
-pub fn event(table: &str, op: Op, value_bytes: usize) {
-    metrics::counter!(names::CAPTURE_EVENTS_TOTAL, names::LABEL_TABLE => table.to_string(), names::LABEL_OP => op.code()).increment(1);
-    metrics::counter!(names::CAPTURE_BYTES_TOTAL, names::LABEL_TABLE => table.to_string())
-        .increment(value_bytes as u64);
+/// A table's per-event series, looked up once when its relation is registered: the hot
+/// path increments handles instead of hashing label sets per event.
+pub struct TableCounters {
+    table: String,
+    /// By op (`Op as usize`), made on the op's first event so only seen ops are exported.
+    events: [OnceLock<metrics::Counter>; 5],
+    bytes: metrics::Counter,
+}
+
+impl TableCounters {
+    pub fn new(table: &str) -> TableCounters {
+        TableCounters {
+            table: table.to_string(),
+            events: Default::default(),
+            bytes: metrics::counter!(names::CAPTURE_BYTES_TOTAL, names::LABEL_TABLE => table.to_string()),
+        }
+    }
+
+    /// One event produced: its op and encoded value size.
+    pub fn event(&self, op: Op, value_bytes: usize) {
+        self.events[op as usize]
+            .get_or_init(|| metrics::counter!(names::CAPTURE_EVENTS_TOTAL, names::LABEL_TABLE => self.table.clone(), names::LABEL_OP => op.code()))
+            .increment(1);
+        self.bytes.increment(value_bytes as u64);
+    }
 }
 
 pub fn transaction() {

@@ -53,8 +53,7 @@ impl Capture {
             Some(c) => Some(codec::wire(st.key_id, &st.schema.encode_key(c)?)),
             None => None,
         };
-        let table = st.schema.table.to_string();
-        metrics::event(&table, op, value.len());
+        st.counters.event(op, value.len());
         let topic = st.topic.clone();
         match key {
             Some(k) => {

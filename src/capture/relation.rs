@@ -194,6 +194,7 @@ impl Capture {
             partitions: partitions.max(1),
             key_id,
             value_id,
+            counters: super::metrics::TableCounters::new(&table.to_string()),
         })
     }
 }

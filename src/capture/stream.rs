@@ -49,6 +49,7 @@ pub(super) struct TableState {
     pub(super) partitions: i32,
     pub(super) key_id: u32,
     pub(super) value_id: u32,
+    pub(super) counters: metrics::TableCounters,
 }
 
 pub(super) struct Txn {
