@@ -11,13 +11,14 @@
 //!
 //! [`service`] wires the loop and holds the invariant (progress commits atomically with the
 //! data, see its diagram); [`consumer`] the Kafka side; [`decode`] turns records back into
-//! PostgreSQL text; [`schema`] knows the tables a sink writes; [`mapping`] translates the old
+//! PostgreSQL text (reading each datum with [`datum`]); [`schema`] knows the tables a sink writes; [`mapping`] translates the old
 //! schema into the new contract (expressions in `crate::expr`); [`plan`] decides what a batch
 //! writes; [`mod@write`] and [`target`] write it; [`guard`] is the interface a back-sync role
 //! implements to admit or settle writes; [`metrics`] the sink's series; [`replay`] the lock
 //! protocol that lets a replay rewind a sink.
 
 pub mod consumer;
+pub mod datum;
 pub mod decode;
 pub mod guard;
 pub mod mapping;

@@ -21,6 +21,7 @@ fn schema() -> Arc<WriterSchema> {
                 avro: serde_json::json!("string"),
             })
             .collect(),
+        row: None,
     })
 }
 
