@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# make bench: one run, printed as a table and written as JSON (.local/bench/results.json).
+# make bench: BENCH_RUNS runs (default 3) of every stage below; deploy/bench/report.py prints the
+# medians (min–max) and the issue-14 targets table (target, measured, ratio, met/missed) and
+# writes .local/bench/results.{txt,json} (copy them to docs/bench/latest.* to publish a run).
 #  (a) catch-up: BENCH_ROWS changes (default 200k) pre-generated on legacy with the slots in
 #      place, as 1-row and as 100-row transactions; time cutover (capture + mirror sink) until the
 #      target holds every row, and PostgreSQL native logical replication (CREATE SUBSCRIPTION)
@@ -140,7 +142,9 @@ stop_bg() {
   kill -KILL "$1" 2>/dev/null || true
 }
 
-declare -A R
+
+# One run: every stage once, into R.
+measure() {
 for P in 1 100; do
   id="${RUN}_p$P"
   log "catch-up: $N rows as $P-row transactions"
@@ -276,40 +280,23 @@ log "peak RSS through a $RSS_ROWS-row transaction"
 rss_line=$(CUTOVER_BIN="$BIN" bash "$ROOT/deploy/bench/capture_1m.sh" "$RSS_ROWS" | tail -1)
 R[rss_mib]=$(sed -n 's/.*peak_rss=\([0-9.]*\) MiB.*/\1/p' <<<"$rss_line")
 R[rss_events_s]=$(sed -n 's/.*throughput=\([0-9,]*\) events.*/\1/p' <<<"$rss_line" | tr -d ,)
+}
+
+RUNS="${BENCH_RUNS:-3}"
+rm -f "$OUT"/run-*.json
+for k in $(seq 1 "$RUNS"); do
+  RUN="b$(date +%s)"
+  log "run $k of $RUNS ($RUN)"
+  unset R; declare -gA R
+  measure
+  "$VENV/bin/python" - "$OUT/run-$k.json" <<PY
+import json, sys
+r = {$(for key in "${!R[@]}"; do printf '"%s": "%s", ' "$key" "${R[$key]}"; done)}
+json.dump({k: float(v) for k, v in r.items()}, open(sys.argv[1], "w"), indent=1, sort_keys=True)
+PY
+done
 
 machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
-{
-  printf '\ncutover bench %s — %s rows, %s\n\n' "$(date -u +%FT%TZ)" "$N" "$machine"
-  printf 'binary %s\n\n' "$BIN_ID"
-  printf '%-44s %14s %14s\n' "stage" "1-row txns" "100-row txns"
-  for k in native cutover apply capture; do
-    case $k in native) name="native logical replication (rows/s)";; cutover) name="cutover capture + mirror sink (rows/s)";;
-      apply) name="apply only, from the topic (rows/s)";; capture) name="capture only, broker-acked (rows/s)";; esac
-    printf '%-44s %14s %14s\n' "$name" "$(rate "$N" "${R[${k}_s_1]}")" "$(rate "$N" "${R[${k}_s_100]}")"
-  done
-  printf '%-44s %14s %14s\n' "ratio cutover / native" \
-    "$(awk "BEGIN {printf \"%.2f\", ${R[native_s_1]} / ${R[cutover_s_1]}}")" "$(awk "BEGIN {printf \"%.2f\", ${R[native_s_100]} / ${R[cutover_s_100]}}")"
-  printf '%-44s %14s %14s\n' "ratio apply-only / native" \
-    "$(awk "BEGIN {printf \"%.2f\", ${R[native_s_1]} / ${R[apply_s_1]}}")" "$(awk "BEGIN {printf \"%.2f\", ${R[native_s_100]} / ${R[apply_s_100]}}")"
-  printf '%-44s %14s\n' "broker produce, ${R[avg_value_bytes]} B, Python client (msg/s)" "${R[broker_produce]}"
-  printf '%-44s %14s\n' "broker consume, Python client (msg/s)" "${R[broker_consume]}"
-  printf '%-44s %14s\n' "broker produce, Kafka ProducerPerformance" "${R[kafka_produce]}"
-  printf '%-44s %14s\n' "broker consume, Kafka ConsumerPerformance" "${R[kafka_consume]}"
-  printf '%-44s %14s\n' "capture-only / broker produce ceiling" "$(awk "BEGIN {printf \"%.0f%%\", 100 * $N / ${R[capture_s_100]} / ${R[kafka_produce]}}")"
-  printf '%-44s %14s\n' "steady ${RATE} rows/s x ${SECS}s: p50 / p95 / p99 ms" "${R[p50_ms]} / ${R[p95_ms]} / ${R[p99_ms]}"
-  printf '%-44s %14s\n' "peak RSS, ${RSS_ROWS}-row transaction (MiB)" "${R[rss_mib]}"
-  printf '%-44s %14s\n' "backfill into the topic (rows/s)" "$(rate "$N" "${R[backfill_topic_s]}")"
-  printf '%-44s %14s\n' "backfill end to end, into the target (rows/s)" "$(rate "$N" "${R[backfill_target_s]}")"
-  printf '%-44s %14s\n' "COPY TO STDOUT | COPY FROM STDIN (rows/s)" "$(rate "$N" "${R[copy_s]}")"
-} | tee "$OUT/results.txt"
-
-"$VENV/bin/python" - "$OUT/results.json" "$N" "$machine" "$BIN_ID" <<PY
-import json, sys
-r = {$(for k in "${!R[@]}"; do printf '"%s": "%s", ' "$k" "${R[$k]}"; done)}
-def num(v):
-    try: return float(v)
-    except ValueError: return v
-out = {"rows": int(sys.argv[2]), "machine": sys.argv[3], "binary": sys.argv[4], "raw": {k: num(v) for k, v in sorted(r.items())}}
-json.dump(out, open(sys.argv[1], "w"), indent=2)
-print("results:", sys.argv[1])
-PY
+"$VENV/bin/python" "$ROOT/deploy/bench/report.py" --rows "$N" --rate "$RATE" --secs "$SECS" \
+  --rss-rows "$RSS_ROWS" --machine "$machine" --binary "$BIN_ID" \
+  --txt "$OUT/results.txt" --json "$OUT/results.json" "$OUT"/run-*.json
