@@ -151,6 +151,9 @@ pub fn resolve(
 /// and the batch's own write would otherwise be overwritten unseen (a lost update).
 /// Returns the comparison and the row as JSON (for the conflicts table). `with_ts` reads the
 /// row's commit timestamp (needs `track_commit_timestamp = on`).
+///
+/// Long on purpose: it builds one `SELECT … FOR UPDATE` with typed parameters and reads the
+/// row back; the SQL and its parameter order are checked most easily side by side.
 pub async fn compare(
     tx: &Client,
     tt: &TargetTable,

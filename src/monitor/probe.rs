@@ -47,6 +47,10 @@ impl Monitor {
 
     /// Read everything once. `detail` adds what only `cutover status` shows (last applied and
     /// last captured commit times, the targets' last progress), at the cost of a few more reads.
+    ///
+    /// Long on purpose: one read per source of truth (slot, watermarks, each sink's offsets,
+    /// phases, dead-letter depth), each recording its own failure in `problems`, so one
+    /// unreachable peer never hides what the others report.
     pub async fn probe(&mut self, detail: bool) -> Snapshot {
         let mut problems = Vec::new();
         let slot_state = match self.slot().await {
