@@ -268,31 +268,52 @@ fn direct_envelope(
     let Some(Value::Record(src)) = src else {
         return Err("event has no source".into());
     };
-    let sget = |n: &str| {
-        src.iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| unwrap_union(v))
-    };
-    let long = |n: &str| match sget(n) {
-        Some(Value::Long(l)) => Ok(*l),
-        _ => Err(format!("source.{n} missing")),
-    };
-    let string = |n: &str| match sget(n) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        _ => Err(format!("source.{n} missing")),
-    };
+    let src = Source::of(&src)?;
     Ok(ChangeEvent {
-        table: TableId::new(string("schema")?, string("table")?),
+        table: src.table,
         op: op_of(op.as_deref().ok_or("event has no op")?).ok_or("unknown op")?,
         fields: vs.clone(),
         before,
         after,
         unchanged,
         key_columns: key_columns.to_vec(),
-        commit_lsn: long("commit_lsn")?,
-        seq: long("seq")?,
-        commit_ts_us: long("commit_ts_us")?,
+        commit_lsn: src.commit_lsn,
+        seq: src.seq,
+        commit_ts_us: src.commit_ts_us,
     })
+}
+
+/// What a sink reads from an event's `source` block (both readers share it).
+struct Source {
+    table: TableId,
+    commit_lsn: i64,
+    seq: i64,
+    commit_ts_us: i64,
+}
+
+impl Source {
+    fn of(fields: &[(String, Value)]) -> std::result::Result<Source, String> {
+        let get = |n: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| unwrap_union(v))
+        };
+        let long = |n: &str| match get(n) {
+            Some(Value::Long(l)) => Ok(*l),
+            _ => Err(format!("source.{n} missing")),
+        };
+        let string = |n: &str| match get(n) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            _ => Err(format!("source.{n} missing")),
+        };
+        Ok(Source {
+            table: TableId::new(string("schema")?, string("table")?),
+            commit_lsn: long("commit_lsn")?,
+            seq: long("seq")?,
+            commit_ts_us: long("commit_ts_us")?,
+        })
+    }
 }
 
 /// One row record, each field rendered to PostgreSQL text with the writer's field types.
@@ -379,30 +400,18 @@ fn envelope(v: Value, vs: &Arc<WriterSchema>, key_columns: Vec<String>) -> Resul
     let Some(Value::Record(src)) = get("source") else {
         return Err(data_err("event has no source"));
     };
-    let sget = |n: &str| {
-        src.iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| unwrap_union(v))
-    };
-    let long = |n: &str| match sget(n) {
-        Some(Value::Long(l)) => Ok(*l),
-        _ => Err(data_err(format!("source.{n} missing"))),
-    };
-    let string = |n: &str| match sget(n) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        _ => Err(data_err(format!("source.{n} missing"))),
-    };
+    let src = Source::of(src).map_err(data_err)?;
     Ok(ChangeEvent {
-        table: TableId::new(string("schema")?, string("table")?),
+        table: src.table,
         op,
         fields: vs.clone(),
         before,
         after,
         unchanged,
         key_columns,
-        commit_lsn: long("commit_lsn")?,
-        seq: long("seq")?,
-        commit_ts_us: long("commit_ts_us")?,
+        commit_lsn: src.commit_lsn,
+        seq: src.seq,
+        commit_ts_us: src.commit_ts_us,
     })
 }
 
