@@ -54,16 +54,16 @@ impl Capture {
             None => None,
         };
         st.counters.event(op, value.len());
-        let topic = st.topic.clone();
+        let topic = &st.topic;
         match key {
             Some(k) => {
-                self.produce(&topic, Some(&k), &value, None, &t.tracker)
+                self.produce(topic, Some(&k), &value, None, &t.tracker)
                     .await
             }
             // Truncate: one copy per partition, so it is ordered with every row's changes.
             None => {
                 for p in 0..st.partitions {
-                    self.produce(&topic, None, &value, Some(p), &t.tracker)
+                    self.produce(topic, None, &value, Some(p), &t.tracker)
                         .await?;
                 }
                 Ok(())
