@@ -25,9 +25,12 @@ case "$(readlink -f "$BIN")" in
 esac
 BIN_ID="$(readlink -f "$BIN") ($(sha256sum "$BIN" | cut -c1-12), built $(date -u -r "$BIN" +%FT%TZ))"
 N="${BENCH_ROWS:-200000}"
-RATE="${BENCH_RATE:-2000}"
+RATES="${BENCH_RATES:-2000 20000}" # steady-state rates, rows/s
 SECS="${BENCH_SECS:-60}"
 RSS_ROWS="${BENCH_RSS_ROWS:-1000000}"
+RSS_BIG_ROWS="${BENCH_RSS_BIG_ROWS:-10000000}" # first run only: RSS vs transaction size
+SCALE_ROWS="${BENCH_SCALE_ROWS:-100000 1000000}" # first run only: catch-up time vs backlog
+TABLES="${BENCH_TABLES:-500}"
 OUT="$STATE/bench"
 RUN="b$(date +%s)"
 mkdir -p "$OUT"
@@ -49,7 +52,12 @@ pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 
 TABLE_DDL="CREATE SCHEMA IF NOT EXISTS bench; CREATE TABLE IF NOT EXISTS bench.t (id bigint PRIMARY KEY, qty int, price numeric(10,2), note text, created_at timestamptz DEFAULT clock_timestamp())"
-for db in bench_target bench_apply bench_native; do
+PEERS="${BENCH_PEERS:-1}" # 0: skip the Debezium peer
+# bench-only Python packages (the plots), into the test venv; `make test` never needs them
+"$VENV/bin/python" -c "import matplotlib" 2>/dev/null || "$VENV/bin/pip" install -q --disable-pip-version-check "matplotlib==3.10.9"
+[ "$PEERS" = 0 ] || bash "$ROOT/deploy/bench/debezium.sh" setup
+cpu_s() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+for db in bench_target bench_apply bench_native bench_dbz; do
   T postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 || T postgres -c "CREATE DATABASE $db"
 done
 L <<'SQL'
@@ -63,6 +71,14 @@ BEGIN
     FROM generate_series(1, least(per_txn, n - i)) g;
     COMMIT;
     i := i + per_txn;
+  END LOOP;
+END $$;
+CREATE OR REPLACE PROCEDURE bench.gen_many(n bigint, tables int) LANGUAGE plpgsql AS $$
+BEGIN
+  FOR i IN 1..n LOOP
+    EXECUTE format('INSERT INTO benchm.t%s (id, qty, price, note) VALUES ($1, $2, $3, $4)', i % tables)
+      USING i, (i % 100)::int, (i % 1000) / 10.0, 'order line ' || i || ' — straße ✓';
+    COMMIT;
   END LOOP;
 END $$;
 CREATE OR REPLACE PROCEDURE bench.steady(rate int, secs int) LANGUAGE plpgsql AS $$
@@ -81,7 +97,7 @@ SQL
 
 reset_tables() {
   L -c "DROP TABLE IF EXISTS bench.t" -c "$TABLE_DDL" 2>/dev/null
-  for db in bench_target bench_apply bench_native; do
+  for db in bench_target bench_apply bench_native bench_dbz; do
     T "$db" -c "DROP SCHEMA IF EXISTS bench CASCADE" -c "$TABLE_DDL" 2>/dev/null
   done
   # the target-only column the steady-state latency is read from
@@ -152,6 +168,7 @@ for P in 1 100; do
   write_config "${id//_/-}" "$OUT/$id.toml"
   sed -i "s/^slot = .*/slot = \"$id\"/; s/^publication = .*/publication = \"$id\"/" "$OUT/$id.toml"
   make_slot "$id"; make_slot "${id}_nat"; make_slot "${id}_cap"
+  [ "$PEERS" = 0 ] || make_slot "${id}_dbz"
   t0=$(now); L -c "CALL bench.gen($N, $P)"; R[gen_s_$P]=$(elapsed "$t0" "$(now)")
   end_lsn=$(L -tAc "SELECT pg_current_wal_lsn()")
 
@@ -160,12 +177,15 @@ for P in 1 100; do
   T bench_native -c "CREATE SUBSCRIPTION ${id}_nat CONNECTION 'host=127.0.0.1 port=$LEGACY_PORT dbname=app user=postgres' PUBLICATION ${id}_nat WITH (create_slot = false, slot_name = '${id}_nat', copy_data = false)" >/dev/null
   wait_count bench_native "$N" 600
   R[native_s_$P]=$(elapsed "$t0" "$(now)")
+  # CPU of native's two processes: the walsender (the slot's active pid) and the apply worker
+  R[native_cpu_$P]=$(awk "BEGIN {print $(cpu_s "$(L -tAc "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '${id}_nat'")") + $(cpu_s "$(T bench_native -tAc "SELECT pid FROM pg_stat_subscription WHERE subname = '${id}_nat' AND pid IS NOT NULL LIMIT 1")")}")
   T bench_native -c "DROP SUBSCRIPTION ${id}_nat" >/dev/null
 
   # cutover: capture + mirror sink, end to end
   t0=$(now); pid=$(start_bg "$BIN" run --sink mirror --config "$OUT/$id.toml")
   wait_count bench_target "$N" 900 "$pid"
   R[cutover_s_$P]=$(elapsed "$t0" "$(now)")
+  R[cutover_cpu_$P]=$(cpu_s "$pid")
   bytes=$(curl -fsS http://127.0.0.1:9465/metrics | awk '/^cutover_capture_bytes_total/ {s += $NF} END {print s + 0}')
   stop_bg "$pid"
   R[avg_value_bytes]=$(awk "BEGIN {printf \"%.0f\", $bytes / $N}")
@@ -174,6 +194,7 @@ for P in 1 100; do
   t0=$(now); pid=$(start_bg "$BIN" apply --sink applyonly --config "$OUT/$id.toml")
   wait_count bench_apply "$N" 900 "$pid"
   R[apply_s_$P]=$(elapsed "$t0" "$(now)")
+  R[apply_cpu_$P]=$(cpu_s "$pid")
   stop_bg "$pid"
 
   # capture-only: its own slot and topics, done when the slot is confirmed past the workload
@@ -183,7 +204,13 @@ for P in 1 100; do
   t0=$(now); pid=$(start_bg "$BIN" capture --config "$OUT/$cap.toml")
   until [ "$(L -tAc "SELECT confirmed_flush_lsn >= '$end_lsn'::pg_lsn FROM pg_replication_slots WHERE slot_name = '$cap'")" = t ]; do sleep 0.2; done
   R[capture_s_$P]=$(elapsed "$t0" "$(now)")
+  R[capture_cpu_$P]=$(cpu_s "$pid")
   stop_bg "$pid"
+  if [ "$PEERS" != 0 ]; then
+    log "Debezium peer: the same $N rows, PostgreSQL connector + JDBC sink on Kafka Connect standalone"
+    read -r R[dbz_s_$P] R[dbz_cpu_$P] < <(bash "$ROOT/deploy/bench/debezium.sh" catchup "${id//_/-}-dbz" "${id}_dbz" "${id}_dbz" bench_dbz "$N")
+    drop_slot "${id}_dbz"
+  fi
   drop_slot "$id"; drop_slot "${id}_nat"; drop_slot "$cap"
 done
 
@@ -234,21 +261,27 @@ R[kafka_consume]=$(java -cp "$KCP" org.apache.kafka.tools.ConsumerPerformance \
 java -cp "$KCP" org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
   --delete --topic "$kt" >/dev/null 2>&1 || true
 
-log "steady state: $RATE rows/s for $SECS s"
-id="${RUN}_steady"
+for rate in $RATES; do
+log "steady state: $rate rows/s for $SECS s"
+id="${RUN}_steady$rate"
 reset_tables
 write_config "${id//_/-}" "$OUT/$id.toml"
 sed -i "s/^slot = .*/slot = \"$id\"/; s/^publication = .*/publication = \"$id\"/" "$OUT/$id.toml"
 pid=$(start_bg "$BIN" run --sink mirror --config "$OUT/$id.toml")
 until [ "$(L -tAc "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$id' AND active")" = 1 ]; do sleep 0.2; done
 sleep 8 # the sink joins its group
-L -c "CALL bench.steady($RATE, $SECS)"
+L -c "CALL bench.steady($rate, $SECS)"
 want=$(L -tAc "SELECT count(*) FROM bench.t")
 wait_count bench_target "$want" 300 "$pid"
 stop_bg "$pid"
 read -r p50 p95 p99 < <(T bench_target -tAc "SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1), round(percentile_cont(0.95) WITHIN GROUP (ORDER BY ms)::numeric, 1), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1) FROM (SELECT extract(epoch FROM applied_at - created_at) * 1000 AS ms FROM bench.t) x" | tr '|' ' ')
-R[steady_rows]=$want; R[p50_ms]=$p50; R[p95_ms]=$p95; R[p99_ms]=$p99
+R[steady_rows_$rate]=$want; R[p50_ms_$rate]=$p50; R[p95_ms_$rate]=$p95; R[p99_ms_$rate]=$p99
+# the committed rate the procedure actually reached (it cannot catch up a tick it missed)
+R[steady_rate_$rate]=$(T bench_target -tAc "SELECT round(count(*) / extract(epoch FROM max(created_at) - min(created_at))) FROM bench.t")
+# per-row (commit time, latency) of this run's steady stages, for deploy/bench/plot.py
+T bench_target -c "\\copy (SELECT extract(epoch FROM created_at), extract(epoch FROM applied_at), extract(epoch FROM applied_at - created_at) * 1000 FROM bench.t ORDER BY created_at) TO '$OUT/steady-$rate.csv' WITH (FORMAT csv)"
 drop_slot "$id"
+done
 
 log "backfill: $N existing rows, and COPY for comparison"
 id="${RUN}_bf"
@@ -276,6 +309,57 @@ drop_slot "$id"
 # would keep one of the new store's max_replication_slots origin states for good.
 T bench_target -c "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname LIKE 'cutover:${id}:%'" >/dev/null 2>&1 || true
 
+log "$TABLES tables in the publication: $N rows as 1-row transactions spread over them"
+id="${RUN}_tables"
+many_ddl() { # many_ddl EXTRA_COLUMN: the benchm schema of TABLES tables shaped like bench.t
+  echo "DROP SCHEMA IF EXISTS benchm CASCADE; CREATE SCHEMA benchm;"
+  for i in $(seq 0 $((TABLES - 1))); do
+    echo "CREATE TABLE benchm.t$i (id bigint PRIMARY KEY, qty int, price numeric(10,2), note text, created_at timestamptz DEFAULT clock_timestamp()$1);"
+  done
+}
+many_ddl "" | L >/dev/null
+many_ddl ", applied_at timestamptz DEFAULT clock_timestamp()" | T bench_target >/dev/null
+T bench_target -c "CREATE VIEW benchm.all_rows AS $(for i in $(seq 0 $((TABLES - 1))); do [ "$i" = 0 ] || printf ' UNION ALL '; printf 'SELECT applied_at FROM benchm.t%s' "$i"; done)"
+L -c "CREATE PUBLICATION $id FOR TABLES IN SCHEMA benchm" -c "SELECT pg_create_logical_replication_slot('$id', 'pgoutput')" >/dev/null
+L -c "CALL bench.gen_many($N, $TABLES)"
+write_config "${id//_/-}" "$OUT/$id.toml"
+sed -i "s/^slot = .*/slot = \"$id\"/; s/^publication = .*/publication = \"$id\"/; s/^schemas = .*/schemas = [\"benchm\"]/; s/^tables = .*/tables = []/" "$OUT/$id.toml"
+t0=$(now); pid=$(start_bg "$BIN" run --sink mirror --config "$OUT/$id.toml")
+while [ "$(T bench_target -tAc "SELECT count(*) FROM benchm.all_rows" 2>/dev/null || echo 0)" -lt "$N" ]; do
+  kill -0 "$pid" 2>/dev/null || die "cutover exited early, see $OUT/$RUN.log"
+  awk "BEGIN {exit !($(now) - $t0 > 900)}" && die "timed out waiting for $N rows over $TABLES tables"
+  sleep 0.5
+done
+R[tables_s]=$(elapsed "$t0" "$(now)")
+R[tables_first_s]=$(T bench_target -tAc "SELECT round((extract(epoch FROM min(applied_at)) - $t0)::numeric, 2) FROM benchm.all_rows")
+stop_bg "$pid"
+drop_slot "$id"
+T bench_target -c "DROP SCHEMA benchm CASCADE" >/dev/null; L -c "DROP SCHEMA benchm CASCADE" >/dev/null
+
+if [ "$FIRST" = 1 ]; then
+  # How cost grows with work, once per bench (the figures are times, not ratios to a peer run
+  # beside them): catch-up time for backlogs of SCALE_ROWS (1-row txns, cutover end to end).
+  for n in $SCALE_ROWS; do
+    log "scaling: catch-up of a $n-row backlog"
+    id="${RUN}_scale$n"
+    reset_tables
+    write_config "${id//_/-}" "$OUT/$id.toml"
+    sed -i "s/^slot = .*/slot = \"$id\"/; s/^publication = .*/publication = \"$id\"/" "$OUT/$id.toml"
+    make_slot "$id"
+    L -c "CALL bench.gen($n, 1)"
+    t0=$(now); pid=$(start_bg "$BIN" run --sink mirror --config "$OUT/$id.toml")
+    wait_count bench_target "$n" 1800 "$pid"
+    R[scale_s_$n]=$(elapsed "$t0" "$(now)")
+    stop_bg "$pid"
+    drop_slot "$id"
+  done
+  for n in $RSS_BIG_ROWS; do
+    log "peak RSS through a $n-row transaction"
+    rss_line=$(CUTOVER_BIN="$BIN" bash "$ROOT/deploy/bench/capture_1m.sh" "$n" | tail -1)
+    R[rss_mib_$n]=$(sed -n 's/.*peak_rss=\([0-9.]*\) MiB.*/\1/p' <<<"$rss_line")
+  done
+fi
+
 log "peak RSS through a $RSS_ROWS-row transaction"
 rss_line=$(CUTOVER_BIN="$BIN" bash "$ROOT/deploy/bench/capture_1m.sh" "$RSS_ROWS" | tail -1)
 R[rss_mib]=$(sed -n 's/.*peak_rss=\([0-9.]*\) MiB.*/\1/p' <<<"$rss_line")
@@ -283,8 +367,9 @@ R[rss_events_s]=$(sed -n 's/.*throughput=\([0-9,]*\) events.*/\1/p' <<<"$rss_lin
 }
 
 RUNS="${BENCH_RUNS:-3}"
-rm -f "$OUT"/run-*.json
+rm -f "$OUT"/run-*.json "$OUT"/steady-*.csv
 for k in $(seq 1 "$RUNS"); do
+  FIRST=$([ "$k" = 1 ] && echo 1 || echo 0)
   RUN="b$(date +%s)"
   log "run $k of $RUNS ($RUN)"
   unset R; declare -gA R
@@ -297,6 +382,16 @@ PY
 done
 
 machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
-"$VENV/bin/python" "$ROOT/deploy/bench/report.py" --rows "$N" --rate "$RATE" --secs "$SECS" \
+"$VENV/bin/python" "$ROOT/deploy/bench/report.py" --rows "$N" --rates "$RATES" --secs "$SECS" \
+  --tables "$TABLES" --scale-rows "$SCALE_ROWS" --rss-big-rows "$RSS_BIG_ROWS" \
   --rss-rows "$RSS_ROWS" --machine "$machine" --binary "$BIN_ID" \
   --txt "$OUT/results.txt" --json "$OUT/results.json" "$OUT"/run-*.json
+"$VENV/bin/python" "$ROOT/deploy/bench/plot.py" "$OUT" "$OUT"/steady-*.csv
+# A full bench (3 runs or more) publishes itself: docs/bench/latest.{txt,json} and the plots.
+# BENCH_PUBLISH=0 keeps a full run local; BENCH_PUBLISH=1 publishes a shorter one.
+if [ "${BENCH_PUBLISH:-$([ "$RUNS" -ge 3 ] && echo 1 || echo 0)}" = 1 ]; then
+  cp "$OUT/results.txt" "$ROOT/docs/bench/latest.txt"
+  cp "$OUT/results.json" "$ROOT/docs/bench/latest.json"
+  cp "$OUT"/steady-*.png "$ROOT/docs/bench/"
+  log "published to docs/bench/"
+fi
