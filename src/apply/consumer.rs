@@ -6,6 +6,7 @@
 //!   registry subjects ─▶ captured_topics ─▶ subscribe (names, not a regex)
 //!   rebalance ─▶ SinkContext: assigned partitions (sink.<name>.assigned readiness)
 //!   collect: until batch_max_rows | batch_max_bytes | batch_max_ms after the first record
+//!            | nothing more queued for batch_linger_ms (0: the queue is drained)
 //!   fresh partition: Kafka's committed offset ahead of stored progress → seek back (stored wins)
 //!   after COMMIT in the target: commit offsets (async; only lag tooling reads them)
 //! ```
@@ -124,8 +125,10 @@ impl ConsumerContext for SinkContext {
 }
 
 /// Collect one batch: until `batch_max_rows` records or `batch_max_bytes` bytes, or
-/// `batch_max_ms` after the first record; empty after 5 s idle (the loop then looks for new
-/// tables) or when `shutdown` flips.
+/// `batch_max_ms` after the first record, or no record for `batch_linger_ms` (0: as soon as
+/// nothing more is queued, so a caught-up sink applies at once while a backlog still fills
+/// whole batches); empty after 5 s idle (the loop then looks for new tables) or when
+/// `shutdown` flips.
 pub async fn collect(
     consumer: &StreamConsumer<SinkContext>,
     sink: &SinkConfig,
@@ -135,6 +138,7 @@ pub async fn collect(
     let mut batch = Vec::new();
     let mut bytes = 0usize;
     let max_wait = Duration::from_millis(sink.batch_max_ms);
+    let linger = Duration::from_millis(sink.batch_linger_ms);
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut stream = consumer.stream();
     loop {
@@ -145,7 +149,14 @@ pub async fn collect(
                 // Idle: come back to look for new tables.
                 _ = tokio::time::sleep(Duration::from_secs(5)) => return Ok(batch),
             },
-            Some(d) => match tokio::time::timeout_at(d, stream.next()).await {
+            // `timeout_at` polls the stream before its deadline: with no linger, a record
+            // already queued is still taken, and an empty queue closes the batch.
+            Some(d) => match tokio::time::timeout_at(
+                d.min(tokio::time::Instant::now() + linger),
+                stream.next(),
+            )
+            .await
+            {
                 Ok(m) => m,
                 Err(_) => return Ok(batch),
             },

@@ -305,9 +305,16 @@ pub struct SinkConfig {
     /// … or this many bytes of Kafka payload …
     #[serde(default = "default_batch_max_bytes")]
     pub batch_max_bytes: usize,
-    /// … or this long after its first event.
+    /// … or this long after its first event …
     #[serde(default = "default_batch_max_ms")]
     pub batch_max_ms: u64,
+    /// … or once no further event arrived for this long (0, the default: as soon as the
+    /// consumer has nothing more queued). Under a backlog the queue never drains and batches
+    /// fill up to the limits above; once caught up, an event waits only for the batch in
+    /// flight, not for `batch_max_ms`. Raise it to trade latency for fewer, larger target
+    /// transactions on a trickle of events.
+    #[serde(default)]
+    pub batch_linger_ms: u64,
     #[serde(default)]
     pub truncate: TruncatePolicy,
     #[serde(default)]

@@ -383,6 +383,12 @@ impl Config {
             if sink.batch_max_ms == 0 {
                 e.push(format!("{p}.batch_max_ms"), "must be at least 1");
             }
+            if sink.batch_linger_ms > sink.batch_max_ms {
+                e.push(
+                    format!("{p}.batch_linger_ms"),
+                    "must not exceed batch_max_ms (a batch never stays open longer)",
+                );
+            }
             let mut sources = HashSet::new();
             for (j, t) in sink.tables.iter().enumerate() {
                 check_table_mapping(e, &format!("{p}.tables[{j}]"), t, &mut sources);
