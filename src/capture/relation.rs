@@ -176,17 +176,24 @@ impl Capture {
             .registry
             .register(&format!("{topic}-value"), &schema.value_json)
             .await?;
-        kafka::ensure_topics(
-            &self.cfg.kafka,
-            &[TopicSpec {
-                name: topic.clone(),
-                partitions: self.cfg.kafka.partitions,
-                replication_factor: self.cfg.kafka.replication_factor,
-                configs: vec![],
-            }],
-        )
-        .await?;
-        let partitions = kafka::partition_count(&self.cfg.kafka, &topic).await?;
+        let partitions = match self.topic_partitions.get(&topic) {
+            Some(p) => *p,
+            None => {
+                kafka::ensure_topics(
+                    &self.cfg.kafka,
+                    &[TopicSpec {
+                        name: topic.clone(),
+                        partitions: self.cfg.kafka.partitions,
+                        replication_factor: self.cfg.kafka.replication_factor,
+                        configs: vec![],
+                    }],
+                )
+                .await?;
+                let p = kafka::partition_count(&self.cfg.kafka, &topic).await?;
+                self.topic_partitions.insert(topic.clone(), p);
+                p
+            }
+        };
         tracing::info!(table = %table, topic, key_id, value_id, "relation schema registered");
         Ok(TableState {
             schema: Arc::new(schema),

@@ -9,7 +9,7 @@ use crate::codec::types::{builtin_kind, kind_for_catalog, PgKind};
 use crate::config::SourceConfig;
 use crate::database::ident::quote;
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::Lsn;
+use crate::event::{Lsn, TableId};
 
 /// Fail with an operator-actionable message unless the server can do logical decoding.
 pub async fn check_server(client: &Client) -> Result<()> {
@@ -151,6 +151,22 @@ pub async fn ensure_publication(client: &Client, cfg: &SourceConfig) -> Result<P
             ),
         },
     }
+}
+
+/// The tables the publication covers now (tables added to a captured schema later are found
+/// by their first Relation message).
+pub async fn published_tables(client: &Client, publication: &str) -> Result<Vec<TableId>> {
+    let rows = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1, 2",
+            &[&publication],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("tables of publication {publication}"), e))?;
+    Ok(rows
+        .iter()
+        .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect())
 }
 
 /// Create the slot if missing; check an existing one is usable. Returns its confirmed LSN.

@@ -69,12 +69,46 @@ pub struct Capture {
     pub(super) producer: ThreadedProducer<AckContext>,
     pub(super) catalog: Catalog,
     pub(super) relations: HashMap<u32, TableState>,
+    /// Partition counts of the topics known to exist: every published table's topic is
+    /// created (one CreateTopics) and described (one metadata client) before streaming, so
+    /// a Relation message costs no Kafka round trip; a table new since then is created on its
+    /// first Relation and added here.
+    pub(super) topic_partitions: HashMap<String, i32>,
     pub(super) db: String,
     /// The capture dead-letter topic has been created.
     pub(super) dlq_ready: bool,
     /// Backfill chunks handed over by workers, and the open watermark windows.
     pub(super) backfill: Arc<super::backfill::Shared>,
     pub(super) windows: super::backfill::Windows,
+}
+
+/// Create the topic of every table the publication covers (one request) and read their
+/// partition counts (one metadata client).
+async fn published_topics(
+    cfg: &Config,
+    sql: &tokio_postgres::Client,
+) -> Result<HashMap<String, i32>> {
+    let topics: Vec<String> = setup::published_tables(sql, &cfg.source.publication)
+        .await?
+        .iter()
+        .map(|t| kafka::topic::for_table(&cfg.topic_prefix, t))
+        .collect();
+    let specs: Vec<kafka::TopicSpec> = topics
+        .iter()
+        .map(|name| kafka::TopicSpec {
+            name: name.clone(),
+            partitions: cfg.kafka.partitions,
+            replication_factor: cfg.kafka.replication_factor,
+            configs: vec![],
+        })
+        .collect();
+    kafka::ensure_topics(&cfg.kafka, &specs).await?;
+    let counts = kafka::partition_counts(&cfg.kafka, &topics).await?;
+    tracing::info!(
+        topics = counts.len(),
+        "topics of the published tables ready"
+    );
+    Ok(counts)
 }
 
 impl Capture {
@@ -85,6 +119,7 @@ impl Capture {
         setup::check_server(&sql).await?;
         setup::ensure_publication(&sql, &cfg.source).await?;
         let start = setup::ensure_slot(&sql, &cfg.source.slot).await?;
+        let topic_partitions = published_topics(cfg, &sql).await?;
         let db: String = sql
             .query_one("SELECT current_database()", &[])
             .await
@@ -106,6 +141,7 @@ impl Capture {
                 producer,
                 catalog: Catalog::default(),
                 relations: HashMap::new(),
+                topic_partitions,
                 db,
                 dlq_ready: false,
                 backfill: Arc::new(super::backfill::Shared::default()),

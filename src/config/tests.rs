@@ -145,10 +145,16 @@ fn redacted_toml_hides_every_secret() {
 #[test]
 fn batch_linger_longer_than_batch_max_names_the_sink_field() {
     let mut cfg = Config::load_with_env(None, env(&[])).unwrap();
-    assert_eq!(cfg.sinks[0].batch_linger_ms, 0, "default: close when drained");
+    assert_eq!(
+        cfg.sinks[0].batch_linger_ms, 0,
+        "default: close when drained"
+    );
     cfg.sinks[1].batch_linger_ms = cfg.sinks[1].batch_max_ms + 1;
     let err = cfg.validate().unwrap_err().to_string();
-    assert!(err.contains("sinks[1].batch_linger_ms: must not exceed batch_max_ms"), "{err}");
+    assert!(
+        err.contains("sinks[1].batch_linger_ms: must not exceed batch_max_ms"),
+        "{err}"
+    );
     cfg.sinks[1].batch_linger_ms = cfg.sinks[1].batch_max_ms;
     cfg.validate().unwrap();
 }
