@@ -90,7 +90,7 @@ pub fn set_group_protocol(c: &mut ClientConfig, protocol: GroupProtocol) {
 }
 
 /// Set `key` unless the user already did through `kafka.properties`.
-fn set_default(c: &mut ClientConfig, key: &str, value: &str) {
+pub fn set_default(c: &mut ClientConfig, key: &str, value: &str) {
     if c.get(key).is_none() {
         c.set(key, value);
     }
