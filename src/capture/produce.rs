@@ -109,7 +109,8 @@ impl Capture {
             record = record.partition(p);
         }
         loop {
-            match self.producer.send(record) {
+            let producer = &self.producers[super::stream::shard_of(topic, self.producers.len())];
+            match producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((
                     rdkafka::error::KafkaError::MessageProduction(
