@@ -7,12 +7,22 @@
 #      target holds every row, and PostgreSQL native logical replication (CREATE SUBSCRIPTION)
 #      on the same workload. Also capture-only (acknowledged by the broker), apply-only (from the
 #      filled topic) and the broker's raw produce/consume ceiling for the same message size.
-#  (b) steady state: BENCH_RATE rows/s (default 2000) for BENCH_SECS (default 60); commit →
-#      applied latency percentiles (applied_at default on the target − created_at on legacy).
-#  (c) peak RSS of `cutover capture` through a BENCH_RSS_ROWS-row transaction (default 1M).
+#  (b) steady state: each of BENCH_RATES rows/s (default "2000 20000") for BENCH_SECS (default
+#      60), after a warm-up outside the measured rows; commit → applied latency percentiles
+#      (applied_at default on the target − created_at on legacy), per-row CSV for plot.py
+#      (docs/bench/steady-latency.png, steady-throughput.png).
+#  (c) peak RSS of `cutover capture` through a BENCH_RSS_ROWS-row transaction (default 1M), and
+#      (first run only) through BENCH_RSS_BIG_ROWS rows (default 10M): RSS vs transaction size.
 #  (d) backfill: N existing rows (older than the slot) copied by `cutover backfill` into the topic
 #      (rows/s until Kafka acknowledged the last chunk) and on into the mirror target (end to
 #      end), next to `COPY … TO STDOUT | COPY … FROM STDIN` of the same table.
+#  (e) BENCH_TABLES tables (default 500) in one publication (TABLES IN SCHEMA): N 1-row
+#      transactions spread over them, end to end, and the time to the first applied row.
+#  (f) first run only: catch-up time for backlogs of BENCH_SCALE_ROWS (default "100000 1000000").
+#  Peers: native logical replication (CREATE SUBSCRIPTION) in (a), and Debezium 3.6 (PostgreSQL
+#  connector + JDBC sink on Kafka Connect standalone, deploy/bench/debezium.sh; BENCH_PEERS=0
+#  skips it). CPU seconds (utime + stime from /proc) of each process beside native's walsender +
+#  apply worker. A run of 3 or more (the default) publishes docs/bench/latest.* and the plots.
 # Needs `make up` and a release build (the Makefile target does both).
 source "$(dirname "${BASH_SOURCE[0]}")/../local/lib.sh"
 cd "$ROOT"
