@@ -108,8 +108,8 @@ impl Capture {
         if let Some(p) = partition {
             record = record.partition(p);
         }
+        let producer = &self.producers[super::stream::shard_of(topic, self.producers.len())];
         loop {
-            let producer = &self.producers[super::stream::shard_of(topic, self.producers.len())];
             match producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((

@@ -11,7 +11,7 @@ use super::stream::{Capture, TableState};
 use crate::codec::{self, ColumnSpec, Row};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::TableId;
-use crate::kafka::{self, TopicSpec};
+use crate::kafka;
 
 impl Capture {
     /// The relation id of `table`, registering its schema from the catalog when the stream has
@@ -179,17 +179,11 @@ impl Capture {
         let partitions = match self.topic_partitions.get(&topic) {
             Some(p) => *p,
             None => {
-                kafka::ensure_topics(
-                    &self.cfg.kafka,
-                    &[TopicSpec {
-                        name: topic.clone(),
-                        partitions: self.cfg.kafka.partitions,
-                        replication_factor: self.cfg.kafka.replication_factor,
-                        configs: vec![],
-                    }],
-                )
-                .await?;
-                let p = kafka::partition_count(&self.cfg.kafka, &topic).await?;
+                let p = kafka::ensure_table_topics(&self.cfg.kafka, std::slice::from_ref(&topic))
+                    .await?
+                    .get(&topic)
+                    .copied()
+                    .unwrap_or(1);
                 self.topic_partitions.insert(topic.clone(), p);
                 p
             }

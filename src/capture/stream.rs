@@ -116,17 +116,7 @@ async fn published_topics(
         .iter()
         .map(|t| kafka::topic::for_table(&cfg.topic_prefix, t))
         .collect();
-    let specs: Vec<kafka::TopicSpec> = topics
-        .iter()
-        .map(|name| kafka::TopicSpec {
-            name: name.clone(),
-            partitions: cfg.kafka.partitions,
-            replication_factor: cfg.kafka.replication_factor,
-            configs: vec![],
-        })
-        .collect();
-    kafka::ensure_topics(&cfg.kafka, &specs).await?;
-    let counts = kafka::partition_counts(&cfg.kafka, &topics).await?;
+    let counts = kafka::ensure_table_topics(&cfg.kafka, &topics).await?;
     tracing::info!(
         topics = counts.len(),
         "topics of the published tables ready"

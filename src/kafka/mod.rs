@@ -105,6 +105,26 @@ pub struct TopicSpec {
     pub configs: Vec<(String, String)>,
 }
 
+/// Make sure the topics of captured tables exist (created with `kafka.partitions` and
+/// `kafka.replication_factor`, one CreateTopics for all of them) and return their partition
+/// counts, read through one metadata client once every partition has a leader.
+pub async fn ensure_table_topics(
+    cfg: &KafkaConfig,
+    names: &[String],
+) -> Result<HashMap<String, i32>> {
+    let specs: Vec<TopicSpec> = names
+        .iter()
+        .map(|name| TopicSpec {
+            name: name.clone(),
+            partitions: cfg.partitions,
+            replication_factor: cfg.replication_factor,
+            configs: vec![],
+        })
+        .collect();
+    ensure_topics(cfg, &specs).await?;
+    partition_counts(cfg, names).await
+}
+
 fn admin(cfg: &KafkaConfig) -> Result<(AdminClient<DefaultClientContext>, AdminOptions)> {
     let admin: AdminClient<DefaultClientContext> = base_config(cfg)
         .create()
