@@ -170,6 +170,14 @@ stop_bg() {
 }
 
 
+# Delete the topics of this run (regex; TopicCommand accepts one for --delete): every run makes
+# its own topics, and 500 tables x 3 partitions per run would otherwise pile up until the
+# broker runs out of file descriptors (it did, in the second run of a full bench).
+drop_topics() { # drop_topics REGEX
+  java -cp "$KAFKA_HOME/libs/*" org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
+    --delete --topic "$1" >/dev/null 2>&1 || true
+}
+
 # One run: every stage once, into R.
 measure() {
 for P in 1 100; do
@@ -350,6 +358,7 @@ R[tables_first_s]=$(T bench_target -tAc "SELECT round((extract(epoch FROM min(ap
 stop_bg "$pid"
 drop_slot "$id"
 T bench_target -c "DROP SCHEMA benchm CASCADE" >/dev/null; L -c "DROP SCHEMA benchm CASCADE" >/dev/null
+drop_topics "${id//_/-}\..*"
 
 if [ "$FIRST" = 1 ]; then
   # How cost grows with work, once per bench (the figures are times, not ratios to a peer run
@@ -375,10 +384,13 @@ if [ "$FIRST" = 1 ]; then
   done
 fi
 
+drop_topics "${RUN}[-_.].*"
+
 log "peak RSS through a $RSS_ROWS-row transaction"
 rss_line=$(CUTOVER_BIN="$BIN" bash "$ROOT/deploy/bench/capture_1m.sh" "$RSS_ROWS" | tail -1)
 R[rss_mib]=$(sed -n 's/.*peak_rss=\([0-9.]*\) MiB.*/\1/p' <<<"$rss_line")
 R[rss_events_s]=$(sed -n 's/.*throughput=\([0-9,]*\) events.*/\1/p' <<<"$rss_line" | tr -d ,)
+drop_topics 'bench-[0-9]+\..*' # capture_1m.sh's (a 10M-row one holds ~1 GB)
 }
 
 RUNS="${BENCH_RUNS:-3}"

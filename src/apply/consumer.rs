@@ -199,15 +199,17 @@ pub async fn collect(
 /// progress when Kafka's committed offset is ahead of it (e.g. after a progress reset by
 /// `replay`). Returns the records still to process; a seeked partition's records are dropped
 /// (they are read again from the stored position).
-pub fn reconcile_assignment(
+pub fn reconcile_assignment<T>(
     consumer: &StreamConsumer<SinkContext>,
     fresh: &mut HashSet<(String, i32)>,
     stored: &HashMap<(String, i32), Progress>,
-    batch: Vec<OwnedMessage>,
-) -> Result<Vec<OwnedMessage>> {
+    batch: Vec<T>,
+    msg: impl Fn(&T) -> &OwnedMessage,
+) -> Result<Vec<T>> {
     let mut seeked: HashSet<(String, i32)> = HashSet::new();
     let mut out = Vec::with_capacity(batch.len());
-    for m in batch {
+    for item in batch {
+        let m = msg(&item);
         let tp = (m.topic().to_string(), m.partition());
         if seeked.contains(&tp) {
             continue;
@@ -230,7 +232,7 @@ pub fn reconcile_assignment(
                 }
             }
         }
-        out.push(m);
+        out.push(item);
     }
     Ok(out)
 }

@@ -22,7 +22,21 @@ pub struct BatchOutcome {
     pub conflicts_local_won: usize,
 }
 
+impl BatchOutcome {
+    /// Add another transaction's counts (a batch applied over several connections).
+    pub fn add(&mut self, o: &BatchOutcome) {
+        self.applied += o.applied;
+        self.duplicates += o.duplicates;
+        self.dead_lettered += o.dead_lettered;
+        self.skipped += o.skipped;
+        self.phase_skipped += o.phase_skipped;
+        self.conflicts_incoming_won += o.conflicts_incoming_won;
+        self.conflicts_local_won += o.conflicts_local_won;
+    }
+}
+
 /// One sink's series.
+#[derive(Clone)]
 pub struct SinkMetrics {
     sink: String,
     /// The guard's conflict policy: phase and conflict series exist only with one.

@@ -13,7 +13,7 @@
 //! data, see its diagram); [`consumer`] the Kafka side; [`decode`] turns records back into
 //! PostgreSQL text (reading each datum with [`datum`]); [`schema`] knows the tables a sink writes; [`mapping`] translates the old
 //! schema into the new contract (expressions in `crate::expr`); [`plan`] decides what a batch
-//! writes; [`mod@write`] and [`target`] write it; [`guard`] is the interface a back-sync role
+//! writes; [`transaction`] runs one batch transaction per target connection; [`mod@write`] and [`target`] write it; [`guard`] is the interface a back-sync role
 //! implements to admit or settle writes; [`metrics`] the sink's series; [`replay`] the lock
 //! protocol that lets a replay rewind a sink.
 
@@ -28,6 +28,7 @@ pub mod replay;
 pub mod schema;
 pub mod service;
 pub mod target;
+mod transaction;
 pub mod write;
 
 pub use service::Sink;

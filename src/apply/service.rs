@@ -1,66 +1,60 @@
-//! The sink loop: consume a batch, apply it in one target transaction together with its
-//! progress, then commit the Kafka offsets.
+//! The sink loop: consume a batch, apply it in target transactions together with its progress,
+//! then commit the Kafka offsets; while one batch is applied, the next is collected and
+//! decoded.
 //!
 //! ```text
-//!  Kafka ─▶ batch (≤ rows, bytes, ms) ─▶ decode ─▶ tables.prepare (DDL, outside the tx)
-//!                                                  BEGIN
-//!                                                  lock progress rows (FOR UPDATE)
-//!                                                  guard.begin (phases)
-//!                                                  plan: drop events at/below stored (offset | commit_lsn,seq),
-//!                                                        map → admit → fold per target key
-//!                                                  steps: settle + DELETE / UPSERT (set-based) | TRUNCATE
-//!                                                  guard.finish, UPDATE progress
-//!                                                  poison events ─▶ <prefix>.dlq.<sink>  (acked before COMMIT)
-//!                                                 COMMIT ─▶ commit Kafka offsets (for lag tooling only)
+//!  Kafka ─▶ batch N+1 (≤ rows, bytes, ms) ─▶ decode            ┐ at the same time
+//!           batch N ─▶ admit (fresh partitions vs stored       │
+//!                      progress) ─▶ tables.prepare (DDL) ─▶    ┘
+//!                      per connection share (see `transaction`):
+//!                        BEGIN
+//!                        lock progress rows (FOR UPDATE)
+//!                        guard.begin (phases)
+//!                        plan: drop events at/below stored (offset | commit_lsn,seq),
+//!                              map → admit → fold per target key
+//!                        steps: settle + DELETE / UPSERT (set-based) | TRUNCATE
+//!                        guard.finish, UPDATE progress
+//!                        poison events ─▶ <prefix>.dlq.<sink>  (acked before COMMIT)
+//!                        COMMIT
+//!                      ─▶ commit Kafka offsets (for lag tooling only)
 //! ```
 //!
 //! Invariants: progress and data commit atomically, so a crash anywhere re-reads at most the
-//! batch in flight and skips what is already applied (effectively-once). Kafka offsets are only
-//! ever committed after the batch is durable and are never trusted over stored progress: on a
-//! fresh assignment the sink seeks back to the stored position if Kafka's is ahead. Per-key
-//! order holds because a key lives in one partition and the batch is applied in
-//! `(commit_lsn, seq)` order. What to write is decided by the pure [`super::plan`]; how it is
-//! written by [`super::write`]; whether a back-sync role lets it through by the
-//! [`WriteGuard`].
+//! batches in flight and skips what is already applied (effectively-once). Kafka offsets are
+//! only ever committed after the batch is durable and are never trusted over stored progress:
+//! on a fresh assignment the sink seeks back to the stored position if Kafka's is ahead, and
+//! that check (admit) runs only while no batch is being collected, so a seek never races a
+//! fetch. Per-key order holds because a key lives in one partition, a partition is in one
+//! transaction of a batch, and batches are applied one after the other. Memory: at most two
+//! batches (one applying, one decoded), each bounded by `batch_max_rows` / `batch_max_bytes`.
+//! What to write is decided by the pure [`super::plan`]; how it is written by
+//! [`super::write`]; whether a back-sync role lets it through by the [`WriteGuard`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
 use tokio::sync::watch;
 
 use super::consumer::{self, SinkContext};
-use super::decode::{ChangeEvent, Decoder};
-use super::guard::WriteGuard;
+use super::decode::Decoder;
+use super::guard::{Unguarded, WriteGuard};
 use super::mapping::Mapping;
 use super::metrics::{BatchOutcome, SinkMetrics};
-use super::plan::{self, Record, Step};
 use super::schema::Tables;
-use super::target::Statements;
-use super::write::{self, Writer};
+use super::transaction::{deal, transact, BatchCtx, Item, Lane};
 use crate::config::{Config, SinkConfig};
 use crate::database::{origin, Endpoint};
-use crate::deadletter::{Letter, Parking};
+use crate::deadletter::Parking;
 use crate::error::{Error, ErrorKind, Result};
+use crate::event::Op;
 use crate::kafka::{self, topic};
 use crate::observe::Readiness;
 use crate::registry::RegistryClient;
 use crate::retry::{self, Attempts, BackoffSettings, Decision};
 use crate::state::progress;
-
-/// What executing a plan left to do: records to park (index, why) and the truncate
-/// watermarks to remember once the batch commits.
-type Executed = (Vec<(usize, Error)>, Vec<(String, (i64, i64))>);
-
-/// One consumed record and what became of it.
-struct Item {
-    msg: OwnedMessage,
-    event: Option<ChangeEvent>,
-    /// Why it goes to the dead-letter topic.
-    dead: Option<Error>,
-}
 
 /// Limits of a bounded run (a replay).
 #[derive(Debug, Clone, Default)]
@@ -73,29 +67,41 @@ pub struct Bounds {
 pub struct Sink {
     cfg: Config,
     sink: SinkConfig,
-    /// Where `sink` is in `sinks[]` (field paths).
-    index: usize,
-    consumer: StreamConsumer<SinkContext>,
-    parking: Parking,
-    decoder: Decoder,
-    client: Arc<tokio_postgres::Client>,
-    statements: Statements,
-    tables: Tables,
-    /// Source table → `(commit_lsn, seq)` of the last truncate applied (as committed).
-    truncates: HashMap<String, (i64, i64)>,
+    consumer: Arc<StreamConsumer<SinkContext>>,
+    /// `None` only while a task of the loop holds it (collecting the next batch).
+    decoder: Option<Decoder>,
     /// Partitions assigned but not yet reconciled with stored progress.
     fresh: HashSet<(String, i32)>,
     readiness: Readiness,
     registry: RegistryClient,
     topics: Vec<String>,
     topics_checked: Instant,
-    /// The replication origin this sink's session writes under (never captured back).
-    origin: String,
-    /// What its part in a back-sync lets through (`Unguarded` for a plain sink).
-    guard: Box<dyn WriteGuard>,
     metrics: SinkMetrics,
     /// Set when a replay runs this sink: only these topics, nothing at or past the end offsets.
     bounds: Option<Bounds>,
+    /// The applying half.
+    target: Target,
+}
+
+/// The applying half of a sink: its target connections and what a batch transaction needs.
+struct Target {
+    cfg: Config,
+    sink: SinkConfig,
+    /// Where `sink` is in `sinks[]` (field paths).
+    index: usize,
+    /// Take the shared replay lock on every connection (not in a replay's bounded run).
+    shared_lock: bool,
+    readiness: Readiness,
+    /// The target connections (`apply_connections`); the first also runs DDL and reads
+    /// progress outside a batch.
+    lanes: Vec<Lane>,
+    tables: Tables,
+    /// Source table → `(commit_lsn, seq)` of the last truncate applied (as committed).
+    truncates: HashMap<String, (i64, i64)>,
+    parking: Parking,
+    /// What its part in a back-sync lets through (`Unguarded` for a plain sink).
+    guard: Box<dyn WriteGuard>,
+    metrics: SinkMetrics,
 }
 
 impl Sink {
@@ -116,39 +122,46 @@ impl Sink {
         let client = endpoint.connect().await?;
         origin::check_privileges(&client, &endpoint.field).await?;
         crate::state::ensure_target(&client).await?;
-        if bounds.is_none() {
-            super::replay::hold_shared(&client, name, &sink.group_id(&cfg.name)).await?;
+        let shared_lock = bounds.is_none();
+        let mut lanes = vec![Lane::bind(cfg, &sink, shared_lock, client).await?];
+        guard.start(&lanes[0].client).await?;
+        while lanes.len() < sink.apply_connections {
+            lanes.push(Lane::bind(cfg, &sink, shared_lock, endpoint.connect().await?).await?);
         }
-        let origin = origin::bind(&client, &cfg.name, name, sink.instance_id.as_deref()).await?;
-        guard.start(&client).await?;
         readiness.set(&format!("sink.{name}.target"), true);
-        let tables = Tables::load(&client, &sink, index).await?;
-        let truncates = progress::truncates(&client, name).await?;
+        let tables = Tables::load(&lanes[0].client, &sink, index).await?;
+        let truncates = progress::truncates(&lanes[0].client, name).await?;
         let parking = Parking::open(&cfg.kafka, topic::sink_dlq(&cfg.topic_prefix, name)).await?;
         let consumer = subscribe_consumer(cfg, &sink, &readiness)?;
         readiness.set(&format!("sink.{name}.kafka"), true);
         let metrics = SinkMetrics::new(name, guard.policy());
-        tracing::info!(sink = name, group = sink.group_id(&cfg.name), origin, role = ?guard.writes(), "sink started");
+        let origins: Vec<&str> = lanes.iter().map(|l| l.origin.as_str()).collect();
+        tracing::info!(sink = name, group = sink.group_id(&cfg.name), origins = ?origins, role = ?guard.writes(), "sink started");
         let mut sink = Sink {
             cfg: cfg.clone(),
-            sink,
-            index,
-            consumer,
-            parking,
-            decoder: Decoder::new(RegistryClient::new(&cfg.registry)?),
-            client: Arc::new(client),
-            statements: Statements::default(),
-            tables,
-            truncates,
+            sink: sink.clone(),
+            consumer: Arc::new(consumer),
+            decoder: Some(Decoder::new(RegistryClient::new(&cfg.registry)?)),
             fresh: HashSet::new(),
-            readiness,
+            readiness: readiness.clone(),
             registry: RegistryClient::new(&cfg.registry)?,
             topics: vec![],
             topics_checked: Instant::now(),
-            origin,
-            guard,
-            metrics,
+            metrics: metrics.clone(),
             bounds,
+            target: Target {
+                cfg: cfg.clone(),
+                sink,
+                index,
+                shared_lock,
+                readiness,
+                lanes,
+                tables,
+                truncates,
+                parking,
+                guard,
+                metrics,
+            },
         };
         sink.refresh_topics().await?;
         Ok(sink)
@@ -173,9 +186,11 @@ impl Sink {
         Ok(())
     }
 
-    /// Run until `shutdown` flips: the batch in flight is finished and committed first.
+    /// Run until `shutdown` flips: the batch in flight is finished and committed first (a
+    /// batch collected meanwhile is dropped unapplied: its offsets were never committed).
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let name = self.sink.name.clone();
+        let mut ahead: Option<Vec<Item>> = None;
         let result = loop {
             if *shutdown.borrow() {
                 break Ok(());
@@ -185,18 +200,65 @@ impl Sink {
                     tracing::warn!(sink = %name, error = %e, "cannot list captured topics");
                 }
             }
-            let batch =
-                match consumer::collect(&self.consumer, &self.sink, &self.metrics, &mut shutdown)
-                    .await
-                {
-                    Ok(b) => b,
-                    Err(e) => break Err(e),
-                };
-            if batch.is_empty() {
+            let items = match ahead.take() {
+                Some(items) => items,
+                None => {
+                    let decoder = self.decoder.as_mut().expect("the loop holds the decoder");
+                    let next = intake(
+                        &self.consumer,
+                        &self.sink,
+                        &self.metrics,
+                        decoder,
+                        &mut shutdown,
+                    );
+                    match next.await {
+                        Ok(items) => items,
+                        Err(e) => break Err(e),
+                    }
+                }
+            };
+            let items = match self.admit(items).await {
+                Ok(items) => items,
+                Err(e) => break Err(e),
+            };
+            if items.is_empty() {
                 continue;
             }
-            if let Err(e) = self.process(batch).await {
+            // Collect and decode the next batch on another task (another core) while this one
+            // is applied and its offsets committed.
+            let next = {
+                let consumer = self.consumer.clone();
+                let (sink, metrics) = (self.sink.clone(), self.metrics.clone());
+                let mut decoder = self.decoder.take().expect("the loop holds the decoder");
+                let mut shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let r = intake(&consumer, &sink, &metrics, &mut decoder, &mut shutdown).await;
+                    (decoder, r)
+                })
+            };
+            let started = Instant::now();
+            let applied = self.target.apply_batch(items).await;
+            if let Ok((items, outcome)) = &applied {
+                self.metrics
+                    .batch(items.len(), started.elapsed().as_secs_f64(), outcome);
+                consumer::commit_offsets(&self.consumer, items.iter().map(|it| &it.msg));
+                tracing::debug!(sink = %name, events = items.len(), ms = started.elapsed().as_millis() as u64, ?outcome, "batch committed");
+            }
+            let (decoder, next) = match next.await {
+                Ok(done) => done,
+                Err(e) => {
+                    break Err(Error::internal(format!(
+                        "the sink's intake task failed: {e}"
+                    )))
+                }
+            };
+            self.decoder = Some(decoder);
+            if let Err(e) = applied {
                 break Err(e);
+            }
+            match next {
+                Ok(items) => ahead = Some(items).filter(|i| !i.is_empty()),
+                Err(e) => break Err(e),
             }
         };
         // Leave the group cleanly (the consumer's drop closes it).
@@ -205,23 +267,72 @@ impl Sink {
         result
     }
 
-    /// Decode, apply (retrying transient failures, reconnecting the target), account, and
-    /// commit offsets.
-    async fn process(&mut self, batch: Vec<OwnedMessage>) -> Result<()> {
-        tracing::debug!(sink = %self.sink.name, messages = batch.len(), "batch collected");
-        let batch = self.admit_batch(batch).await?;
-        if batch.is_empty() {
-            return Ok(());
+    /// Reconcile fresh partitions with stored progress, and keep a bounded run in bounds.
+    /// Runs while no batch is being collected.
+    async fn admit(&mut self, items: Vec<Item>) -> Result<Vec<Item>> {
+        self.fresh.extend(self.consumer.context().take_assigned());
+        let mut items = if self.fresh.is_empty() {
+            items
+        } else {
+            let stored = progress::progress(&self.target.lanes[0].client, &self.sink.name).await?;
+            consumer::reconcile_assignment(&self.consumer, &mut self.fresh, &stored, items, |it| {
+                &it.msg
+            })?
+        };
+        if let Some(b) = &self.bounds {
+            // A bounded run applies nothing at or past its end offsets.
+            items.retain(|it| {
+                b.end
+                    .get(&(it.msg.topic().to_string(), it.msg.partition()))
+                    .is_some_and(|e| it.msg.offset() < *e)
+            });
         }
-        let mut items = self.decode(batch).await?;
-        let started = Instant::now();
+        Ok(items)
+    }
+}
+
+/// Collect one batch and decode every record; a record that does not decode is marked for
+/// the dead-letter topic.
+async fn intake(
+    consumer: &StreamConsumer<SinkContext>,
+    sink: &SinkConfig,
+    metrics: &SinkMetrics,
+    decoder: &mut Decoder,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Vec<Item>> {
+    let batch = consumer::collect(consumer, sink, metrics, shutdown).await?;
+    let mut items = Vec::with_capacity(batch.len());
+    for msg in batch {
+        let decoded = match msg.payload() {
+            None => Err(Error::new(ErrorKind::Data, "record has no value")),
+            Some(v) => decoder.decode(msg.key(), v).await,
+        };
+        let (event, dead) = match decoded {
+            Ok(ev) => (Some(ev), None),
+            Err(e) if retry::policy(e.kind()) == Decision::Park => {
+                (None, Some(e.context("decoding")))
+            }
+            Err(e) => return Err(e),
+        };
+        items.push(Item { msg, event, dead });
+    }
+    if !items.is_empty() {
+        tracing::debug!(sink = %sink.name, events = items.len(), "batch collected and decoded");
+    }
+    Ok(items)
+}
+
+impl Target {
+    /// Apply a batch, retrying transient failures (reconnecting the target) until it commits.
+    async fn apply_batch(&mut self, mut items: Vec<Item>) -> Result<(Vec<Item>, BatchOutcome)> {
+        let shares = deal(&mut items, self.lanes.len());
         let mut attempts = Attempts::new(BackoffSettings {
             max: Duration::from_secs(10),
             ..Default::default()
         });
-        let outcome = loop {
-            let e = match self.apply(&mut items).await {
-                Ok(o) => break o,
+        loop {
+            let e = match self.apply(&mut items, &shares).await {
+                Ok(o) => return Ok((items, o)),
                 Err(e) => e,
             };
             let kind = e.kind();
@@ -232,287 +343,142 @@ impl Sink {
             self.metrics.retry(kind);
             tracing::warn!(sink = %self.sink.name, error = %e, attempt = attempts.failed, delay_ms = delay.as_millis() as u64, "batch failed, retrying");
             tokio::time::sleep(delay).await;
-            if kind == ErrorKind::Connection || self.client.is_closed() {
-                self.reconnect().await;
-            }
-        };
-        self.metrics
-            .batch(items.len(), started.elapsed().as_secs_f64(), &outcome);
-        consumer::commit_offsets(&self.consumer, items.iter().map(|it| &it.msg));
-        tracing::debug!(sink = %self.sink.name, events = items.len(), ms = started.elapsed().as_millis() as u64, ?outcome, "batch committed");
-        Ok(())
-    }
-
-    /// Reconcile fresh partitions with stored progress, and keep a bounded run in bounds.
-    async fn admit_batch(&mut self, batch: Vec<OwnedMessage>) -> Result<Vec<OwnedMessage>> {
-        self.fresh.extend(self.consumer.context().take_assigned());
-        let mut batch = if self.fresh.is_empty() {
-            batch
-        } else {
-            let stored = progress::progress(&self.client, &self.sink.name).await?;
-            consumer::reconcile_assignment(&self.consumer, &mut self.fresh, &stored, batch)?
-        };
-        if let Some(b) = &self.bounds {
-            // A bounded run applies nothing at or past its end offsets.
-            batch.retain(|m| {
-                b.end
-                    .get(&(m.topic().to_string(), m.partition()))
-                    .is_some_and(|e| m.offset() < *e)
-            });
+            self.reconnect(kind == ErrorKind::Connection).await;
         }
-        Ok(batch)
     }
 
-    /// Decode every record; a record that does not decode is marked for the dead-letter topic.
-    async fn decode(&mut self, batch: Vec<OwnedMessage>) -> Result<Vec<Item>> {
-        let mut items = Vec::with_capacity(batch.len());
-        for msg in batch {
-            let decoded = match msg.payload() {
-                None => Err(Error::new(ErrorKind::Data, "record has no value")),
-                Some(v) => self.decoder.decode(msg.key(), v).await,
-            };
-            let (event, dead) = match decoded {
-                Ok(ev) => (Some(ev), None),
-                Err(e) if retry::policy(e.kind()) == Decision::Park => {
-                    (None, Some(e.context("decoding")))
-                }
-                Err(e) => return Err(e),
-            };
-            items.push(Item { msg, event, dead });
-        }
-        tracing::debug!(sink = %self.sink.name, events = items.len(), "batch decoded");
-        Ok(items)
-    }
-
-    /// One attempt at applying the batch, in one target transaction (rolled back on error).
-    /// `items` keeps its dead-letter marks across attempts.
-    async fn apply(&mut self, items: &mut [Item]) -> Result<BatchOutcome> {
-        // Mappings and DDL first (outside the data transaction).
+    /// One attempt at applying the batch (`shares`: how many of the items, dealt by
+    /// partition, go to each connection). Every transaction of a failed attempt is rolled back
+    /// or committed whole; `items` keeps its dead-letter marks across attempts.
+    async fn apply(&mut self, items: &mut [Item], shares: &[usize]) -> Result<BatchOutcome> {
+        // Mappings and DDL first (outside the data transactions).
         let mut mappings: Vec<Option<Arc<Mapping>>> = Vec::with_capacity(items.len());
         for it in items.iter() {
             mappings.push(match &it.event {
                 Some(ev) => {
-                    let (m, ddl) = self.tables.prepare(&self.client, &self.sink, ev).await?;
+                    let (m, ddl) = self
+                        .tables
+                        .prepare(&self.lanes[0].client, &self.sink, ev)
+                        .await?;
                     if ddl {
-                        self.statements.clear();
+                        self.lanes.iter_mut().for_each(|l| l.statements.clear());
                     }
                     m
                 }
                 None => None,
             });
         }
-        let db = self.client.clone();
-        let result = self.apply_in_tx(&db, items, &mappings).await;
-        if result.is_err() {
-            let _ = db.batch_execute("ROLLBACK").await;
+        let parallel = shares.iter().filter(|&&n| n > 0).count() > 1
+            && self.guard.writes().is_none()
+            && !items
+                .iter()
+                .any(|it| it.event.as_ref().is_some_and(|e| e.op == Op::Truncate));
+        if parallel {
+            if let Some(outcome) = self.apply_parallel(items, &mappings, shares).await? {
+                return Ok(outcome);
+            }
+            tracing::info!(sink = %self.sink.name, "a connection's share hit a data error: applying the batch on one connection, in source order");
         }
-        result
-    }
-
-    async fn apply_in_tx(
-        &mut self,
-        tx: &tokio_postgres::Client,
-        items: &mut [Item],
-        mappings: &[Option<Arc<Mapping>>],
-    ) -> Result<BatchOutcome> {
-        let sink = self.sink.name.clone();
-        tx.batch_execute("BEGIN")
-            .await
-            .map_err(|e| Error::postgres("BEGIN", e))?;
-        let stored = progress::lock_progress(tx, &sink, &partitions(items)).await?;
-        // A back-sync role re-reads the phases at every batch: a phase change takes effect at
-        // the next batch boundary.
-        self.guard.begin(tx).await?;
-        let plan = self.plan(items, mappings, &stored)?;
-        let mut outcome = BatchOutcome {
-            duplicates: plan.duplicates,
-            skipped: plan.skipped,
-            phase_skipped: plan.phase_skipped,
-            ..Default::default()
+        let ctx = BatchCtx {
+            sink: &self.sink.name,
+            tables: &self.tables,
+            truncates: &self.truncates,
+            truncate: self.sink.truncate,
+            parking: &self.parking,
+            metrics: &self.metrics,
         };
-        let mut parked = plan.parked;
-        tag_transaction(tx, items, &plan.live).await?;
-        let (failed, truncated) = self
-            .execute(tx, plan.steps, items, mappings, &mut outcome)
-            .await?;
-        parked.extend(failed);
-        for (i, e) in parked {
-            items[i].dead = Some(e);
-        }
-        // Progress for every partition of the batch, then dead letters, then COMMIT.
-        progress::save_progress(tx, &sink, &plan.progress).await?;
-        outcome.dead_lettered = self.park(items, &plan.live).await?;
-        tx.batch_execute("COMMIT")
-            .await
-            .map_err(|e| Error::postgres("COMMIT", e))?;
+        let (outcome, truncated) = transact(
+            &ctx,
+            &mut self.lanes[0],
+            self.guard.as_mut(),
+            items,
+            &mappings,
+            false,
+        )
+        .await?
+        .ok_or_else(|| Error::internal("a lenient batch transaction gave up"))?;
         self.truncates.extend(truncated);
-        self.observe_applied(items, &plan.live);
         Ok(outcome)
     }
 
-    /// Plan the batch (pure, see `plan`) against the locked progress.
-    fn plan(
-        &self,
-        items: &[Item],
-        mappings: &[Option<Arc<Mapping>>],
-        stored: &HashMap<(String, i32), progress::Progress>,
-    ) -> Result<plan::Plan> {
-        let records: Vec<Record<'_>> = items
-            .iter()
-            .zip(mappings)
-            .map(|(it, m)| Record {
-                topic: it.msg.topic(),
-                partition: it.msg.partition(),
-                offset: it.msg.offset(),
-                event: it.event.as_ref(),
-                parked: it.dead.is_some(),
-                mapping: m.as_deref(),
-            })
-            .collect();
-        let tables = &self.tables;
-        let guard = &self.guard;
-        plan::plan(
-            &records,
-            &plan::Context {
-                stored,
-                truncated: &self.truncates,
-                truncate: self.sink.truncate,
-                key_of: &|t| tables.key_cols(t),
-                admit: &|s, m| guard.admit(s, m),
-            },
-        )
-    }
-
-    /// Run the plan's steps in the transaction, then let the guard finish. Returns the records
-    /// whose writes failed with a data error, and the truncate watermarks written.
-    async fn execute(
+    /// Each connection applies its share of the partitions in its own transaction, all at
+    /// once. `None`: a share hit a data error and was rolled back (the others may have
+    /// committed: their events are duplicates by stored progress when the caller re-applies
+    /// the batch on one connection).
+    async fn apply_parallel(
         &mut self,
-        tx: &tokio_postgres::Client,
-        steps: Vec<Step>,
-        items: &[Item],
+        items: &mut [Item],
         mappings: &[Option<Arc<Mapping>>],
-        outcome: &mut BatchOutcome,
-    ) -> Result<Executed> {
-        let sink = self.sink.name.clone();
-        let events: Vec<Option<&ChangeEvent>> = items.iter().map(|it| it.event.as_ref()).collect();
-        let mut writer = Writer {
-            tx,
-            sink: &sink,
+        shares: &[usize],
+    ) -> Result<Option<BatchOutcome>> {
+        let ctx = BatchCtx {
+            sink: &self.sink.name,
             tables: &self.tables,
-            statements: &mut self.statements,
-            guard: self.guard.as_mut(),
-            events: &events,
-            mappings,
+            truncates: &self.truncates,
+            truncate: self.sink.truncate,
+            parking: &self.parking,
+            metrics: &self.metrics,
         };
-        let mut parked = vec![];
-        let mut truncated = vec![];
-        for step in steps {
-            match step {
-                Step::Writes(writes) => parked.extend(writer.segment(writes, outcome).await?),
-                Step::Truncate {
-                    source,
-                    at,
-                    targets,
-                    apply,
-                } => {
-                    if apply {
-                        write::truncate(tx, &targets).await?;
-                        outcome.applied += 1;
-                    } else {
-                        outcome.skipped += 1;
-                    }
-                    progress::save_truncate(tx, &sink, &source, at).await?;
-                    truncated.push((source, at));
-                }
+        let ctx = &ctx;
+        let (mut items, mut mappings) = (items, mappings);
+        let mut attempts = Vec::with_capacity(shares.len());
+        for (lane, &n) in self.lanes.iter_mut().zip(shares) {
+            let (share, rest) = std::mem::take(&mut items).split_at_mut(n);
+            let (maps, rest_maps) = mappings.split_at(n);
+            (items, mappings) = (rest, rest_maps);
+            if n > 0 {
+                attempts.push(async move {
+                    transact(ctx, lane, &mut Unguarded, share, maps, true).await
+                });
             }
         }
-        writer.guard.finish(tx).await?;
-        Ok((parked, truncated))
-    }
-
-    /// Send the batch's dead letters and wait for the broker's acks. Returns how many.
-    async fn park(&self, items: &[Item], live: &[usize]) -> Result<usize> {
-        let mut deliveries = vec![];
-        for &i in live {
-            let Some(err) = &items[i].dead else { continue };
-            let msg = &items[i].msg;
-            tracing::warn!(sink = %self.sink.name, topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), error = %err, "event sent to the dead-letter topic");
-            let letter = Letter {
-                error: err,
-                origin: vec![
-                    ("cutover.sink", self.sink.name.clone()),
-                    ("cutover.topic", msg.topic().to_string()),
-                    ("cutover.partition", msg.partition().to_string()),
-                    ("cutover.offset", msg.offset().to_string()),
-                ],
-            };
-            deliveries.push(self.parking.park(
-                msg.key().unwrap_or_default(),
-                msg.payload().unwrap_or_default(),
-                &letter,
-            ));
-        }
-        let n = deliveries.len();
-        for d in futures::future::join_all(deliveries).await {
-            d?;
-        }
-        Ok(n)
-    }
-
-    /// A new target connection after a connection error: shared lock, origin, fresh
-    /// statements. Failure is logged; the retry loop comes back here.
-    async fn reconnect(&mut self) {
-        let endpoint = Endpoint::of_sink(&self.sink, self.index);
-        let connected = async {
-            let c = endpoint.connect().await?;
-            if self.bounds.is_none() {
-                let group = self.sink.group_id(&self.cfg.name);
-                super::replay::hold_shared(&c, &self.sink.name, &group).await?;
+        let mut outcome = BatchOutcome::default();
+        let mut complete = true;
+        let mut failure = None;
+        for r in futures::future::join_all(attempts).await {
+            match r {
+                Ok(Some((o, _))) => outcome.add(&o),
+                Ok(None) => complete = false,
+                Err(e) => failure = failure.or(Some(e)),
             }
-            let o = origin::bind(
-                &c,
-                &self.cfg.name,
-                &self.sink.name,
-                self.sink.instance_id.as_deref(),
-            )
-            .await?;
-            Ok::<_, Error>((c, o))
         }
-        .await;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(complete.then_some(outcome)),
+        }
+    }
+
+    /// New target connections after a failed attempt: every closed one, and the first after
+    /// a connection error that closed none. Failure is logged; the retry loop comes back.
+    async fn reconnect(&mut self, connection_error: bool) {
         let check = format!("sink.{}.target", self.sink.name);
-        match connected {
-            Ok((c, o)) => {
-                self.origin = o;
-                self.client = Arc::new(c);
-                self.statements.clear();
-                self.readiness.set(&check, true);
-                tracing::info!(sink = %self.sink.name, "target reconnected");
-            }
-            Err(e) => {
-                self.readiness.set(&check, false);
-                tracing::warn!(sink = %self.sink.name, error = %e, "target reconnect failed");
-            }
-        }
-    }
-
-    fn observe_applied(&self, items: &[Item], live: &[usize]) {
-        let now_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
-        let mut last_commit = None;
-        for &i in live {
-            let it = &items[i];
-            let Some(ev) = &it.event else { continue };
-            if it.dead.is_some() {
+        let any_closed = self.lanes.iter().any(|l| l.client.is_closed());
+        for i in 0..self.lanes.len() {
+            if !(self.lanes[i].client.is_closed() || (i == 0 && connection_error && !any_closed)) {
                 continue;
             }
-            let latency = (now_us - ev.commit_ts_us).max(0) as f64 / 1e6;
-            self.metrics.applied(&ev.table, ev.op, latency);
-            last_commit = Some(last_commit.unwrap_or(0).max(ev.commit_ts_us));
-        }
-        if let Some(ts) = last_commit {
-            self.metrics.last_applied_commit(ts as f64 / 1e6);
+            let endpoint = Endpoint::of_sink(&self.sink, self.index);
+            let connected = async {
+                Lane::bind(
+                    &self.cfg,
+                    &self.sink,
+                    self.shared_lock,
+                    endpoint.connect().await?,
+                )
+                .await
+            }
+            .await;
+            match connected {
+                Ok(lane) => {
+                    self.lanes[i] = lane;
+                    self.readiness.set(&check, true);
+                    tracing::info!(sink = %self.sink.name, connection = i, origin = %self.lanes[i].origin, "target reconnected");
+                }
+                Err(e) => {
+                    self.readiness.set(&check, false);
+                    tracing::warn!(sink = %self.sink.name, connection = i, error = %e, "target reconnect failed");
+                }
+            }
         }
     }
 }
@@ -530,40 +496,4 @@ fn subscribe_consumer(
     cc.set("topic.metadata.refresh.interval.ms", "5000");
     cc.create_with_context(SinkContext::new(readiness.clone(), &sink.name))
         .map_err(|e| Error::kafka("creating sink consumer", e))
-}
-
-/// The distinct partitions of a batch, sorted (the order progress rows are locked in).
-fn partitions(items: &[Item]) -> Vec<(String, i32)> {
-    let mut parts: Vec<(String, i32)> = items
-        .iter()
-        .map(|it| (it.msg.topic().to_string(), it.msg.partition()))
-        .collect();
-    parts.sort();
-    parts.dedup();
-    parts
-}
-
-/// Rows written by this transaction carry the newest source commit time of the batch as their
-/// commit timestamp (last-writer-wins compares it) and the source LSN.
-async fn tag_transaction(
-    tx: &tokio_postgres::Client,
-    items: &[Item],
-    live: &[usize],
-) -> Result<()> {
-    let Some((lsn, ts)) = live
-        .iter()
-        .filter_map(|&i| items[i].event.as_ref())
-        .map(|e| (e.commit_lsn, e.commit_ts_us))
-        .max()
-    else {
-        return Ok(());
-    };
-    tx.execute(
-        "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn,
-            'epoch'::timestamptz + $2::int8 * interval '1 microsecond')",
-        &[&crate::event::Lsn(lsn as u64).to_string(), &ts],
-    )
-    .await
-    .map_err(|e| Error::postgres("pg_replication_origin_xact_setup", e))?;
-    Ok(())
 }

@@ -315,6 +315,17 @@ pub struct SinkConfig {
     /// transactions on a trickle of events.
     #[serde(default)]
     pub batch_linger_ms: u64,
+    /// Target connections a batch is applied on in parallel: the batch's partitions are dealt
+    /// out over them and each connection commits its share (data and that share's progress
+    /// rows) in its own transaction. Per-key order holds (a key lives in one partition, a
+    /// partition in one connection per batch); what is given up is the order *between*
+    /// partitions inside one batch, which Kafka never promised across batches either. A batch
+    /// with a TRUNCATE, a back-sync role's batch, and a batch whose parallel attempt hit a data
+    /// error (e.g. a foreign key whose parent is in another partition of the same batch) are
+    /// applied on one connection in source order. Each connection binds its own replication
+    /// origin (`…`, `…:1`, …).
+    #[serde(default = "default_apply_connections")]
+    pub apply_connections: usize,
     #[serde(default)]
     pub truncate: TruncatePolicy,
     #[serde(default)]
@@ -334,6 +345,9 @@ fn default_batch_max_bytes() -> usize {
 }
 fn default_batch_max_ms() -> u64 {
     100
+}
+fn default_apply_connections() -> usize {
+    1
 }
 fn default_true() -> bool {
     true

@@ -158,3 +158,19 @@ fn batch_linger_longer_than_batch_max_names_the_sink_field() {
     cfg.sinks[1].batch_linger_ms = cfg.sinks[1].batch_max_ms;
     cfg.validate().unwrap();
 }
+
+#[test]
+fn apply_connections_out_of_range_names_the_sink_field() {
+    let mut cfg = Config::load_with_env(None, env(&[])).unwrap();
+    assert_eq!(cfg.sinks[0].apply_connections, 1, "default: one connection");
+    for bad in [0, 17] {
+        cfg.sinks[1].apply_connections = bad;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("sinks[1].apply_connections: must be between 1 and 16"),
+            "{bad}: {err}"
+        );
+    }
+    cfg.sinks[1].apply_connections = 16;
+    cfg.validate().unwrap();
+}

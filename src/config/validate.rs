@@ -389,6 +389,12 @@ impl Config {
                     "must not exceed batch_max_ms (a batch never stays open longer)",
                 );
             }
+            if !(1..=16).contains(&sink.apply_connections) {
+                e.push(
+                    format!("{p}.apply_connections"),
+                    "must be between 1 and 16 (each connection holds one of the sink's 32 replication origins)",
+                );
+            }
             let mut sources = HashSet::new();
             for (j, t) in sink.tables.iter().enumerate() {
                 check_table_mapping(e, &format!("{p}.tables[{j}]"), t, &mut sources);

@@ -13,8 +13,8 @@
 //! Invariant 5: what cutover writes is tagged, and captures skip their own origins, so a
 //! back-sync can never echo a change to the side it came from.
 //!
-//! An origin can be active in one session at a time, so each instance of a sink has its own
-//! (`--instance-id` is part of the name). The role a sink connects as needs `EXECUTE` on the
+//! An origin can be active in one session at a time, so each connection of a sink has its own
+//! (`--instance-id` is part of the name; [`bind`] picks a free one of the instance's pool). The role a sink connects as needs `EXECUTE` on the
 //! origin functions (superusers have it): checked at start-up with the `GRANT` to run.
 
 use tokio_postgres::error::SqlState;
@@ -132,24 +132,22 @@ pub async fn setup_session(client: &Client, origin: &str) -> Result<()> {
     )))
 }
 
-/// How many origins a sink without an `--instance-id` may use (one per concurrent instance).
+/// How many origins one sink instance name may use: one per target connection of every
+/// instance running under it (`apply_connections`), and a spare while a closing connection
+/// still holds its origin.
 const POOL: u32 = 32;
 
-/// Bind this connection to the sink's origin. With an instance id, exactly its own origin;
-/// without, the first free one of a small fixed pool (`…`, `…:1`, … `…:31`), so several
-/// instances work without ids and restarts never create new origins.
+/// Bind this connection to the first free origin of the sink instance's pool: `…`, `…:1`, …
+/// `…:31`, where `…` is `cutover:<pipeline>:<sink>[:<instance>]`. So several connections of
+/// one instance, and several instances without ids, each get their own, and restarts reuse
+/// the same names instead of creating new ones.
 pub async fn bind(
     client: &Client,
     pipeline: &str,
     sink: &str,
     instance: Option<&str>,
 ) -> Result<String> {
-    if instance.is_some() {
-        let name = origin_name(pipeline, sink, instance);
-        setup_session(client, &name).await?;
-        return Ok(name);
-    }
-    let base = origin_name(pipeline, sink, None);
+    let base = origin_name(pipeline, sink, instance);
     let mut last = None;
     for n in 0..POOL {
         let name = if n == 0 {

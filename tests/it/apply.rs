@@ -598,6 +598,9 @@ async fn sigkill_of_apply_mid_batch_repeatedly_ends_equal_with_zero_duplicate_ap
     let mut env = Env::new("kill");
     env.cfg.sinks.truncate(1); // mirror only
     env.cfg.sinks[0].batch_max_rows = 500;
+    // Two target connections: a kill lands between their commits too (one share durable,
+    // the other not), and the restart must still apply each row exactly once.
+    env.cfg.sinks[0].apply_connections = 2;
     if let Ok(d) = std::env::var("KAFKA_DEBUG") {
         env.cfg.kafka.properties.insert("debug".into(), d);
     }
@@ -776,6 +779,8 @@ async fn two_instances_of_one_sink_share_partitions_without_loss_or_duplicates()
     let mut env = Env::new("twins");
     env.cfg.sinks.truncate(1);
     env.cfg.kafka.partitions = 4;
+    // Each instance deals its partitions over two target connections.
+    env.cfg.sinks[0].apply_connections = 2;
     counted_mirror_table(&env).await;
     let capture = Part::capture(&env.cfg).await;
     let a = Part::sink(&env.cfg, "mirror").await;
@@ -808,6 +813,73 @@ async fn two_instances_of_one_sink_share_partitions_without_loss_or_duplicates()
     b.stop().await;
     capture.stop().await;
     assert_each_written_once(&env, 7000).await;
+    env.cleanup().await;
+}
+
+/// `apply_connections` > 1 deals a batch's partitions over several target connections. A
+/// child row whose parent is in another partition of the same batch cannot commit before
+/// the parent's connection does: that share's transaction rolls back and the batch is applied
+/// again on one connection in source order, so nothing is dead-lettered and nothing applies
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_connections_fall_back_to_source_order_for_a_foreign_key_across_partitions() {
+    let mut env = Env::new("lanes_fk");
+    env.cfg.sinks.truncate(1);
+    env.cfg.kafka.partitions = 3;
+    env.cfg.sinks[0].apply_connections = 4;
+    env.cfg.sinks[0].create_tables = false;
+    env.cfg.sinks[0].batch_max_ms = 1000;
+    let s = env.schema.clone();
+    let ddl = format!(
+        r#"CREATE SCHEMA "{s}";
+        CREATE TABLE "{s}".parents (id bigint PRIMARY KEY, name text);
+        CREATE TABLE "{s}".children (id bigint PRIMARY KEY, parent_id bigint NOT NULL
+            REFERENCES "{s}".parents (id), note text);"#
+    );
+    env.legacy().await.batch_execute(&ddl).await.unwrap();
+    env.target(0).await.batch_execute(&ddl).await.unwrap();
+    let capture = Part::capture(&env.cfg).await;
+    let l = env.legacy().await;
+    // Parents and children in the same transactions, before the sink starts: its first
+    // batches hold both, spread over 6 partitions and 4 connections.
+    for chunk in 0..10 {
+        l.batch_execute(&format!(
+            r#"INSERT INTO "{s}".parents SELECT g, 'p' || g FROM generate_series({a}, {b}) g;
+               INSERT INTO "{s}".children SELECT g, g, 'c' || g FROM generate_series({a}, {b}) g;"#,
+            a = chunk * 200 + 1,
+            b = chunk * 200 + 200
+        ))
+        .await
+        .unwrap();
+    }
+    let sink = Part::sink(&env.cfg, "mirror").await;
+    let t = env.target(0).await;
+    for table in ["parents", "children"] {
+        let q = format!(r#"SELECT * FROM "{s}".{table}"#);
+        converge(&l, &q, &t, &q, 120).await;
+    }
+    // And a live tail, while the sink is caught up (batches of a few events).
+    for i in 2001..2101 {
+        l.batch_execute(&format!(
+            r#"INSERT INTO "{s}".parents VALUES ({i}, 'p'); INSERT INTO "{s}".children VALUES ({i}, {i}, 'c');"#
+        ))
+        .await
+        .unwrap();
+    }
+    for table in ["parents", "children"] {
+        let q = format!(r#"SELECT * FROM "{s}".{table}"#);
+        converge(&l, &q, &t, &q, 120).await;
+    }
+    // Nothing went to the dead-letter topic: every progress row reached its partition's end
+    // through applied events (a parked event would also move progress, so count rows too).
+    let n: i64 = t
+        .query_one(&format!(r#"SELECT count(*) FROM "{s}".children"#), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2100);
+    sink.stop().await;
+    capture.stop().await;
     env.cleanup().await;
 }
 
