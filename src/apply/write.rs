@@ -147,8 +147,13 @@ impl Writer<'_> {
             }
             Err(e) => return Err(e),
         }
+        // One at a time in source order (a segment is ordered by table and key), so a row
+        // that depends on an earlier one of the batch (a foreign key to a parent inserted in
+        // the same source transaction) finds it written.
+        let mut ordered: Vec<&Write> = writes.iter().collect();
+        ordered.sort_by_key(|w| self.position(w));
         let mut parked = vec![];
-        for w in writes {
+        for w in ordered {
             savepoint(self.tx, "SAVEPOINT cutover_row").await?;
             match self.write(&[w]).await {
                 Ok(()) => {
@@ -167,12 +172,27 @@ impl Writer<'_> {
         Ok(parked)
     }
 
+    /// Where a folded write stands in source order: its first event's `(commit_lsn, seq)`.
+    fn position(&self, w: &Write) -> (i64, i64) {
+        w.sources
+            .first()
+            .and_then(|&i| self.events[i])
+            .map_or((i64::MAX, 0), |e| (e.commit_lsn, e.seq))
+    }
+
+    /// Write set-based, one table after the other in the order their first events came from
+    /// the source (parents before children when a batch holds both).
     async fn write(&mut self, writes: &[&Write]) -> Result<()> {
-        let mut by_table: BTreeMap<&TableId, Vec<&Write>> = BTreeMap::new();
+        let mut by_table: BTreeMap<&TableId, ((i64, i64), Vec<&Write>)> = BTreeMap::new();
         for w in writes {
-            by_table.entry(&w.table).or_default().push(w);
+            let pos = self.position(w);
+            let e = by_table.entry(&w.table).or_insert((pos, Vec::new()));
+            e.0 = e.0.min(pos);
+            e.1.push(w);
         }
-        for (t, ops) in by_table {
+        let mut tables: Vec<(&TableId, ((i64, i64), Vec<&Write>))> = by_table.into_iter().collect();
+        tables.sort_by_key(|(_, (pos, _))| *pos);
+        for (t, (_, ops)) in tables {
             let tt = self
                 .tables
                 .catalog(t)

@@ -37,14 +37,33 @@ pub struct SubjectVersion {
     pub schema: String,
 }
 
+/// The HTTP client of a registry client, with TLS settings built once per process: building
+/// a TLS connector loads the system's CA bundle (`perf`: 7 % of a short `cutover apply`'s CPU,
+/// at start), and `cutover run` makes one registry client per capture and two per sink. The
+/// connector is shared, never the client itself: a client's pooled connections belong to the
+/// tokio runtime that opened them.
+fn http_client(timeout_ms: u64) -> Result<reqwest::Client> {
+    static TLS: std::sync::OnceLock<std::result::Result<native_tls::TlsConnector, String>> =
+        std::sync::OnceLock::new();
+    let tls = TLS
+        .get_or_init(|| native_tls::TlsConnector::new().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                format!("building registry TLS settings: {e}"),
+            )
+        })?;
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(timeout_ms))
+        .use_preconfigured_tls(tls)
+        .build()
+        .map_err(|e| Error::with_source(ErrorKind::Config, "building registry HTTP client", e))
+}
+
 impl RegistryClient {
     pub fn new(cfg: &RegistryConfig) -> Result<RegistryClient> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(cfg.timeout_ms))
-            .build()
-            .map_err(|e| {
-                Error::with_source(ErrorKind::Config, "building registry HTTP client", e)
-            })?;
+        let http = http_client(cfg.timeout_ms)?;
         Ok(RegistryClient {
             base: cfg.url.trim_end_matches('/').to_string(),
             http,

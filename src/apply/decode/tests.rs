@@ -163,3 +163,34 @@ fn direct_envelope_reads_what_apache_avro_reads() {
         assert!(read_envelope(&datum[..datum.len() - 1], 1, &ws, keys).is_err());
     }
 }
+
+proptest::proptest! {
+    /// The hand-written timestamp text is exactly chrono's `%Y-%m-%d %H:%M:%S%.6f` for every
+    /// instant of years 1–9999, and steps aside outside them.
+    #[test]
+    fn timestamp_text_equals_chronos_format(us in -62_135_596_800_000_000i64..253_402_300_799_999_999i64) {
+        let dt = chrono::DateTime::from_timestamp_micros(us).unwrap().naive_utc();
+        proptest::prop_assert_eq!(
+            timestamp_ce(&dt),
+            Some(dt.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
+        );
+    }
+}
+
+#[test]
+fn timestamp_text_outside_years_1_to_9999_is_left_to_the_era_path() {
+    for us in [-62_135_596_800_000_001i64, 253_402_300_800_000_000] {
+        let dt = chrono::DateTime::from_timestamp_micros(us)
+            .unwrap()
+            .naive_utc();
+        assert_eq!(timestamp_ce(&dt), None);
+    }
+    // And render still writes BC dates the PostgreSQL way.
+    let bc = render(
+        &Value::TimestampMicros(-62_135_596_800_000_001),
+        &json!({"type": "long", "logicalType": "timestamp-micros"}),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(bc, "0001-12-31 23:59:59.999999+00 BC");
+}
