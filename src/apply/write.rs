@@ -190,7 +190,7 @@ impl Writer<'_> {
             e.0 = e.0.min(pos);
             e.1.push(w);
         }
-        let mut tables: Vec<(&TableId, ((i64, i64), Vec<&Write>))> = by_table.into_iter().collect();
+        let mut tables: Vec<_> = by_table.into_iter().collect();
         tables.sort_by_key(|(_, (pos, _))| *pos);
         for (t, (_, ops)) in tables {
             let tt = self
