@@ -345,15 +345,31 @@ many_ddl ", applied_at timestamptz DEFAULT clock_timestamp()" | T bench_target >
 T bench_target -c "CREATE VIEW benchm.all_rows AS $(for i in $(seq 0 $((TABLES - 1))); do [ "$i" = 0 ] || printf ' UNION ALL '; printf 'SELECT applied_at FROM benchm.t%s' "$i"; done)"
 L -c "CREATE PUBLICATION $id FOR TABLES IN SCHEMA benchm" -c "SELECT pg_create_logical_replication_slot('$id', 'pgoutput')" >/dev/null
 L -c "CALL bench.gen_many($N, $TABLES)"
+tables_end=$(L -tAc "SELECT pg_current_wal_lsn()")
 write_config "${id//_/-}" "$OUT/$id.toml"
 sed -i "s/^slot = .*/slot = \"$id\"/; s/^publication = .*/publication = \"$id\"/; s/^schemas = .*/schemas = [\"benchm\"]/; s/^tables = .*/tables = []/" "$OUT/$id.toml"
 t0=$(now); pid=$(start_bg "$BIN" run --sink mirror --config "$OUT/$id.toml")
-while [ "$(T bench_target -tAc "SELECT count(*) FROM benchm.all_rows" 2>/dev/null || echo 0)" -lt "$N" ]; do
+# A row that never arrives is reported as lost (and the stage moves on), not waited for:
+# once the slot is confirmed past the workload and the count has not moved for 60 s.
+lost=0; last=-1; still=$(now)
+while :; do
+  got=$(T bench_target -tAc "SELECT count(*) FROM benchm.all_rows" 2>/dev/null || echo 0)
+  [ "$got" -ge "$N" ] && break
   kill -0 "$pid" 2>/dev/null || die "cutover exited early, see $OUT/$RUN.log"
   awk "BEGIN {exit !($(now) - $t0 > 900)}" && die "timed out waiting for $N rows over $TABLES tables"
+  [ "$got" != "$last" ] && { last=$got; still=$(now); }
+  if awk "BEGIN {exit !($(now) - $still > 60)}" \
+    && [ "$(L -tAc "SELECT confirmed_flush_lsn >= '$tables_end'::pg_lsn FROM pg_replication_slots WHERE slot_name = '$id'")" = t ]; then
+    lost=$((N - got))
+    log "LOST: $lost of $N rows never reached the target (slot confirmed past the workload); per-table counts in $OUT/$id.lost.txt"
+    for i in $(seq 0 $((TABLES - 1))); do echo "SELECT 't$i', (SELECT count(*) FROM benchm.t$i) UNION ALL"; done | sed '$ s/UNION ALL$//' \
+      | T bench_target -tA -F ' ' | awk -v per=$((N / TABLES)) '$2 != per' >"$OUT/$id.lost.txt"
+    break
+  fi
   sleep 0.5
 done
-R[tables_s]=$(elapsed "$t0" "$(now)")
+R[tables_lost]=$lost
+[ "$lost" = 0 ] && R[tables_s]=$(elapsed "$t0" "$(now)")
 R[tables_first_s]=$(T bench_target -tAc "SELECT round((extract(epoch FROM min(applied_at)) - $t0)::numeric, 2) FROM benchm.all_rows")
 stop_bg "$pid"
 drop_slot "$id"
