@@ -6,38 +6,19 @@
 # KPROPS adds `[kafka.properties]` lines (e.g. KPROPS='"max.partition.fetch.bytes" = "65536"').
 # Usage: N=200000 P=1 PARTS=3 CONNS="1 2 3" deploy/bench/apply_probe.sh   (needs `make up`)
 source "$(dirname "${BASH_SOURCE[0]}")/../local/lib.sh"
+source "$ROOT/deploy/bench/clusters.sh"
 cd "$ROOT"
-PGBIN="$(pg_bindir)"
-export PGOPTIONS="-c client_min_messages=warning"
 BIN="${CUTOVER_BIN:-$ROOT/target/release/cutover}"
 N="${N:-200000}" P="${P:-1}" PARTS="${PARTS:-3}" CONNS="${CONNS:-1 2 3}"
 ID="probe$(date +%s)"
 OUT="$STATE/bench/$ID"
 mkdir -p "$OUT"
-L() { "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$LEGACY_PORT" -U postgres -d app -v ON_ERROR_STOP=1 "$@"; }
-T() { local db=$1; shift; "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$NEW_PORT" -U postgres -d "$db" -v ON_ERROR_STOP=1 "$@"; }
-now() { date +%s.%N; }
 DDL="CREATE TABLE $ID.t (id bigint PRIMARY KEY, qty int, price numeric(10,2), note text, created_at timestamptz DEFAULT clock_timestamp())"
 config() { # config FILE CONNS DB
-  cat >"$1" <<EOF
-name = "$ID"
-topic_prefix = "$ID"
-[source]
-url = "postgres://postgres@127.0.0.1:$LEGACY_PORT/app"
-slot = "$ID"
-publication = "$ID"
-schemas = ["$ID"]
-status_interval_secs = 1
-[kafka]
-brokers = ["127.0.0.1:$KAFKA_PORT"]
-partitions = $PARTS
+  schema_pipeline_config "$1" "$ID" "$PARTS" "${LOG_LEVEL:-warn}"
+  cat >>"$1" <<EOF
 [kafka.properties]
 ${KPROPS:-}
-[registry]
-url = "http://127.0.0.1:$REGISTRY_PORT"
-[observe]
-listen = ""
-log_level = "${LOG_LEVEL:-warn}"
 [[sinks]]
 name = "applyonly"
 url = "postgres://postgres@127.0.0.1:$NEW_PORT/$3"
@@ -50,8 +31,7 @@ cleanup() {
   sleep 1
   L -c "SELECT pg_drop_replication_slot('$ID')" >/dev/null 2>&1 || true
   L -c "DROP PUBLICATION IF EXISTS $ID" -c "DROP SCHEMA IF EXISTS $ID CASCADE" >/dev/null 2>&1 || true
-  java -cp "$KAFKA_HOME/libs/*" org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
-    --delete --topic "$ID\\..*" >/dev/null 2>&1 || true
+  drop_topics "$ID\\..*"
 }
 trap cleanup EXIT
 L -c "CREATE SCHEMA $ID" -c "$DDL" -c "CREATE PUBLICATION $ID FOR TABLES IN SCHEMA $ID" \

@@ -25,9 +25,8 @@
 #  apply worker. A run of 3 or more (the default) publishes docs/bench/latest.* and the plots.
 # Needs `make up` and a release build (the Makefile target does both).
 source "$(dirname "${BASH_SOURCE[0]}")/../local/lib.sh"
+source "$ROOT/deploy/bench/clusters.sh"
 cd "$ROOT"
-PGBIN="$(pg_bindir)"
-export PGOPTIONS="-c client_min_messages=warning" # psql: no NOTICE per dropped slot or table
 BIN="${CUTOVER_BIN:-$ROOT/target/release/cutover}"
 # A debug build is 5-10x slower per row: measuring one by mistake (lib.sh once set CUTOVER_BIN to
 # the stack's debug build, and every bench from 2026-12-02 ran it) makes every ratio meaningless.
@@ -45,9 +44,6 @@ TABLES="${BENCH_TABLES:-500}"
 OUT="$STATE/bench"
 RUN="b$(date +%s)"
 mkdir -p "$OUT"
-L() { "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$LEGACY_PORT" -U postgres -d app -v ON_ERROR_STOP=1 "$@"; }
-T() { local db=$1; shift; "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$NEW_PORT" -U postgres -d "$db" -v ON_ERROR_STOP=1 "$@"; }
-now() { date +%s.%N; }
 count() { T "$1" -tAc "SELECT count(*) FROM bench.t" 2>/dev/null || echo 0; }
 wait_count() { # wait_count DB N TIMEOUT_S [PID]: until DB's bench.t has N rows
   local db=$1 want=$2 limit=$3 pid=${4:-} t0; t0=$(now)
@@ -170,14 +166,6 @@ stop_bg() {
 }
 
 
-# Delete the topics of this run (regex; TopicCommand accepts one for --delete): every run makes
-# its own topics, and 500 tables x 3 partitions per run would otherwise pile up until the
-# broker runs out of file descriptors (it did, in the second run of a full bench).
-drop_topics() { # drop_topics REGEX
-  java -cp "$KAFKA_HOME/libs/*" org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
-    --delete --topic "$1" >/dev/null 2>&1 || true
-}
-
 # One run: every stage once, into R.
 measure() {
 for P in 1 100; do
@@ -277,8 +265,7 @@ R[kafka_produce]=$(java -cp "$KCP" org.apache.kafka.tools.ProducerPerformance --
 R[kafka_consume]=$(java -cp "$KCP" org.apache.kafka.tools.ConsumerPerformance \
   --bootstrap-server "127.0.0.1:$KAFKA_PORT" --topic "$kt" --messages "$NC" 2>/dev/null \
   | awk -F', *' 'NF >= 10 && $1 !~ /start/ {v=$10} END {printf "%.0f", v}')
-java -cp "$KCP" org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
-  --delete --topic "$kt" >/dev/null 2>&1 || true
+drop_topics "$kt"
 
 for rate in $RATES; do
 log "steady state: $rate rows/s for $SECS s"

@@ -5,22 +5,19 @@
 # Prints the tables whose counts differ (and exits 1), or "all N rows in Kafka".
 # Usage: TABLES=500 N=200000 deploy/bench/many_tables_probe.sh   (needs `make up`)
 source "$(dirname "${BASH_SOURCE[0]}")/../local/lib.sh"
+source "$ROOT/deploy/bench/clusters.sh"
 cd "$ROOT"
-PGBIN="$(pg_bindir)"
-export PGOPTIONS="-c client_min_messages=warning"
 BIN="${CUTOVER_BIN:-$ROOT/target/release/cutover}"
 TABLES="${TABLES:-500}" N="${N:-200000}" PARTS="${PARTS:-3}"
 ID="mtp$(date +%s)"
 OUT="$STATE/bench/$ID"
 mkdir -p "$OUT"
-L() { "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$LEGACY_PORT" -U postgres -d app -v ON_ERROR_STOP=1 "$@"; }
 cleanup() {
   kill "${cap:-}" 2>/dev/null || true
   sleep 1
   L -c "SELECT pg_drop_replication_slot('$ID')" >/dev/null 2>&1 || true
   L -c "DROP PUBLICATION IF EXISTS $ID" -c "DROP SCHEMA IF EXISTS $ID CASCADE" >/dev/null 2>&1 || true
-  [ "${KEEP:-0}" = 1 ] || java -cp "$KAFKA_HOME/libs/*" org.apache.kafka.tools.TopicCommand \
-    --bootstrap-server "127.0.0.1:$KAFKA_PORT" --delete --topic "$ID\\..*" >/dev/null 2>&1 || true
+  [ "${KEEP:-0}" = 1 ] || drop_topics "$ID\\..*"
 }
 trap cleanup EXIT
 {
@@ -33,24 +30,7 @@ trap cleanup EXIT
 } | L >/dev/null
 L -c "DO \$\$ BEGIN FOR i IN 1..$N LOOP EXECUTE format('INSERT INTO $ID.t%s (id, qty, price, note) VALUES (\$1, \$2, \$3, \$4)', i % $TABLES) USING i, (i % 100)::int, (i % 1000) / 10.0, 'order line ' || i; COMMIT; END LOOP; END \$\$"
 end_lsn=$(L -tAc "SELECT pg_current_wal_lsn()")
-cat >"$OUT/capture.toml" <<EOF
-name = "$ID"
-topic_prefix = "$ID"
-[source]
-url = "postgres://postgres@127.0.0.1:$LEGACY_PORT/app"
-slot = "$ID"
-publication = "$ID"
-schemas = ["$ID"]
-status_interval_secs = 1
-[kafka]
-brokers = ["127.0.0.1:$KAFKA_PORT"]
-partitions = $PARTS
-[registry]
-url = "http://127.0.0.1:$REGISTRY_PORT"
-[observe]
-listen = ""
-log_level = "${LOG_LEVEL:-info}"
-EOF
+schema_pipeline_config "$OUT/capture.toml" "$ID" "$PARTS" "${LOG_LEVEL:-info}"
 t0=$(date +%s.%N)
 "$BIN" capture --config "$OUT/capture.toml" >"$OUT/capture.log" 2>&1 &
 cap=$!

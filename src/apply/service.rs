@@ -66,7 +66,8 @@ pub struct Bounds {
 
 pub struct Sink {
     cfg: Config,
-    sink: SinkConfig,
+    /// Shared with the intake task of every batch.
+    sink: Arc<SinkConfig>,
     consumer: Arc<StreamConsumer<SinkContext>>,
     /// `None` only while a task of the loop holds it (collecting the next batch).
     decoder: Option<Decoder>,
@@ -76,7 +77,7 @@ pub struct Sink {
     registry: RegistryClient,
     topics: Vec<String>,
     topics_checked: Instant,
-    metrics: SinkMetrics,
+    metrics: Arc<SinkMetrics>,
     /// Set when a replay runs this sink: only these topics, nothing at or past the end offsets.
     bounds: Option<Bounds>,
     /// The applying half.
@@ -95,13 +96,11 @@ struct Target {
     /// The target connections (`apply_connections`); the first also runs DDL and reads
     /// progress outside a batch.
     lanes: Vec<Lane>,
-    tables: Tables,
-    /// Source table → `(commit_lsn, seq)` of the last truncate applied (as committed).
-    truncates: HashMap<String, (i64, i64)>,
-    parking: Parking,
     /// What its part in a back-sync lets through (`Unguarded` for a plain sink).
     guard: Box<dyn WriteGuard>,
-    metrics: SinkMetrics,
+    /// Tables, truncate watermarks, dead-letter producer, metrics: what every batch
+    /// transaction reads.
+    ctx: BatchCtx,
 }
 
 impl Sink {
@@ -137,9 +136,10 @@ impl Sink {
         let metrics = SinkMetrics::new(name, guard.policy());
         let origins: Vec<&str> = lanes.iter().map(|l| l.origin.as_str()).collect();
         tracing::info!(sink = name, group = sink.group_id(&cfg.name), origins = ?origins, role = ?guard.writes(), "sink started");
+        let truncate = sink.truncate;
         let mut sink = Sink {
             cfg: cfg.clone(),
-            sink: sink.clone(),
+            sink: Arc::new(sink.clone()),
             consumer: Arc::new(consumer),
             decoder: Some(Decoder::new(RegistryClient::new(&cfg.registry)?)),
             fresh: HashSet::new(),
@@ -147,7 +147,7 @@ impl Sink {
             registry: RegistryClient::new(&cfg.registry)?,
             topics: vec![],
             topics_checked: Instant::now(),
-            metrics: metrics.clone(),
+            metrics: Arc::new(metrics.clone()),
             bounds,
             target: Target {
                 cfg: cfg.clone(),
@@ -156,11 +156,15 @@ impl Sink {
                 shared_lock,
                 readiness,
                 lanes,
-                tables,
-                truncates,
-                parking,
                 guard,
-                metrics,
+                ctx: BatchCtx {
+                    sink: name.to_string(),
+                    tables,
+                    truncates,
+                    truncate,
+                    parking,
+                    metrics,
+                },
             },
         };
         sink.refresh_topics().await?;
@@ -228,7 +232,7 @@ impl Sink {
             // is applied and its offsets committed.
             let next = {
                 let consumer = self.consumer.clone();
-                let (sink, metrics) = (self.sink.clone(), self.metrics.clone());
+                let (sink, metrics) = (Arc::clone(&self.sink), Arc::clone(&self.metrics));
                 let mut decoder = self.decoder.take().expect("the loop holds the decoder");
                 let mut shutdown = shutdown.clone();
                 tokio::spawn(async move {
@@ -337,10 +341,10 @@ impl Target {
             };
             let kind = e.kind();
             let Some(delay) = attempts.next_delay(&e) else {
-                self.metrics.error(kind);
+                self.ctx.metrics.error(kind);
                 return Err(e);
             };
-            self.metrics.retry(kind);
+            self.ctx.metrics.retry(kind);
             tracing::warn!(sink = %self.sink.name, error = %e, attempt = attempts.failed, delay_ms = delay.as_millis() as u64, "batch failed, retrying");
             tokio::time::sleep(delay).await;
             self.reconnect(kind == ErrorKind::Connection).await;
@@ -357,6 +361,7 @@ impl Target {
             mappings.push(match &it.event {
                 Some(ev) => {
                     let (m, ddl) = self
+                        .ctx
                         .tables
                         .prepare(&self.lanes[0].client, &self.sink, ev)
                         .await?;
@@ -379,16 +384,8 @@ impl Target {
             }
             tracing::info!(sink = %self.sink.name, "a connection's share hit a data error: applying the batch on one connection, in source order");
         }
-        let ctx = BatchCtx {
-            sink: &self.sink.name,
-            tables: &self.tables,
-            truncates: &self.truncates,
-            truncate: self.sink.truncate,
-            parking: &self.parking,
-            metrics: &self.metrics,
-        };
         let (outcome, truncated) = transact(
-            &ctx,
+            &self.ctx,
             &mut self.lanes[0],
             self.guard.as_mut(),
             items,
@@ -397,7 +394,7 @@ impl Target {
         )
         .await?
         .ok_or_else(|| Error::internal("a lenient batch transaction gave up"))?;
-        self.truncates.extend(truncated);
+        self.ctx.truncates.extend(truncated);
         Ok(outcome)
     }
 
@@ -411,15 +408,7 @@ impl Target {
         mappings: &[Option<Arc<Mapping>>],
         shares: &[usize],
     ) -> Result<Option<BatchOutcome>> {
-        let ctx = BatchCtx {
-            sink: &self.sink.name,
-            tables: &self.tables,
-            truncates: &self.truncates,
-            truncate: self.sink.truncate,
-            parking: &self.parking,
-            metrics: &self.metrics,
-        };
-        let ctx = &ctx;
+        let ctx = &self.ctx;
         let (mut items, mut mappings) = (items, mappings);
         let mut attempts = Vec::with_capacity(shares.len());
         for (lane, &n) in self.lanes.iter_mut().zip(shares) {

@@ -55,14 +55,16 @@ pub(super) struct Lane {
     pub origin: String,
 }
 
-/// What a batch transaction reads from the sink; shared by the connections of one batch.
-pub(super) struct BatchCtx<'a> {
-    pub sink: &'a str,
-    pub tables: &'a Tables,
-    pub truncates: &'a HashMap<String, (i64, i64)>,
+/// What a batch transaction reads from the sink, held by the sink and shared (borrowed) by
+/// the connections of one batch.
+pub(super) struct BatchCtx {
+    pub sink: String,
+    pub tables: Tables,
+    /// Source table → `(commit_lsn, seq)` of the last truncate applied (as committed).
+    pub truncates: HashMap<String, (i64, i64)>,
     pub truncate: TruncatePolicy,
-    pub parking: &'a Parking,
-    pub metrics: &'a SinkMetrics,
+    pub parking: Parking,
+    pub metrics: SinkMetrics,
 }
 
 impl Lane {
@@ -95,15 +97,14 @@ pub(super) fn deal(items: &mut [Item], lanes: usize) -> Vec<usize> {
         return vec![items.len()];
     }
     let parts = partitions(items);
-    let lane_of = |it: &Item| {
-        let p = (it.msg.topic().to_string(), it.msg.partition());
-        parts.binary_search(&p).unwrap_or(0) % lanes
-    };
-    items.sort_by_cached_key(lane_of);
     let mut shares = vec![0; lanes];
-    for it in items.iter() {
-        shares[lane_of(it)] += 1;
-    }
+    // The key is computed once per item: count the shares there.
+    items.sort_by_cached_key(|it| {
+        let p = (it.msg.topic().to_string(), it.msg.partition());
+        let lane = parts.binary_search(&p).unwrap_or(0) % lanes;
+        shares[lane] += 1;
+        lane
+    });
     shares
 }
 
@@ -112,7 +113,7 @@ pub(super) fn deal(items: &mut [Item], lanes: usize) -> Vec<usize> {
 /// wrote. `strict`: a write that fails with a data error rolls the transaction back and
 /// returns `None` instead of parking the write's events (the caller retries in source order).
 pub(super) async fn transact(
-    ctx: &BatchCtx<'_>,
+    ctx: &BatchCtx,
     lane: &mut Lane,
     guard: &mut dyn WriteGuard,
     items: &mut [Item],
@@ -137,7 +138,7 @@ pub(super) async fn transact(
 }
 
 async fn transact_open(
-    ctx: &BatchCtx<'_>,
+    ctx: &BatchCtx,
     tx: &tokio_postgres::Client,
     statements: &mut Statements,
     guard: &mut dyn WriteGuard,
@@ -148,7 +149,7 @@ async fn transact_open(
     tx.batch_execute("BEGIN")
         .await
         .map_err(|e| Error::postgres("BEGIN", e))?;
-    let stored = progress::lock_progress(tx, ctx.sink, &partitions(items)).await?;
+    let stored = progress::lock_progress(tx, &ctx.sink, &partitions(items)).await?;
     // A back-sync role re-reads the phases at every batch: a phase change takes effect at
     // the next batch boundary.
     guard.begin(tx).await?;
@@ -164,8 +165,8 @@ async fn transact_open(
     let events: Vec<Option<&ChangeEvent>> = items.iter().map(|it| it.event.as_ref()).collect();
     let mut writer = Writer {
         tx,
-        sink: ctx.sink,
-        tables: ctx.tables,
+        sink: &ctx.sink,
+        tables: &ctx.tables,
         statements,
         guard,
         events: &events,
@@ -181,18 +182,18 @@ async fn transact_open(
         items[i].dead = Some(e);
     }
     // Progress for every partition of the transaction, then dead letters, then COMMIT.
-    progress::save_progress(tx, ctx.sink, &plan.progress).await?;
+    progress::save_progress(tx, &ctx.sink, &plan.progress).await?;
     outcome.dead_lettered = park(ctx, items, &plan.live).await?;
     tx.batch_execute("COMMIT")
         .await
         .map_err(|e| Error::postgres("COMMIT", e))?;
-    observe_applied(ctx.metrics, items, &plan.live);
+    observe_applied(&ctx.metrics, items, &plan.live);
     Ok(Some((outcome, truncated)))
 }
 
 /// Plan the items (pure, see `plan`) against the locked progress.
 fn plan_batch(
-    ctx: &BatchCtx<'_>,
+    ctx: &BatchCtx,
     guard: &dyn WriteGuard,
     items: &[Item],
     mappings: &[Option<Arc<Mapping>>],
@@ -210,12 +211,12 @@ fn plan_batch(
             mapping: m.as_deref(),
         })
         .collect();
-    let tables = ctx.tables;
+    let tables = &ctx.tables;
     plan::plan(
         &records,
         &plan::Context {
             stored,
-            truncated: ctx.truncates,
+            truncated: &ctx.truncates,
             truncate: ctx.truncate,
             key_of: &|t| tables.key_cols(t),
             admit: &|s, m| guard.admit(s, m),
@@ -257,7 +258,7 @@ async fn execute(
 }
 
 /// Send the transaction's dead letters and wait for the broker's acks. Returns how many.
-async fn park(ctx: &BatchCtx<'_>, items: &[Item], live: &[usize]) -> Result<usize> {
+async fn park(ctx: &BatchCtx, items: &[Item], live: &[usize]) -> Result<usize> {
     let mut deliveries = vec![];
     for &i in live {
         let Some(err) = &items[i].dead else { continue };
