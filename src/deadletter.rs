@@ -94,11 +94,15 @@ impl Parking {
             .payload(payload)
             .key(key);
         let fut = self.producer.send_result(record).map_err(|(e, _)| e);
+        let topic = self.topic.clone();
         async move {
             match fut {
                 Err(e) => Err(Error::kafka("producing a dead letter", e)),
                 Ok(f) => match f.await {
-                    Ok(Ok(_)) => Ok(()),
+                    Ok(Ok(d)) => match kafka::unverified_delivery(&topic, d.partition, d.offset) {
+                        None => Ok(()),
+                        Some(e) => Err(Error::new(ErrorKind::Unavailable, e)),
+                    },
                     Ok(Err((e, _))) => Err(Error::kafka("producing a dead letter", e)),
                     Err(_) => Err(Error::new(
                         ErrorKind::Unavailable,

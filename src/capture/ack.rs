@@ -3,7 +3,8 @@
 //! ```text
 //!   Begin ─▶ TxnTracker { pending: 1 }   every produce: pending += 1 (the tracker rides along
 //!                                         as the record's delivery opaque)
-//!   ack    ─▶ AckContext::delivery ─▶ pending -= 1 (an error is kept: the LSN is never confirmed)
+//!   ack    ─▶ AckContext::delivery ─▶ pending -= 1 (an error, or a success without an offset,
+//!                                     is kept: the LSN is never confirmed)
 //!   Commit ─▶ seal: pending -= 1; at 0 the tracker fires `done`, and the acker may confirm
 //!            its end_lsn once every older tracker has
 //! ```
@@ -12,10 +13,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
 
 use crate::event::Lsn;
+use crate::kafka;
 use tokio::sync::{mpsc, watch, Notify};
 
 /// Per-transaction delivery accounting.
@@ -57,10 +60,16 @@ impl ClientContext for AckContext {}
 impl ProducerContext for AckContext {
     type DeliveryOpaque = Arc<TxnTracker>;
     fn delivery(&self, result: &DeliveryResult<'_>, tracker: Arc<TxnTracker>) {
-        if let Err((e, _)) = result {
+        let failure = match result {
+            Err((e, _)) => Some(e.to_string()),
+            // A success without an offset is librdkafka's implicit ack: not proof of
+            // durability (kafka::unverified_delivery), so the LSN is not confirmed.
+            Ok(m) => kafka::unverified_delivery(m.topic(), m.partition(), m.offset()),
+        };
+        if let Some(e) = failure {
             super::metrics::producer_error();
             let mut f = tracker.failed.lock().unwrap_or_else(|p| p.into_inner());
-            f.get_or_insert_with(|| e.to_string());
+            f.get_or_insert(e);
         }
         tracker.release();
     }

@@ -96,6 +96,29 @@ pub fn set_default(c: &mut ClientConfig, key: &str, value: &str) {
     }
 }
 
+/// The verdict on a delivery report librdkafka gave as a success: durable only if it carries
+/// the offset the broker wrote the record at.
+///
+/// librdkafka also reports success for a record whose own ProduceRequest failed, when a later
+/// batch of the same partition succeeds ("implicit ack", `rd_kafka_dr_implicit_ack`): it
+/// assumes the broker accepts batches of one producer only in sequence, so the earlier one
+/// must have been written. A broker that holds no state for the producer on a partition
+/// accepts *any* first sequence (Kafka's `ProducerAppendInfo.checkSequence`), and that is
+/// every partition the broker started leading a moment ago: a batch refused with
+/// NOT_LEADER_OR_FOLLOWER just before the partition was created, followed by one accepted
+/// just after, is reported delivered and is not in Kafka. Such reports have no offset
+/// (-1001). cutover counts them as failed deliveries: the work is re-sent (a duplicate at
+/// worst, which every consumer skips), never confirmed as durable.
+/// (`examples/new_topic_burst.rs` reproduces the loss; docs/PERFORMANCE.md, "A lost row".)
+pub fn unverified_delivery(topic: &str, partition: i32, offset: i64) -> Option<String> {
+    (offset < 0).then(|| {
+        format!(
+            "{topic}[{partition}]: librdkafka reported the record delivered without an offset \
+             (an implicit ack after a failed request); it may not be in Kafka"
+        )
+    })
+}
+
 /// A topic cutover wants to exist.
 #[derive(Debug, Clone)]
 pub struct TopicSpec {
@@ -193,10 +216,67 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[TopicSpec]) -> Result<Ve
         tracing::info!(topics = ?created, "created topics");
         // CreateTopics returns once the controller has the topic; brokers learn its leaders a
         // moment later. Until then produce/fetch/ListOffsets answer NOT_LEADER_FOR_PARTITION,
-        // so a created topic is handed out only once every partition has a leader.
+        // so a created topic is handed out only once every partition has a leader, and then
+        // only once its leader serves it: a broker lists a new partition's leader in metadata
+        // before it has created the partition (1,500 partitions took it 10-28 s here), and a
+        // produce in that window is where librdkafka's implicit acks lose records (see
+        // [`unverified_delivery`]).
         partition_counts(cfg, &created).await?;
+        partitions_served(cfg, &created).await?;
     }
     Ok(created)
+}
+
+/// Wait until the leader of every partition of `topics` answers ListOffsets for it, within
+/// `request_timeout_ms` per partition that makes no progress (a broker creating 1,500
+/// partitions works through them one by one; the wait ends once none is left).
+async fn partitions_served(cfg: &KafkaConfig, topics: &[String]) -> Result<()> {
+    let cfg = cfg.clone();
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let consumer = metadata_client(&cfg)?;
+        let timeout = Duration::from_millis(cfg.request_timeout_ms);
+        let mut waiting: Vec<(String, i32)> = Vec::new();
+        for topic in &topics {
+            for p in topic_partitions(&consumer, topic, timeout)? {
+                waiting.push((topic.clone(), p.id));
+            }
+        }
+        let total = waiting.len();
+        let started = std::time::Instant::now();
+        let mut progress = started;
+        while !waiting.is_empty() {
+            let before = waiting.len();
+            let mut last_err = None;
+            waiting.retain(|(t, p)| match consumer.fetch_watermarks(t, *p, timeout) {
+                Ok(_) => false,
+                Err(e) => {
+                    last_err = Some((t.clone(), *p, e));
+                    true
+                }
+            });
+            if waiting.len() < before {
+                progress = std::time::Instant::now();
+            }
+            if let Some((t, p, e)) = last_err {
+                let err = Error::kafka(format!("ListOffsets of new partition {t}[{p}]"), e);
+                if progress.elapsed() >= timeout
+                    || !matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::NotFound)
+                {
+                    return Err(err);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        tracing::info!(
+            partitions = total,
+            waited_ms = started.elapsed().as_millis() as u64,
+            "new partitions served by their leaders"
+        );
+        Ok(())
+    })
+    .await
+    .map_err(|e| Error::internal(format!("ListOffsets task failed: {e}")))?
 }
 
 /// Partitions of `topic`, once every one of them has a leader in the cluster's metadata
@@ -339,6 +419,17 @@ mod tests {
             .kafka;
         k.group_protocol = protocol;
         k
+    }
+
+    #[test]
+    fn a_delivery_report_without_an_offset_is_not_durable() {
+        assert_eq!(unverified_delivery("t", 0, 0), None);
+        assert_eq!(unverified_delivery("t", 2, 41), None);
+        let e = unverified_delivery("app.public.t", 1, -1001).expect("implicit ack");
+        assert!(
+            e.contains("app.public.t[1]") && e.contains("without an offset"),
+            "{e}"
+        );
     }
 
     #[test]
