@@ -124,6 +124,17 @@ async fn published_topics(
     Ok(counts)
 }
 
+/// A replication connection failure as a cutover error, kind from
+/// [`classify::replication`](crate::error::classify::replication).
+fn replication_error(e: &pgwire_replication::PgWireError) -> Error {
+    let kind = crate::error::classify::replication(e);
+    let hint = match kind {
+        ErrorKind::Auth => " (authentication or TLS trust: check the role, password, pg_hba.conf, sslmode and sslrootcert; not retried)",
+        _ => "",
+    };
+    Error::new(kind, format!("source replication connection: {e}{hint}"))
+}
+
 impl Capture {
     /// Connect, check the server, ensure publication and slot. Returns the slot's LSN.
     pub async fn prepare(cfg: &Config) -> Result<(Capture, Lsn)> {
@@ -181,7 +192,7 @@ impl Capture {
     }
 
     fn replication_config(&self, start: Lsn) -> Result<pgwire_replication::ReplicationConfig> {
-        let pg = Endpoint::source(&self.cfg).pg_config()?;
+        let (pg, tls) = Endpoint::source(&self.cfg).pg_config()?;
         let host = match pg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             #[cfg(unix)]
@@ -193,6 +204,7 @@ impl Capture {
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .unwrap_or_default();
+        let tls = tls.replication(&host);
         Ok(pgwire_replication::ReplicationConfig::new(
             host,
             pg.get_user().unwrap_or("postgres"),
@@ -202,6 +214,7 @@ impl Capture {
             self.cfg.source.publication.clone(),
         )
         .with_port(port)
+        .with_tls(tls)
         .with_start_lsn(pgwire_replication::Lsn::from_u64(start.0))
         .with_status_interval(Duration::from_secs(self.cfg.source.status_interval_secs))
         .with_application_name("cutover-capture")
@@ -214,12 +227,13 @@ impl Capture {
         let mut repl =
             pgwire_replication::ReplicationClient::connect(self.replication_config(start)?)
                 .await
-                .map_err(|e| {
-                    Error::new(
-                        ErrorKind::Connection,
-                        format!("source replication connection: {e}"),
-                    )
-                })?;
+                .map_err(|e| replication_error(&e))?;
+        // Connecting, TLS, authentication and START_REPLICATION run in the client's worker:
+        // wait for the server to accept the stream so a refusal (trust, password, a slot
+        // held elsewhere) surfaces here, classified, before anything claims to be streaming.
+        repl.wait_started()
+            .await
+            .map_err(|e| replication_error(&e))?;
         tracing::info!(slot = %self.cfg.source.slot, start = %start, "capture streaming");
 
         // Acker: confirms end LSNs strictly in commit order, only when fully acknowledged.
@@ -251,7 +265,7 @@ impl Capture {
                     let ev = match ev {
                         Ok(Some(ev)) => ev,
                         Ok(None) => break Err(Error::new(ErrorKind::Connection, "replication stream ended")),
-                        Err(e) => break Err(Error::new(ErrorKind::Connection, format!("replication stream: {e}"))),
+                        Err(e) => break Err(replication_error(&e)),
                     };
                     if let Err(e) = self.handle(ev, &mut txn, &track_tx).await {
                         break Err(e);

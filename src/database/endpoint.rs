@@ -1,13 +1,14 @@
 //! Where to connect: every PostgreSQL endpoint of a pipeline, built from the config in one
 //! place, with the config path of its URL for messages (`source.url`, `sinks[1].url`).
 //!
-//! TLS follows the connection string's `sslmode` (`disable`, `prefer`, `require`) with
-//! certificate verification through the system trust store (native-tls / OpenSSL).
+//! TLS follows the connection string's `sslmode`, `sslrootcert`, `sslcert` and `sslkey` with
+//! libpq's semantics, on SQL and replication connections alike (see [`super::tls`]).
 
 use std::time::Duration;
 
 use tokio_postgres::Client;
 
+use super::tls::{self, Tls};
 use crate::config::{Config, DbUrl, Secret, SinkConfig};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -22,13 +23,17 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn pg_config(&self) -> Result<tokio_postgres::Config> {
-        let mut cfg: tokio_postgres::Config = self.url.expose().parse().map_err(|e| {
+    /// The connection settings and the TLS settings of this endpoint.
+    pub fn pg_config(&self) -> Result<(tokio_postgres::Config, Tls)> {
+        let (conninfo, tls) = tls::split(self.url.expose())
+            .map_err(|e| Error::config(format!("{}: {e}", self.field)))?;
+        let mut cfg: tokio_postgres::Config = conninfo.parse().map_err(|e| {
             Error::config(format!(
                 "{}: not a valid PostgreSQL connection string ({e})",
                 self.field
             ))
         })?;
+        cfg.ssl_mode(tls.pg_mode());
         if let Some(pw) = &self.password {
             cfg.password(pw.expose());
         }
@@ -38,19 +43,25 @@ impl Endpoint {
         if cfg.get_application_name().is_none() {
             cfg.application_name("cutover");
         }
-        Ok(cfg)
+        Ok((cfg, tls))
     }
 
     /// Open a connection; the connection task runs in the background and logs if it ends
-    /// with an error.
+    /// with an error. A certificate the mode does not accept fails with [`ErrorKind::Auth`].
     pub async fn connect(&self) -> Result<Client> {
-        let cfg = self.pg_config()?;
-        let tls = native_tls::TlsConnector::new().map_err(|e| {
-            Error::with_source(ErrorKind::Environment, "initialising TLS for PostgreSQL", e)
-        })?;
-        let tls = postgres_native_tls::MakeTlsConnector::new(tls);
-        let (client, conn) = cfg.connect(tls).await.map_err(|e| {
-            Error::postgres(format!("connecting to {} ({})", self.field, self.url), e)
+        let (cfg, tls) = self.pg_config()?;
+        let connector = tls.sql_connector(&self.field)?;
+        let (client, conn) = cfg.connect(connector).await.map_err(|e| {
+            let what = format!("connecting to {} ({})", self.field, self.url);
+            let err = Error::postgres(what, e);
+            if crate::error::classify::certificate_failure(&err.to_string()) {
+                Error::new(
+                    ErrorKind::Auth,
+                    format!("{err} (check sslmode and sslrootcert)"),
+                )
+            } else {
+                err
+            }
         })?;
         let field = self.field.clone();
         tokio::spawn(async move {

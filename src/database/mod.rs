@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!   endpoint  where to connect: source, sink(name), new_store  (config → Endpoint → Client)
+//!   tls       sslmode/sslrootcert/sslcert/sslkey with libpq semantics, SQL and replication
 //!   ident     identifiers and literals as SQL text (postgres_protocol::escape)
 //!   catalog   what a table looks like in a target: columns, key, replica identity
 //!   origin    replication origins: how cutover's own writes are tagged (never echoed)
@@ -15,6 +16,7 @@ pub mod catalog;
 pub mod endpoint;
 pub mod ident;
 pub mod origin;
+pub mod tls;
 
 use tokio_postgres::Client;
 

@@ -35,6 +35,38 @@ pub fn sqlstate(code: &str) -> ErrorKind {
     }
 }
 
+/// The kind of a replication connection failure: the server's SQLSTATE when it sent one
+/// (28xxx authentication is fatal), failed authentication or a refused certificate as
+/// [`ErrorKind::Auth`] (retrying cannot fix either), anything else a connection error.
+pub fn replication(e: &pgwire_replication::PgWireError) -> ErrorKind {
+    use pgwire_replication::PgWireError as P;
+    match e {
+        P::Auth(_) => ErrorKind::Auth,
+        P::Tls(m) if certificate_failure(m) => ErrorKind::Auth,
+        P::Server(m) => match m.rsplit_once("(SQLSTATE ") {
+            Some((_, code)) => sqlstate(code.trim_end_matches(')')),
+            None => ErrorKind::Connection,
+        },
+        _ => ErrorKind::Connection,
+    }
+}
+
+/// A TLS failure that retrying cannot fix: the server's certificate is not trusted or not
+/// for this host (OpenSSL's and rustls's wording), or the client certificate was refused.
+pub fn certificate_failure(message: &str) -> bool {
+    const SIGNS: [&str; 8] = [
+        "certificate verify failed",
+        "invalid peer certificate",
+        "UnknownIssuer",
+        "NotValidForName",
+        "certificate is not valid",
+        "hostname mismatch",
+        "unknown ca",
+        "certificate required",
+    ];
+    SIGNS.iter().any(|s| message.contains(s))
+}
+
 /// The kind of a Kafka client error (what `retry::policy` decides on).
 pub fn kafka(err: &KafkaError) -> ErrorKind {
     match err.rdkafka_error_code() {

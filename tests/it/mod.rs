@@ -16,6 +16,7 @@ mod logs;
 mod observe;
 mod pgoutput_crosscheck;
 mod postgres;
+mod postgres_tls;
 mod prometheus;
 mod python_registry_client;
 mod registry_api;

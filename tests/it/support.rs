@@ -254,6 +254,17 @@ pub struct PrivatePostgres {
 impl PrivatePostgres {
     /// `settings` are `-c` options, e.g. `["wal_level=logical"]`.
     pub fn start(settings: &[&str]) -> PrivatePostgres {
+        PrivatePostgres::start_with(settings, None, &[])
+    }
+
+    /// [`PrivatePostgres::start`] with `hba` as the whole pg_hba.conf (when given) and `files`
+    /// (name, contents) written into the data directory first, owned by the server's user
+    /// with mode 0600 (a server key must be).
+    pub fn start_with(
+        settings: &[&str],
+        hba: Option<&str>,
+        files: &[(&str, &[u8])],
+    ) -> PrivatePostgres {
         let dir = tempfile::tempdir().unwrap();
         if is_root() {
             let ok = Command::new("chown")
@@ -288,6 +299,26 @@ impl PrivatePostgres {
         let mut existing = std::fs::read_to_string(&auto).unwrap_or_default();
         existing.push_str(&conf);
         std::fs::write(&auto, existing).unwrap();
+        let mut written: Vec<PathBuf> = files.iter().map(|(n, _)| data.join(n)).collect();
+        for (name, body) in files {
+            std::fs::write(data.join(name), body).unwrap();
+        }
+        if let Some(hba) = hba {
+            std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+            written.push(data.join("pg_hba.conf"));
+        }
+        for path in &written {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if is_root() {
+                let ok = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(path)
+                    .status()
+                    .unwrap();
+                assert!(ok.success());
+            }
+        }
         let pg = PrivatePostgres {
             port: free_port(),
             dir,
