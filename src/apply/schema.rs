@@ -48,11 +48,14 @@ impl Tables {
                     ))
                 })?;
                 m.check_target(&tt)?;
+                let mut casts = BTreeMap::new();
                 for (col, via) in &m.cast {
-                    check_cast(client, &format!("{path}.cast.{col}"), via).await?;
+                    let canonical =
+                        canonical_type(client, &format!("{path}.cast.{col}"), via).await?;
+                    casts.insert(col.clone(), canonical);
                 }
-                if !m.cast.is_empty() {
-                    t.casts.insert(target.clone(), m.cast.clone());
+                if !casts.is_empty() {
+                    t.casts.insert(target.clone(), casts);
                 }
                 t.catalogs.insert(target, tt);
             }
@@ -155,18 +158,17 @@ async fn evolve_identity(client: &Client, sink: &SinkConfig, ev: &ChangeEvent) -
     }
 }
 
-/// A `cast` type must be one the target knows. It is checked as a bind parameter, never
-/// spliced into SQL (`to_regtype` parses a type name and nothing else).
-async fn check_cast(client: &Client, field: &str, via: &str) -> Result<()> {
+/// A `cast` type must be one the target knows, and what reaches SQL is the server's own
+/// spelling of it, never the configured text: the name is checked as a bind parameter
+/// (`to_regtype` parses a type name and nothing else, so `int; DROP TABLE x` is no type) and
+/// replaced by `regtype`'s output, which quotes whatever needs quoting. A type modifier in the
+/// configured name (`varchar(20)`) is not kept: the value is cast on to the target column's
+/// own type, typmod included, right after.
+async fn canonical_type(client: &Client, field: &str, via: &str) -> Result<String> {
     let known: Option<String> = client
         .query_one("SELECT to_regtype($1)::text", &[&via])
         .await
-        .map_err(|e| Error::postgres(format!("{field}: checking type {via}"), e))?
+        .map_err(|e| Error::postgres(format!("{field}: checking type {via:?}"), e))?
         .get(0);
-    match known {
-        Some(_) => Ok(()),
-        None => Err(Error::config(format!(
-            "{field}: {via} is not a type the target knows"
-        ))),
-    }
+    known.ok_or_else(|| Error::config(format!("{field}: {via:?} is not a type the target knows")))
 }

@@ -49,7 +49,7 @@ use crate::config::{Config, SinkConfig};
 use crate::database::{origin, Endpoint};
 use crate::deadletter::Parking;
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::Op;
+use crate::event::{Op, TableId};
 use crate::kafka::{self, topic};
 use crate::observe::Readiness;
 use crate::registry::RegistryClient;
@@ -210,6 +210,7 @@ impl Sink {
                     let decoder = self.decoder.as_mut().expect("the loop holds the decoder");
                     let next = intake(
                         &self.consumer,
+                        &self.cfg.topic_prefix,
                         &self.sink,
                         &self.metrics,
                         decoder,
@@ -233,10 +234,19 @@ impl Sink {
             let next = {
                 let consumer = self.consumer.clone();
                 let (sink, metrics) = (Arc::clone(&self.sink), Arc::clone(&self.metrics));
+                let prefix = self.cfg.topic_prefix.clone();
                 let mut decoder = self.decoder.take().expect("the loop holds the decoder");
                 let mut shutdown = shutdown.clone();
                 tokio::spawn(async move {
-                    let r = intake(&consumer, &sink, &metrics, &mut decoder, &mut shutdown).await;
+                    let r = intake(
+                        &consumer,
+                        &prefix,
+                        &sink,
+                        &metrics,
+                        &mut decoder,
+                        &mut shutdown,
+                    )
+                    .await;
                     (decoder, r)
                 })
             };
@@ -295,10 +305,11 @@ impl Sink {
     }
 }
 
-/// Collect one batch and decode every record; a record that does not decode is marked for
-/// the dead-letter topic.
+/// Collect one batch and decode every record; a record that does not decode, or names a
+/// table its topic is not for (or cutover's own schema), is marked for the dead-letter topic.
 async fn intake(
     consumer: &StreamConsumer<SinkContext>,
+    prefix: &str,
     sink: &SinkConfig,
     metrics: &SinkMetrics,
     decoder: &mut Decoder,
@@ -309,7 +320,10 @@ async fn intake(
     for msg in batch {
         let decoded = match msg.payload() {
             None => Err(Error::new(ErrorKind::Data, "record has no value")),
-            Some(v) => decoder.decode(msg.key(), v).await,
+            Some(v) => decoder
+                .decode(msg.key(), v)
+                .await
+                .and_then(|ev| belongs(prefix, msg.topic(), &ev.table).map(|()| ev)),
         };
         let (event, dead) = match decoded {
             Ok(ev) => (Some(ev), None),
@@ -324,6 +338,32 @@ async fn intake(
         tracing::debug!(sink = %sink.name, events = items.len(), "batch collected and decoded");
     }
     Ok(items)
+}
+
+/// The table of an event comes from its topic: an event whose payload names another table
+/// (or the `cutover` schema) is data that does not belong here, never a write to that table.
+fn belongs(prefix: &str, topic: &str, table: &TableId) -> Result<()> {
+    if table.schema == crate::state::SCHEMA {
+        return Err(Error::new(
+            ErrorKind::Data,
+            format!(
+                "event on {topic} names {}: the {} schema is cutover's own and never written by events",
+                table,
+                crate::state::SCHEMA
+            ),
+        ));
+    }
+    if !topic::carries(prefix, topic, table) {
+        return Err(Error::new(
+            ErrorKind::Data,
+            format!(
+                "event on {topic} names table {}, whose topic is {}: not applied",
+                table,
+                topic::for_table(prefix, table)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Target {
@@ -485,4 +525,26 @@ fn subscribe_consumer(
     cc.set("topic.metadata.refresh.interval.ms", "5000");
     cc.create_with_context(SinkContext::new(readiness.clone(), &sink.name))
         .map_err(|e| Error::kafka("creating sink consumer", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_belongs_only_to_its_own_topic_and_never_to_the_state_schema() {
+        let orders = TableId::new("public", "orders");
+        assert!(belongs("p", "p.public.orders", &orders).is_ok());
+        let e = belongs("p", "p.public.customers", &orders).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Data);
+        assert_eq!(retry::policy(e.kind()), Decision::Park);
+        assert!(e.to_string().contains("public.orders"), "{e}");
+        // The back-sync's topics carry the same tables under another prefix.
+        assert!(belongs("p.back", "p.back.public.orders", &orders).is_ok());
+        assert!(belongs("p.back", "p.public.orders", &orders).is_err());
+        let state = TableId::new("cutover", "sink_progress");
+        let e = belongs("p", "p.cutover.sink_progress", &state).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Data);
+        assert!(e.to_string().contains("cutover's own"), "{e}");
+    }
 }

@@ -33,6 +33,7 @@ use super::pgoutput::{self, Datum, Message, OldKind};
 use super::setup::{self, Catalog};
 use crate::codec::TableSchema;
 use crate::config::Config;
+use crate::database::origin::OwnOrigins;
 use crate::database::Endpoint;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Lsn, Op, PG_EPOCH_OFFSET_MICROS};
@@ -58,12 +59,16 @@ pub(super) struct Txn {
     pub(super) final_lsn: Lsn,
     pub(super) seq: u64,
     pub(super) origin: Option<String>,
+    /// Written by one of this pipeline's writers (its origin): never sent back.
+    pub(super) own: bool,
     pub(super) tracker: Arc<TxnTracker>,
 }
 
 /// The capture process.
 pub struct Capture {
     pub(super) cfg: Config,
+    /// The origins of this pipeline's writers (exact names, see `database::origin`).
+    pub(super) own_origins: OwnOrigins,
     pub(super) sql: tokio_postgres::Client,
     pub(super) registry: RegistryClient,
     /// One producer per shard of topics (see [`producer_shards`]); a topic always goes
@@ -186,6 +191,7 @@ impl Capture {
                 dlq_ready: false,
                 backfill: Arc::new(super::backfill::Shared::default()),
                 windows: super::backfill::Windows::default(),
+                own_origins: OwnOrigins::new(&cfg.name, cfg.writers()),
             },
             start,
         ))
@@ -315,6 +321,7 @@ impl Capture {
                     final_lsn: Lsn(final_lsn.as_u64()),
                     seq: 0,
                     origin: None,
+                    own: false,
                     tracker: TxnTracker::new(commit_ts_us),
                 });
             }
@@ -373,7 +380,7 @@ impl Capture {
                     .as_mut()
                     .ok_or_else(|| Error::internal("row change outside a transaction"))?;
                 // Written by cutover itself (a sink's replication origin): never sent back.
-                if crate::database::origin::is_cutover_origin(t.origin.as_deref()) {
+                if t.own {
                     let table = self
                         .relations
                         .get(&rel_id)
@@ -407,6 +414,7 @@ impl Capture {
             Message::Relation(rel) => self.on_relation(rel).await?,
             Message::Origin { name, .. } => {
                 if let Some(t) = txn.as_mut() {
+                    t.own = self.own_origins.contains(&name);
                     t.origin = Some(name);
                 }
             }
@@ -416,6 +424,12 @@ impl Capture {
                     .as_mut()
                     .ok_or_else(|| Error::internal("Truncate outside a transaction"))?;
                 for rel_id in rel_ids {
+                    if t.own {
+                        if let Some(st) = self.relations.get(&rel_id) {
+                            metrics::echo_suppressed(st.schema.table.to_string());
+                        }
+                        continue;
+                    }
                     if self.relations.contains_key(&rel_id) {
                         self.emit(rel_id, t, Op::Truncate, None, None, wal_start)
                             .await?;

@@ -133,7 +133,13 @@ async fn repair(
     let mut deleted = 0;
     if !r.extra.is_empty() {
         // Under a cutover origin: a back-sync capturing this target never sends these back.
-        let origin = crate::database::origin::bind(dst, &cfg.name, "verify", None).await?;
+        let origin = crate::database::origin::bind(
+            dst,
+            &cfg.name,
+            crate::database::origin::VERIFY_WRITER,
+            None,
+        )
+        .await?;
         for chunk in r.extra.chunks(500) {
             for t in &plan.targets {
                 let mut params = Vec::new();

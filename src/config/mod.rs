@@ -65,6 +65,10 @@ pub struct Config {
     /// configuration [`Config::reverse`] derives for `cutover backsync`.
     #[serde(skip)]
     pub direction: Direction,
+    /// The sinks of the other direction (set by [`Config::reverse`]: the forward sinks), so
+    /// a capture knows every writer of its pipeline ([`Config::writers`]).
+    #[serde(skip)]
+    pub peer_sinks: Vec<String>,
 }
 
 /// Which way a pipeline replicates.
@@ -532,8 +536,23 @@ impl Config {
             key_columns: BTreeMap::new(),
             ..self.source.clone()
         };
+        r.peer_sinks = self.sinks.iter().map(|s| s.name.clone()).collect();
         r.sinks = vec![sink];
         Ok(r)
+    }
+
+    /// Every name this pipeline's processes bind replication origins under: its sinks (both
+    /// directions), the back-sync and verify's repairs. A capture skips exactly their writes.
+    pub fn writers(&self) -> Vec<String> {
+        self.sinks
+            .iter()
+            .map(|s| s.name.clone())
+            .chain(self.peer_sinks.iter().cloned())
+            .chain([
+                BACKSYNC_SINK.to_string(),
+                crate::database::origin::VERIFY_WRITER.to_string(),
+            ])
+            .collect()
     }
 }
 

@@ -6,12 +6,16 @@
 //!        │               open transaction does not tag that transaction)
 //!        ▼
 //!   every transaction it commits carries the origin ──▶ WAL ──▶ pgoutput sends an Origin
-//!   message after Begin ──▶ capture sees a name starting with `cutover:` ──▶ drops the whole
-//!   transaction (counted in cutover_capture_echoes_suppressed_total), still confirms its LSN
+//!   message after Begin ──▶ capture: is it one of OwnOrigins (this pipeline's writers)? ──▶
+//!   drops the whole transaction (counted in cutover_capture_echoes_suppressed_total), still
+//!   confirms its LSN
 //! ```
 //!
 //! Invariant 5: what cutover writes is tagged, and captures skip their own origins, so a
-//! back-sync can never echo a change to the side it came from.
+//! back-sync can never echo a change to the side it came from. "Own" is exact: the origin must
+//! be `cutover:<this pipeline>:<one of its writers>` (a sink, the back-sync, verify's repairs),
+//! optionally followed by `:<instance>` and/or the pool number. Another pipeline's writes, or
+//! any other `cutover:`-looking origin a role sets up, are captured like every other change.
 //!
 //! An origin can be active in one session at a time, so each connection of a sink has its own
 //! (`--instance-id` is part of the name; [`bind`] picks a free one of the instance's pool). The role a sink connects as needs `EXECUTE` on the
@@ -33,9 +37,48 @@ pub fn origin_name(pipeline: &str, sink: &str, instance: Option<&str>) -> String
     }
 }
 
-/// Is a transaction with this origin one of cutover's own writes?
-pub fn is_cutover_origin(origin: Option<&str>) -> bool {
-    origin.is_some_and(|o| o.starts_with(ORIGIN_PREFIX))
+/// The writer name of `cutover verify --repair` in origin names.
+pub const VERIFY_WRITER: &str = "verify";
+
+/// The origins of one pipeline's writers: the transactions a capture of that pipeline must
+/// not send back.
+#[derive(Debug, Clone)]
+pub struct OwnOrigins {
+    /// `cutover:<pipeline>:`
+    stem: String,
+    writers: Vec<String>,
+}
+
+impl OwnOrigins {
+    /// `writers`: every name the pipeline's processes bind origins under (sink names, the
+    /// back-sync, [`VERIFY_WRITER`]).
+    pub fn new<I, S>(pipeline: &str, writers: I) -> OwnOrigins
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut writers: Vec<String> = writers.into_iter().map(Into::into).collect();
+        // Longest first: a writer named `a:b` must not be shadowed by one named `a`.
+        writers.sort_by_key(|w| std::cmp::Reverse(w.len()));
+        writers.dedup();
+        OwnOrigins {
+            stem: format!("{ORIGIN_PREFIX}{pipeline}:"),
+            writers,
+        }
+    }
+
+    /// Is a transaction with this origin one of this pipeline's own writes?
+    pub fn contains(&self, origin: &str) -> bool {
+        let Some(rest) = origin.strip_prefix(&self.stem) else {
+            return false;
+        };
+        self.writers
+            .iter()
+            .any(|w| match rest.strip_prefix(w.as_str()) {
+                Some(tail) => tail.is_empty() || tail.starts_with(':'),
+                None => false,
+            })
+    }
 }
 
 const FUNCTIONS: [&str; 4] = [
@@ -175,8 +218,32 @@ mod tests {
             origin_name("p", "backsync", Some("pod-0")),
             "cutover:p:backsync:pod-0"
         );
-        assert!(is_cutover_origin(Some("cutover:p:newstore")));
-        assert!(!is_cutover_origin(Some("pglogical_sub")));
-        assert!(!is_cutover_origin(None));
+    }
+
+    #[test]
+    fn only_this_pipelines_writers_are_its_own() {
+        let own = OwnOrigins::new("p", ["newstore", "backsync", VERIFY_WRITER]);
+        for name in [
+            origin_name("p", "newstore", None),
+            origin_name("p", "newstore", Some("pod-0")),
+            format!("{}:3", origin_name("p", "backsync", None)),
+            format!("{}:3", origin_name("p", "backsync", Some("pod-1"))),
+            origin_name("p", VERIFY_WRITER, None),
+        ] {
+            assert!(own.contains(&name), "{name}");
+        }
+        for name in [
+            "pglogical_sub",
+            "cutover:",
+            "cutover:p",
+            "cutover:p:",
+            "cutover:p:newstore2",
+            "cutover:p:intruder",
+            "cutover:q:newstore",
+            "cutover:pp:newstore",
+            "CUTOVER:p:newstore",
+        ] {
+            assert!(!own.contains(name), "{name}");
+        }
     }
 }

@@ -27,6 +27,12 @@ pub fn for_table(prefix: &str, table: &TableId) -> String {
     format!("{prefix}.{}.{}", clean(&table.schema), clean(&table.name))
 }
 
+/// Whether a change event of `table` belongs on `topic`: a sink applies an event only to the
+/// table its topic is for, so producing to one captured topic cannot write another table.
+pub fn carries(prefix: &str, topic: &str, table: &TableId) -> bool {
+    for_table(prefix, table) == topic
+}
+
 /// The capture dead-letter topic: rows the codec cannot represent.
 pub fn capture_dlq(prefix: &str) -> String {
     format!("{prefix}.dlq.capture")
@@ -48,6 +54,10 @@ mod tests {
             "p.public.order_items"
         );
         assert_eq!(capture_dlq("p"), "p.dlq.capture");
+        let t = TableId::new("public", "orders");
+        assert!(carries("p", "p.public.orders", &t));
+        assert!(!carries("p", "p.public.customers", &t));
+        assert!(!carries("p.back", "p.public.orders", &t));
         assert_eq!(sink_dlq("p", "mirror"), "p.dlq.mirror");
     }
 }

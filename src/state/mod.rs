@@ -24,6 +24,10 @@ pub mod progress;
 
 use tokio_postgres::Client;
 
+/// The schema of cutover's own tables: no change event may write into it (a sink
+/// dead-letters one that names it, whatever its topic).
+pub const SCHEMA: &str = "cutover";
+
 use crate::database::serialized_ddl;
 use crate::error::Result;
 

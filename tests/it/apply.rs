@@ -1036,6 +1036,23 @@ async fn mapping_errors_name_the_table_and_column() {
         .insert("price_cents".into(), "no_such_type".into());
     let msg = start_err(cfg).await;
     assert!(msg.contains("sinks[1].tables[1].cast.price_cents"), "{msg}");
+    // A cast is a type name checked by the target and spliced only in the server's spelling:
+    // SQL hidden in one is refused at start, naming the field, and never runs.
+    for hostile in [
+        "int; DROP TABLE pg_temp.x",
+        "numeric)::text, (SELECT 1",
+        "text' OR '1'='1",
+    ] {
+        let mut cfg = env.cfg.clone();
+        cfg.sinks[1].tables[1]
+            .cast
+            .insert("price_cents".into(), hostile.into());
+        let msg = start_err(cfg).await;
+        assert!(
+            msg.contains("sinks[1].tables[1].cast.price_cents"),
+            "{hostile}: {msg}"
+        );
+    }
 
     // A source column the mapping names but the source does not have: found at the first event.
     let mut cfg = env.cfg.clone();
@@ -1064,6 +1081,116 @@ async fn mapping_errors_name_the_table_and_column() {
         )),
         "{err}"
     );
+    capture.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_applied_only_to_the_table_its_topic_is_for() {
+    use futures::StreamExt;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Headers;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::Message;
+    let mut env = Env::new("forge");
+    env.cfg.sinks.truncate(1);
+    let s = env.schema.clone();
+    env.create_source_table("items (id int PRIMARY KEY, v text)")
+        .await;
+    let l = env.legacy().await;
+    l.batch_execute(&format!(
+        r#"CREATE TABLE "{s}".accounts (id int PRIMARY KEY, balance bigint)"#
+    ))
+    .await
+    .unwrap();
+    let topic_of = |t: &str| {
+        cutover::kafka::topic::for_table(
+            &env.cfg.topic_prefix,
+            &cutover::event::TableId::new(&s, t),
+        )
+    };
+    let (items_topic, accounts_topic) = (topic_of("items"), topic_of("accounts"));
+    let capture = Part::capture(&env.cfg).await;
+    let mirror = Part::sink(&env.cfg, "mirror").await;
+    l.batch_execute(&format!(
+        r#"INSERT INTO "{s}".accounts VALUES (1, 1000000)"#
+    ))
+    .await
+    .unwrap();
+    // A genuine change event of `accounts`, as capture wrote it.
+    let reader: StreamConsumer = cutover::kafka::consumer_config(&env.cfg.kafka, &unique("forge"))
+        .create()
+        .unwrap();
+    reader.subscribe(&[&accounts_topic]).unwrap();
+    let (key, payload) = {
+        let m = tokio::time::timeout(Duration::from_secs(60), reader.stream().next())
+            .await
+            .expect("the accounts insert is captured")
+            .unwrap()
+            .unwrap();
+        (m.key().unwrap().to_vec(), m.payload().unwrap().to_vec())
+    };
+    // The account is closed on legacy; the sink applies that too.
+    l.batch_execute(&format!(r#"DELETE FROM "{s}".accounts"#))
+        .await
+        .unwrap();
+    let t = env.target(0).await;
+    let q = format!(r#"SELECT * FROM "{s}".accounts"#);
+    converge(&l, &q, &t, &q, 60).await;
+    // Whoever can produce to the items topic replays the old insert there: the payload names
+    // `accounts`, the topic is for `items`. It must be dead-lettered, never applied.
+    let producer: FutureProducer = cutover::kafka::producer_config(&env.cfg.kafka)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&items_topic).key(&key).payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    l.batch_execute(&format!(r#"INSERT INTO "{s}".items VALUES (1, 'after')"#))
+        .await
+        .unwrap();
+    let q = format!(r#"SELECT * FROM "{s}".items"#);
+    converge(&l, &q, &t, &q, 60).await;
+
+    let dlq = cutover::kafka::topic::sink_dlq(&env.cfg.topic_prefix, "mirror");
+    let consumer: StreamConsumer = cutover::kafka::consumer_config(&env.cfg.kafka, &unique("dlq"))
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&dlq]).unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(60), consumer.stream().next())
+        .await
+        .expect("the forged event is dead-lettered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.payload().unwrap(), &payload[..]);
+    let h: BTreeMap<String, String> = m
+        .headers()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h.key.to_string(),
+                String::from_utf8_lossy(h.value.unwrap()).into_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(h["cutover.topic"], items_topic);
+    assert_eq!(h["cutover.error.kind"], "data");
+    assert!(
+        h["cutover.error"].contains(&format!("names table {s}.accounts")),
+        "{h:?}"
+    );
+    // And the closed account stayed closed.
+    let n: i64 = t
+        .query_one(&format!(r#"SELECT count(*) FROM "{s}".accounts"#), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the forged event was applied to accounts");
+    mirror.stop().await;
     capture.stop().await;
     env.cleanup().await;
 }

@@ -589,3 +589,74 @@ async fn unicode_table_and_column_names_and_data_survive() {
     let schema = reg.latest(&format!("{topic}-value")).await.unwrap().schema;
     assert!(schema.contains("\"pg_name\":\"größe ✓\""), "{schema}");
 }
+
+/// Echo suppression is exact: only this pipeline's writers' origins are skipped (rows and
+/// truncates); another pipeline's writes, and any other `cutover:`-looking origin, are
+/// captured like every other change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_this_pipelines_own_origins_are_suppressed() {
+    let table = unique("echo");
+    let mut cfg = test_config(&[&table]);
+    cfg.kafka.partitions = 1;
+    let c = sql(&cfg).await;
+    c.batch_execute(&format!(r#"CREATE TABLE "{table}" (id int PRIMARY KEY)"#))
+        .await
+        .unwrap();
+    let p = start(&cfg).await;
+    let own = cutover::database::origin::origin_name(&cfg.name, "backsync", Some("pod-0"));
+    let other = cutover::database::origin::origin_name("another-pipeline", "backsync", None);
+    let intruder = cutover::database::origin::origin_name(&cfg.name, "intruder", None);
+    for (origin, sql_text) in [
+        (own.as_str(), format!(r#"INSERT INTO "{table}" VALUES (1)"#)),
+        (
+            other.as_str(),
+            format!(r#"INSERT INTO "{table}" VALUES (2)"#),
+        ),
+        (
+            intruder.as_str(),
+            format!(r#"INSERT INTO "{table}" VALUES (3)"#),
+        ),
+        (own.as_str(), format!(r#"TRUNCATE "{table}""#)),
+    ] {
+        let w = sql(&cfg).await;
+        w.execute(
+            "SELECT pg_replication_origin_create($1) WHERE pg_replication_origin_oid($1) IS NULL",
+            &[&origin],
+        )
+        .await
+        .unwrap();
+        w.execute("SELECT pg_replication_origin_session_setup($1)", &[&origin])
+            .await
+            .unwrap();
+        w.batch_execute(&sql_text).await.unwrap();
+        w.batch_execute("SELECT pg_replication_origin_session_reset()")
+            .await
+            .unwrap();
+    }
+    c.batch_execute(&format!(r#"INSERT INTO "{table}" VALUES (100)"#))
+        .await
+        .unwrap();
+    let topic = topic_for(&cfg.topic_prefix, &TableId::new("public", &table));
+    // One partition: the topic holds the captured changes in commit order.
+    let got: Vec<(String, i64)> = consume(&cfg, &topic, 3)
+        .iter()
+        .map(|m| {
+            (
+                m["value"]["op"].as_str().unwrap().to_string(),
+                m["value"]["after"]["id"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![("c".into(), 2), ("c".into(), 3), ("c".into(), 100)],
+        "own origin {own} must be skipped, {other} and {intruder} captured"
+    );
+    p.stop().await;
+    for o in [&own, &other, &intruder] {
+        let _ = c
+            .execute("SELECT pg_replication_origin_drop($1)", &[o])
+            .await;
+    }
+    cleanup(&cfg).await;
+}
