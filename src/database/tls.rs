@@ -233,21 +233,33 @@ fn read(field: &str, key: &str, path: &std::path::Path) -> Result<Vec<u8>> {
 pub fn split(conninfo: &str) -> std::result::Result<(String, Tls), String> {
     let mut tls = Tls::default();
     let rest = if conninfo.starts_with("postgres://") || conninfo.starts_with("postgresql://") {
-        let mut u = url::Url::parse(conninfo).map_err(|e| format!("not a valid URL ({e})"))?;
+        // Work on the raw query: the pairs that stay are kept byte for byte (re-encoding them
+        // as a form would turn `%20` into `+`, which libpq and tokio-postgres read literally).
+        let (head, query) = match conninfo.split_once('?') {
+            Some((h, q)) => (h, q),
+            None => (conninfo, ""),
+        };
+        let decode = |v: &str| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|e| format!("query parameter {v:?}: not UTF-8 ({e})"))
+        };
         let mut kept = Vec::new();
-        for (k, v) in u.query_pairs() {
-            if KEYS.contains(&k.as_ref()) {
-                tls.set(&k, &v)?;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = decode(k)?;
+            if KEYS.contains(&key.as_str()) {
+                tls.set(&key, &decode(v)?)?;
             } else {
-                kept.push((k.into_owned(), v.into_owned()));
+                kept.push(pair);
             }
         }
         if kept.is_empty() {
-            u.set_query(None);
+            head.to_string()
         } else {
-            u.query_pairs_mut().clear().extend_pairs(kept);
+            format!("{head}?{}", kept.join("&"))
         }
-        u.to_string()
     } else {
         let mut kept = Vec::new();
         for (k, v) in key_values(conninfo)? {
@@ -352,6 +364,16 @@ mod tests {
         let (rest, tls) = split("postgresql://h/app?sslmode=disable").unwrap();
         assert_eq!(rest, "postgresql://h/app");
         assert_eq!(tls.mode, SslMode::Disable);
+        // What stays is kept byte for byte: `%20` must not become `+` (read literally).
+        let (rest, tls) = split(
+            "postgres://u:p%40ss@h/app?options=-c%20search_path%3Dx&sslrootcert=%2Fca%20dir%2Fca.pem",
+        )
+        .unwrap();
+        assert_eq!(
+            rest,
+            "postgres://u:p%40ss@h/app?options=-c%20search_path%3Dx"
+        );
+        assert_eq!(tls.root_cert, Some(RootCert::File("/ca dir/ca.pem".into())));
     }
 
     #[test]

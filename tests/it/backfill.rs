@@ -328,3 +328,103 @@ async fn tables_are_backfilled_in_parallel_up_to_the_configured_concurrency() {
         .await;
     env.cleanup().await;
 }
+
+/// Hostile identifiers and values through backfill's chunk queries (keys compared as escaped
+/// literals in their own types) with `standard_conforming_strings = off` on the source
+/// sessions, where a backslash in a plain '...' literal is an escape: every row arrives intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_identifiers_and_values_backfill_intact_without_standard_conforming_strings() {
+    let mut env = Env::new("bfhostile");
+    env.cfg.sinks.truncate(1);
+    env.cfg.name = env.schema.clone();
+    let url = env.cfg.source.url.expose().to_string();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    env.cfg.source.url = cutover::config::DbUrl::new(format!(
+        "{url}{sep}options=-c%20standard_conforming_strings%3Doff"
+    ));
+    let s = env.schema.clone();
+    let table = r#"we"ird; DROP TABLE x --"#;
+    let q = |t: &str| format!("\"{}\"", t.replace('"', "\"\""));
+    env.create_source_table(&format!(
+        r#"{} ("order" text, "a'b" int, "ü ñ" text, "select" bytea, PRIMARY KEY ("order", "a'b"))"#,
+        q(table)
+    ))
+    .await;
+    let l = env.legacy().await;
+    let off: String = super::apply::connect(&env.cfg.source.url)
+        .await
+        .query_one("SHOW standard_conforming_strings", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        off, "off",
+        "the source sessions run without standard_conforming_strings"
+    );
+    let keys = [
+        r"\'",
+        r"'; DROP TABLE x; --",
+        r"\\",
+        "'",
+        "\"\"",
+        "🦀 ünïcödé",
+        "a\nb",
+        r"\x00",
+        "E'x'",
+        "$$ $tag$",
+        "",
+        " ",
+    ];
+    let t = format!(r#""{s}".{}"#, q(table));
+    for (i, k) in keys.iter().enumerate() {
+        for n in 0..3i32 {
+            // Binary without NUL: every byte 1..=255, rotated per row.
+            let bytes: Vec<u8> = (1..=255u8)
+                .cycle()
+                .skip(i * 3 + n as usize)
+                .take(255)
+                .collect();
+            l.execute(
+                &format!(r#"INSERT INTO {t} VALUES ($1, $2, $3, $4)"#),
+                &[k, &n, &format!("{k}|{n}"), &bytes],
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cutover.toml");
+    std::fs::write(&config, env.cfg.to_redacted_toml()).unwrap();
+    let capture = Part::capture(&env.cfg).await;
+    let sink = Part::sink(&env.cfg, "mirror").await;
+    let (code, out, err) = cli(
+        &config,
+        &[
+            "backfill",
+            "--table",
+            &format!("{s}.{table}"),
+            "--chunk-rows",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let sql = format!(r#"SELECT * FROM {t} ORDER BY 1, 2"#);
+    converge(&l, &sql, &env.target(0).await, &sql, 90).await;
+    let n: i64 = env
+        .target(0)
+        .await
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, (keys.len() * 3) as i64);
+    sink.stop().await;
+    capture.stop().await;
+    let _ = l
+        .execute(
+            "DELETE FROM cutover.backfill WHERE pipeline = $1",
+            &[&env.cfg.name],
+        )
+        .await;
+    env.cleanup().await;
+}
