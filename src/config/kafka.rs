@@ -66,6 +66,11 @@ pub struct KafkaConfig {
     /// Values of secret-looking keys (`*password`, `*secret*`, `sasl.jaas.config`) are redacted.
     #[serde(default)]
     pub properties: KafkaProperties,
+    /// librdkafka properties whose values are read from files (mounted Secrets), e.g.
+    /// `"sasl.password" = "/run/secrets/kafka-password"`; a property is set here or in
+    /// `properties`, not both.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_files: BTreeMap<String, std::path::PathBuf>,
 }
 
 fn default_client_id() -> String {

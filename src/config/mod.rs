@@ -14,6 +14,7 @@
 mod compatibility;
 mod kafka;
 mod secret;
+mod secret_sources;
 mod tables;
 mod validate;
 
@@ -26,6 +27,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub use compatibility::Compatibility;
 pub use kafka::{GroupProtocol, KafkaConfig, KafkaProperties};
 pub use secret::{is_secret_property, redact_conninfo, DbUrl, Secret, REDACTED};
+pub use secret_sources::sink_password_var;
 pub use tables::{RouteConfig, TableMapping, TruncatePolicy, Unmapped};
 pub use validate::{FieldError, ValidationErrors};
 
@@ -113,6 +115,9 @@ pub struct BacksyncConfig {
     pub url: DbUrl,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
+    /// A file holding the password (a mounted Secret); instead of `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<std::path::PathBuf>,
     /// Replication slot on the new store (created if missing).
     pub slot: String,
     /// Publication on the new store (created if missing).
@@ -166,6 +171,9 @@ pub struct SourceConfig {
     /// Password, if not in `url` (prefer `CUTOVER__SOURCE__PASSWORD`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
+    /// A file holding the password (a mounted Secret); instead of `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<std::path::PathBuf>,
     /// Logical replication slot name (created if missing).
     pub slot: String,
     /// Publication name (created if missing).
@@ -205,6 +213,9 @@ pub struct RegistryConfig {
     pub username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
+    /// A file holding the password (a mounted Secret); instead of `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<std::path::PathBuf>,
     #[serde(default = "default_registry_timeout_ms")]
     pub timeout_ms: u64,
 }
@@ -292,6 +303,9 @@ pub struct SinkConfig {
     pub url: DbUrl,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
+    /// A file holding the password (a mounted Secret); instead of `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<std::path::PathBuf>,
     /// Consumer group; defaults to `<name of pipeline>.sink.<sink name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
@@ -438,9 +452,11 @@ impl Config {
                 config::FileFormat::Toml,
             )),
         };
+        let env: Vec<(String, String)> = env.into_iter().collect();
         let env_map: config::Map<String, String> = env
-            .into_iter()
+            .iter()
             .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .cloned()
             .collect();
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)
@@ -461,10 +477,12 @@ impl Config {
         let value: serde_json::Value = raw
             .try_deserialize()
             .map_err(|e| Error::config(format!("{source}: {e}")))?;
-        let cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             Error::config(format!("{source}: {path}: {}", e.into_inner()))
         })?;
+        cfg.resolve_secrets(&env)
+            .map_err(|e| Error::new(ErrorKind::Config, format!("{source}: {e}")))?;
         cfg.validate()
             .map_err(|e| Error::new(ErrorKind::Config, format!("{source}: {e}")))?;
         Ok(cfg)
@@ -529,6 +547,7 @@ impl Config {
         r.source = SourceConfig {
             url: b.url.clone(),
             password: b.password.clone(),
+            password_file: b.password_file.clone(),
             slot: b.slot.clone(),
             publication: b.publication.clone(),
             schemas: b.schemas.clone(),

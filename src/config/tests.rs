@@ -174,3 +174,78 @@ fn apply_connections_out_of_range_names_the_sink_field() {
     cfg.sinks[1].apply_connections = 16;
     cfg.validate().unwrap();
 }
+
+#[test]
+fn every_password_can_come_from_a_file_or_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, content: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p.display().to_string()
+    };
+    let (src, sink, reg, sasl) = (
+        file("src", "s3cr3t\n"),
+        file("sink", "sink pw\r\n"),
+        file("reg", "reg-pw"),
+        file("sasl", "kafka-pw\n"),
+    );
+    let p = dir.path().join("c.toml");
+    let text = LOCAL_DEFAULT_TOML
+        .replace("[source]", &format!("[source]\npassword_file = {src:?}"))
+        .replace(
+            "[registry]",
+            &format!("[registry]\nusername = \"u\"\npassword_file = {reg:?}"),
+        )
+        .replace(
+            "[kafka]",
+            &format!("[kafka]\nsecret_files = {{ \"sasl.password\" = {sasl:?} }}"),
+        );
+    // The first sink by file, the second by its environment variable.
+    let text = text.replacen(
+        "name = \"mirror\"",
+        &format!("name = \"mirror\"\npassword_file = {sink:?}"),
+        1,
+    );
+    std::fs::write(&p, &text).unwrap();
+    assert_eq!(
+        sink_password_var("new-store.2"),
+        "CUTOVER_SINK_NEW_STORE_2_PASSWORD"
+    );
+    let cfg = Config::load_with_env(
+        Some(&p),
+        env(&[("CUTOVER_SINK_NEWSTORE_PASSWORD", "from env")]),
+    )
+    .unwrap();
+    assert_eq!(cfg.source.password.as_ref().unwrap().expose(), "s3cr3t");
+    assert_eq!(cfg.registry.password.as_ref().unwrap().expose(), "reg-pw");
+    assert_eq!(cfg.kafka.properties["sasl.password"], "kafka-pw");
+    assert_eq!(cfg.sinks[0].password.as_ref().unwrap().expose(), "sink pw");
+    assert_eq!(cfg.sinks[1].password.as_ref().unwrap().expose(), "from env");
+    // None of them is printed.
+    let shown = cfg.to_redacted_toml();
+    for secret in ["s3cr3t", "reg-pw", "kafka-pw", "sink pw", "from env"] {
+        assert!(!shown.contains(secret), "{secret} printed:\n{shown}");
+        assert!(!format!("{cfg:?}").contains(secret), "{secret} in Debug");
+    }
+
+    // Both a password and its file, or an unreadable file: the field is named, the
+    // content never.
+    let both = text.replace("[source]", "[source]\npassword = \"x\"");
+    std::fs::write(&p, both).unwrap();
+    let e = Config::load_with_env(Some(&p), env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("source.password_file: source.password is set too"),
+        "{e}"
+    );
+    let missing = text.replace(&src, "/nonexistent/pw");
+    std::fs::write(&p, missing).unwrap();
+    let e = Config::load_with_env(Some(&p), env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("source.password_file: cannot read /nonexistent/pw"),
+        "{e}"
+    );
+}

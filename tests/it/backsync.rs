@@ -82,6 +82,7 @@ impl Mig {
         cfg.backsync = Some(BacksyncConfig {
             url: newstore_url,
             password: None,
+            password_file: None,
             slot: format!("{id}_b"),
             publication: format!("{id}_b"),
             schemas: vec![ns.clone()],

@@ -217,6 +217,36 @@ fn kubernetes_workloads_probe_healthz_and_readyz() {
                 ["capture", "monitor", "apply"].contains(&sub),
                 "{name}: {sub}"
             );
+            // Every password from the Secret, none as a literal value: the source's and the
+            // registry's everywhere, a sink's own under the variable cutover reads for it.
+            let env = c["env"].as_sequence().unwrap();
+            let from_secret = |var: &str| {
+                env.iter().any(|e| {
+                    e["name"].as_str() == Some(var)
+                        && e["valueFrom"]["secretKeyRef"]["name"].as_str()
+                            == Some("cutover-secrets")
+                })
+            };
+            for var in ["CUTOVER__SOURCE__PASSWORD", "CUTOVER__REGISTRY__PASSWORD"] {
+                assert!(from_secret(var), "{name}: {var} not from the Secret");
+            }
+            if sub == "apply" {
+                let sink = c["args"][2].as_str().unwrap();
+                let var = cutover::config::sink_password_var(sink);
+                assert!(from_secret(&var), "{name}: {var} not from the Secret");
+            }
+            for e in env {
+                let var = e["name"].as_str().unwrap();
+                assert!(
+                    !var.contains("PASSWORD") || e.get("value").is_none(),
+                    "{name}: {var} has a literal value"
+                );
+            }
+            let mounts = c["volumeMounts"].as_sequence().unwrap();
+            assert!(
+                mounts.iter().any(|m| m["name"].as_str() == Some("secrets")),
+                "{name}: the secret files (kafka.secret_files) are not mounted"
+            );
         }
     }
     assert_eq!(kinds, ["Deployment", "Deployment", "StatefulSet"]);

@@ -16,6 +16,7 @@ fn client(url: &str) -> RegistryClient {
         url: url.to_string(),
         username: None,
         password: None,
+        password_file: None,
         timeout_ms: 5000,
     })
     .unwrap()
