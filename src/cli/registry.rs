@@ -56,7 +56,11 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     })?;
     readiness.set("registry", true);
     tracing::info!(listen = %listen, log = %store.path().display(), "schema registry serving");
-    crate::registry::server::serve(listener, store, shutdown_signal())
+    let access = crate::registry::access::Access::new(&cfg.registry_server);
+    if !access.authenticates() && !listen.starts_with("127.") && !listen.starts_with("localhost") {
+        tracing::warn!(listen = %listen, "schema registry serving without authentication on a non-loopback address: set registry_server.username/password or token");
+    }
+    crate::registry::server::serve(listener, store, access, shutdown_signal())
         .await
         .map_err(|e| Error::io("registry server", e))?;
     tracing::info!("schema registry stopped");

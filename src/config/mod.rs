@@ -216,6 +216,15 @@ pub struct RegistryConfig {
     /// A file holding the password (a mounted Secret); instead of `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<std::path::PathBuf>,
+    /// Bearer token sent instead of basic auth (`Authorization: Bearer <token>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// PEM file of the CAs to trust for an `https://` registry (only they are trusted);
+    /// the system's roots when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
     #[serde(default = "default_registry_timeout_ms")]
     pub timeout_ms: u64,
 }
@@ -229,6 +238,25 @@ pub struct RegistryServerConfig {
     pub data_dir: PathBuf,
     /// Compatibility level for subjects without their own (`BACKWARD` like Confluent).
     pub default_compatibility: Compatibility,
+    /// HTTP basic auth: every request must carry these credentials (or `token`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Bearer token accepted instead of basic auth (`Authorization: Bearer <token>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Largest request body accepted (413 beyond it).
+    pub max_body_bytes: usize,
+    /// A request not answered within this time (including the wait for a slot) gets 500 /
+    /// error_code 50002.
+    pub request_timeout_ms: u64,
+    /// Requests served at once; more wait for a slot within their timeout.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for RegistryServerConfig {
@@ -237,6 +265,14 @@ impl Default for RegistryServerConfig {
             listen: "127.0.0.1:8081".into(),
             data_dir: PathBuf::from(".local/registry"),
             default_compatibility: Compatibility::Backward,
+            username: None,
+            password: None,
+            password_file: None,
+            token: None,
+            token_file: None,
+            max_body_bytes: 4 * 1024 * 1024,
+            request_timeout_ms: 30_000,
+            max_concurrent_requests: 64,
         }
     }
 }

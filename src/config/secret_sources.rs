@@ -64,6 +64,26 @@ fn resolve(
     }
 }
 
+fn resolve_token(
+    errs: &mut ValidationErrors,
+    field: &str,
+    token: &mut Option<Secret>,
+    file: &Option<PathBuf>,
+) {
+    let Some(path) = file else { return };
+    if token.is_some() {
+        errs.0.push(FieldError {
+            path: format!("{field}.token_file"),
+            rule: format!("{field}.token is set too: set one of them"),
+        });
+        return;
+    }
+    match read_secret(&format!("{field}.token_file"), path) {
+        Ok(v) => *token = Some(Secret::new(v)),
+        Err(e) => errs.0.push(e),
+    }
+}
+
 impl Config {
     /// Fill every password from its file or environment variable (see the module docs).
     pub(super) fn resolve_secrets(
@@ -86,6 +106,20 @@ impl Config {
             &mut self.registry.password,
             &self.registry.password_file,
         );
+        resolve_token(
+            &mut errs,
+            "registry",
+            &mut self.registry.token,
+            &self.registry.token_file,
+        );
+        let rs = &mut self.registry_server;
+        resolve(
+            &mut errs,
+            "registry_server",
+            &mut rs.password,
+            &rs.password_file,
+        );
+        resolve_token(&mut errs, "registry_server", &mut rs.token, &rs.token_file);
         for (i, s) in self.sinks.iter_mut().enumerate() {
             resolve(
                 &mut errs,

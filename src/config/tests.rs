@@ -249,3 +249,35 @@ fn every_password_can_come_from_a_file_or_the_environment() {
         "{e}"
     );
 }
+
+#[test]
+fn registry_credentials_never_sit_in_the_url() {
+    let err = Config::load_with_env(
+        None,
+        env(&[(
+            "CUTOVER__REGISTRY__URL",
+            "https://svc:hunter2@registry.example:8081",
+        )]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("registry.url: holds credentials"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    let err = Config::load_with_env(
+        None,
+        env(&[
+            ("CUTOVER__REGISTRY_SERVER__USERNAME", "svc"),
+            ("CUTOVER__REGISTRY_SERVER__MAX_BODY_BYTES", "0"),
+        ]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("registry_server.username and registry_server.password go together"),
+        "{err}"
+    );
+    assert!(
+        err.contains("registry_server.max_body_bytes: must be at least 1"),
+        "{err}"
+    );
+}

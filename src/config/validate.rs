@@ -257,12 +257,49 @@ impl Config {
                 "must be set when registry.password is set",
             );
         }
+        if url::Url::parse(&self.registry.url)
+            .is_ok_and(|u| !u.username().is_empty() || u.password().is_some())
+        {
+            e.push(
+                "registry.url",
+                "holds credentials: put them in registry.username and registry.password \
+                 (or password_file), which are never printed",
+            );
+        }
+        if self.registry.token.is_some() && self.registry.username.is_some() {
+            e.push(
+                "registry.token",
+                "set either a token or registry.username/password, not both",
+            );
+        }
+        if self.registry.ca_file.is_some() && self.registry.url.starts_with("http://") {
+            e.push("registry.ca_file", "set, but registry.url is not https://");
+        }
         check_addr(
             e,
             "registry_server.listen",
             &self.registry_server.listen,
             false,
         );
+        let rs = &self.registry_server;
+        if rs.password.is_some() != rs.username.is_some() {
+            e.push(
+                "registry_server.username",
+                "registry_server.username and registry_server.password go together",
+            );
+        }
+        for (field, v) in [
+            ("registry_server.max_body_bytes", rs.max_body_bytes as u64),
+            ("registry_server.request_timeout_ms", rs.request_timeout_ms),
+            (
+                "registry_server.max_concurrent_requests",
+                rs.max_concurrent_requests as u64,
+            ),
+        ] {
+            if v == 0 {
+                e.push(field, "must be at least 1");
+            }
+        }
     }
 
     fn validate_observe(&self, e: &mut ValidationErrors) {

@@ -17,7 +17,7 @@ use super::server::CONTENT_TYPE;
 pub struct RegistryClient {
     base: String,
     http: reqwest::Client,
-    auth: Option<(String, String)>,
+    auth: Option<Credentials>,
     ids: Mutex<HashMap<(String, String), u32>>,
     schemas: Mutex<HashMap<u32, String>>,
 }
@@ -37,45 +37,83 @@ pub struct SubjectVersion {
     pub schema: String,
 }
 
-/// The HTTP client of a registry client, with TLS settings built once per process: building
-/// a TLS connector loads the system's CA bundle (`perf`: 7 % of a short `cutover apply`'s CPU,
-/// at start), and `cutover run` makes one registry client per capture and two per sink. The
-/// connector is shared, never the client itself: a client's pooled connections belong to the
-/// tokio runtime that opened them.
-fn http_client(timeout_ms: u64) -> Result<reqwest::Client> {
-    static TLS: std::sync::OnceLock<std::result::Result<native_tls::TlsConnector, String>> =
-        std::sync::OnceLock::new();
+/// The HTTP client of a registry client, with TLS settings built once per process and CA
+/// file: building a TLS connector loads the system's CA bundle (`perf`: 7 % of a short
+/// `cutover apply`'s CPU, at start), and `cutover run` makes one registry client per capture
+/// and two per sink. The connector is shared, never the client itself: a client's pooled
+/// connections belong to the tokio runtime that opened them.
+fn http_client(cfg: &RegistryConfig) -> Result<reqwest::Client> {
+    type Connectors =
+        HashMap<Option<std::path::PathBuf>, std::result::Result<native_tls::TlsConnector, String>>;
+    static TLS: std::sync::OnceLock<Mutex<Connectors>> = std::sync::OnceLock::new();
     let tls = TLS
-        .get_or_init(|| native_tls::TlsConnector::new().map_err(|e| e.to_string()))
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(cfg.ca_file.clone())
+        .or_insert_with(|| connector(cfg.ca_file.as_deref()))
         .clone()
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Config,
-                format!("building registry TLS settings: {e}"),
-            )
-        })?;
+        .map_err(|e| Error::new(ErrorKind::Config, e))?;
     reqwest::Client::builder()
-        .timeout(Duration::from_millis(timeout_ms))
+        .timeout(Duration::from_millis(cfg.timeout_ms))
         .use_preconfigured_tls(tls)
         .build()
         .map_err(|e| Error::with_source(ErrorKind::Config, "building registry HTTP client", e))
 }
 
+/// The TLS connector: the system's roots, or only the CAs of `ca_file`.
+fn connector(
+    ca_file: Option<&std::path::Path>,
+) -> std::result::Result<native_tls::TlsConnector, String> {
+    let mut b = native_tls::TlsConnector::builder();
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("registry.ca_file {}: cannot read it ({e})", path.display()))?;
+        let certs = native_tls::Certificate::stack_from_pem(&pem).map_err(|e| {
+            format!(
+                "registry.ca_file {}: not PEM certificates ({e})",
+                path.display()
+            )
+        })?;
+        if certs.is_empty() {
+            return Err(format!(
+                "registry.ca_file {}: no certificate in the file",
+                path.display()
+            ));
+        }
+        b.disable_built_in_roots(true);
+        for c in certs {
+            b.add_root_certificate(c);
+        }
+    }
+    b.build()
+        .map_err(|e| format!("building registry TLS settings: {e}"))
+}
+
+/// How a client proves who it is to the registry.
+enum Credentials {
+    Basic(String, String),
+    Bearer(String),
+}
+
 impl RegistryClient {
     pub fn new(cfg: &RegistryConfig) -> Result<RegistryClient> {
-        let http = http_client(cfg.timeout_ms)?;
+        let http = http_client(cfg)?;
+        let auth = match (&cfg.username, &cfg.token) {
+            (Some(u), _) => Some(Credentials::Basic(
+                u.clone(),
+                cfg.password
+                    .as_ref()
+                    .map(|p| p.expose().to_string())
+                    .unwrap_or_default(),
+            )),
+            (None, Some(t)) => Some(Credentials::Bearer(t.expose().to_string())),
+            (None, None) => None,
+        };
         Ok(RegistryClient {
             base: cfg.url.trim_end_matches('/').to_string(),
             http,
-            auth: cfg.username.clone().map(|u| {
-                (
-                    u,
-                    cfg.password
-                        .as_ref()
-                        .map(|p| p.expose().to_string())
-                        .unwrap_or_default(),
-                )
-            }),
+            auth,
             ids: Mutex::new(HashMap::new()),
             schemas: Mutex::new(HashMap::new()),
         })
@@ -90,8 +128,10 @@ impl RegistryClient {
             .http
             .request(method, format!("{}{}", self.base, path))
             .header(reqwest::header::ACCEPT, CONTENT_TYPE);
-        if let Some((u, p)) = &self.auth {
-            r = r.basic_auth(u, Some(p));
+        match &self.auth {
+            Some(Credentials::Basic(u, p)) => r = r.basic_auth(u, Some(p)),
+            Some(Credentials::Bearer(t)) => r = r.bearer_auth(t),
+            None => {}
         }
         r
     }

@@ -10,8 +10,11 @@
 //! deserializers and operators use (see [`server`]), stores every change in an fsynced
 //! append-only log before answering (see [`store`]), and enforces compatibility levels with
 //! Avro schema resolution rules (see [`compat`]). Schema ids are global and stable: the same
-//! schema registered under two subjects gets one id, as in Confluent's registry.
+//! schema registered under two subjects gets one id, as in Confluent's registry. Who may call
+//! it and how much (basic auth or a bearer token, body size, time, concurrency) is
+//! [`access`].
 
+pub mod access;
 pub mod client;
 pub mod compat;
 pub mod server;

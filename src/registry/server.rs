@@ -29,6 +29,7 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::access::{guard, Access};
 use super::compat::Compatibility;
 use super::store::{Store, StoreError, VersionRef};
 use crate::observe::names;
@@ -331,8 +332,9 @@ async fn not_found() -> ApiResponse {
     )
 }
 
-/// The API router over a store.
-pub fn router(store: Arc<Store>) -> Router {
+/// The API router over a store, behind `access` (see [`super::access`]).
+pub fn router(store: Arc<Store>, access: Access) -> Router {
+    let limit = access.max_body_bytes;
     Router::new()
         .route("/", get(root))
         .route("/subjects", get(list_subjects))
@@ -372,15 +374,19 @@ pub fn router(store: Arc<Store>) -> Router {
         .route("/mode", get(mode))
         .fallback(not_found)
         .with_state(store)
+        // A body without Content-Length (chunked) is cut at the same limit while read.
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(access, guard))
 }
 
 /// Serve the registry on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Arc<Store>,
+    access: Access,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(store))
+    axum::serve(listener, router(store, access))
         .with_graceful_shutdown(shutdown)
         .await
 }

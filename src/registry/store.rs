@@ -7,6 +7,19 @@
 //!
 //! Invariants: ids are global, start at 1, are never reused and map to one canonical schema
 //! text; versions of a subject only grow (a soft-deleted version's number is not reused).
+//!
+//! ```text
+//!   <data_dir>/lock         held exclusively (flock) while a store is open: a second registry
+//!                           on the same directory refuses to start (it would hand out the
+//!                           same ids)
+//!   <data_dir>/schemas.log  one JSON record per line; the directory is fsynced when the log
+//!                           is created, so the file itself survives a crash
+//!   a failed append         the log is cut back to its last good length and the store goes
+//!                           read-only (reads served, writes refused with 50001) until a
+//!                           restart replays the log: after a failed write or fsync the state
+//!                           of the file is unknown, and a log that no longer replays would
+//!                           lose every id
+//! ```
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -166,7 +179,33 @@ impl VersionRef {
 pub struct Store {
     path: PathBuf,
     default_compat: Compatibility,
-    inner: Mutex<(State, File)>,
+    inner: Mutex<(State, Log)>,
+    /// Held for the store's lifetime: the exclusive lock on `<data_dir>/lock`.
+    _lock: File,
+}
+
+/// The append-only log file and what is known about it.
+struct Log {
+    file: File,
+    /// Length of the log up to its last complete, fsynced record.
+    len: u64,
+    /// Set after a failed append: why the store refuses writes.
+    broken: Option<String>,
+    /// Tests: fail the next append after writing this many bytes of it.
+    #[cfg(test)]
+    fail_after: Option<usize>,
+}
+
+impl Log {
+    fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some(n) = self.fail_after.take() {
+            self.file.write_all(&buf[..n.min(buf.len())])?;
+            return Err(std::io::Error::other("injected write failure"));
+        }
+        self.file.write_all(buf)?;
+        self.file.sync_data()
+    }
 }
 
 /// Canonical text of a schema: its JSON with sorted object keys and no whitespace. Two
@@ -185,7 +224,26 @@ impl Store {
     pub fn open(dir: &Path, default_compat: Compatibility) -> Result<Store, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("creating registry data dir {}: {e}", dir.display()))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| format!("opening {}: {e}", lock_path.display()))?;
+        lock.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => format!(
+                "registry data dir {} is in use by another registry process (it holds {}): two \
+                 registries on one directory would hand out the same ids",
+                dir.display(),
+                lock_path.display()
+            ),
+            std::fs::TryLockError::Error(e) => {
+                format!("locking {}: {e}", lock_path.display())
+            }
+        })?;
         let path = dir.join("schemas.log");
+        let created = !path.exists();
         let mut state = State::default();
         let mut good_len: u64 = 0;
         if path.exists() {
@@ -220,11 +278,38 @@ impl Store {
             file.set_len(good_len)
                 .map_err(|e| format!("truncating torn tail of {}: {e}", path.display()))?;
         }
+        if created {
+            // The new file's directory entry is durable only once the directory is synced.
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| format!("syncing registry data dir {}: {e}", dir.display()))?;
+        }
         Ok(Store {
             path,
             default_compat,
-            inner: Mutex::new((state, file)),
+            inner: Mutex::new((
+                state,
+                Log {
+                    file,
+                    len: good_len,
+                    broken: None,
+                    #[cfg(test)]
+                    fail_after: None,
+                },
+            )),
+            _lock: lock,
         })
+    }
+
+    /// Tests: make the next append fail after `n` bytes of it reached the file.
+    #[cfg(test)]
+    fn fail_next_append_after(&self, n: usize) {
+        self.lock().1.fail_after = Some(n);
+    }
+
+    /// Why the store refuses writes, if it does (after a failed append).
+    pub fn read_only_reason(&self) -> Option<String> {
+        self.lock().1.broken.clone()
     }
 
     pub fn path(&self) -> &Path {
@@ -232,22 +317,38 @@ impl Store {
     }
 
     /// Append records durably, then apply them to memory.
-    fn commit(state: &mut State, file: &mut File, records: Vec<Record>) -> StoreResult<()> {
+    fn commit(state: &mut State, log: &mut Log, records: Vec<Record>) -> StoreResult<()> {
+        if let Some(why) = &log.broken {
+            return Err(StoreError::Storage(format!(
+                "read-only since a failed write ({why}); restart the registry to replay its log"
+            )));
+        }
         let mut buf = Vec::new();
         for r in &records {
             serde_json::to_writer(&mut buf, r).map_err(|e| StoreError::Storage(e.to_string()))?;
             buf.push(b'\n');
         }
-        file.write_all(&buf)
-            .and_then(|_| file.sync_data())
-            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        if let Err(e) = log.append(&buf) {
+            // Cut the partial record off so the log still replays; stop writing either way.
+            let cut = log.file.set_len(log.len).and_then(|_| log.file.sync_data());
+            let why = match cut {
+                Ok(()) => format!("{e}; log cut back to {} bytes", log.len),
+                Err(c) => format!("{e}; cutting the log back also failed: {c}"),
+            };
+            tracing::error!(error = %why, "registry log append failed: the registry is read-only until restarted");
+            log.broken = Some(why.clone());
+            return Err(StoreError::Storage(format!(
+                "writing the schema log failed ({why}); the registry is read-only until restarted"
+            )));
+        }
+        log.len += buf.len() as u64;
         for r in records {
             apply(state, r).map_err(StoreError::Storage)?;
         }
         Ok(())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (State, File)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (State, Log)> {
         // A panic while holding the lock cannot leave state half-applied in a way that matters
         // more than refusing service; recover the guard.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())

@@ -17,6 +17,9 @@ fn client(url: &str) -> RegistryClient {
         username: None,
         password: None,
         password_file: None,
+        token: None,
+        token_file: None,
+        ca_file: None,
         timeout_ms: 5000,
     })
     .unwrap()
@@ -262,4 +265,137 @@ async fn the_stack_registry_answers() {
         serde_json::from_str::<Value>(&c.schema_by_id(id).await.unwrap()).unwrap(),
         serde_json::from_str::<Value>(V1).unwrap()
     );
+}
+
+fn access(
+    edit: impl FnOnce(&mut cutover::config::RegistryServerConfig),
+) -> cutover::registry::access::Access {
+    let mut cfg = cutover::config::RegistryServerConfig::default();
+    edit(&mut cfg);
+    cutover::registry::access::Access::new(&cfg)
+}
+
+fn client_with(url: &str, edit: impl FnOnce(&mut RegistryConfig)) -> RegistryClient {
+    let mut cfg = RegistryConfig {
+        url: url.to_string(),
+        username: None,
+        password: None,
+        password_file: None,
+        token: None,
+        token_file: None,
+        ca_file: None,
+        timeout_ms: 5000,
+    };
+    edit(&mut cfg);
+    RegistryClient::new(&cfg).unwrap()
+}
+
+#[tokio::test]
+async fn with_credentials_configured_only_their_holders_are_served() {
+    use cutover::config::Secret;
+    let dir = tempfile::tempdir().unwrap();
+    let reg = TestRegistry::start_with(
+        dir.path(),
+        access(|c| {
+            c.username = Some("svc".into());
+            c.password = Some(Secret::new("s3cr3t"));
+            c.token = Some(Secret::new("tok-123"));
+        }),
+    )
+    .await;
+    // No credentials, wrong ones: 401 in the registry's JSON shape, on every route.
+    for path in ["/subjects", "/schemas/ids/1", "/config", "/nope"] {
+        let (st, body) = call(reqwest::Method::GET, format!("{}{path}", reg.url), None).await;
+        assert_eq!(
+            (st, body["error_code"].as_i64()),
+            (401, Some(40101)),
+            "{path}"
+        );
+    }
+    let wrong = client_with(&reg.url, |c| {
+        c.username = Some("svc".into());
+        c.password = Some(Secret::new("guess"));
+    });
+    let e = wrong.register("t-value", V1).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
+    assert!(!e.to_string().contains("guess"), "{e}");
+    let e = client_with(&reg.url, |c| c.token = Some(Secret::new("tok-12")))
+        .subjects()
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
+    // Basic auth and the bearer token both work, through cutover's client.
+    let basic = client_with(&reg.url, |c| {
+        c.username = Some("svc".into());
+        c.password = Some(Secret::new("s3cr3t"));
+    });
+    let id = basic.register("t-value", V1).await.unwrap();
+    let bearer = client_with(&reg.url, |c| c.token = Some(Secret::new("tok-123")));
+    assert!(bearer.schema_by_id(id).await.unwrap().contains("Customer"));
+    assert_eq!(bearer.subjects().await.unwrap(), vec!["t-value"]);
+    reg.stop().await;
+}
+
+#[tokio::test]
+async fn body_size_time_and_concurrency_are_limited() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let reg = TestRegistry::start_with(
+        dir.path(),
+        access(|c| {
+            c.max_body_bytes = 2000;
+            c.request_timeout_ms = 2000;
+            c.max_concurrent_requests = 1;
+        }),
+    )
+    .await;
+    let big =
+        json!({"schema": format!("{{\"type\":\"string\",\"doc\":\"{}\"}}", "x".repeat(3000))});
+    let (st, body) = call(
+        reqwest::Method::POST,
+        format!("{}/subjects/big-value/versions", reg.url),
+        Some(big),
+    )
+    .await;
+    assert_eq!(
+        (st, body["error_code"].as_i64()),
+        (413, Some(41301)),
+        "{body}"
+    );
+
+    // A client that announces a body and never sends it holds the only slot ...
+    let addr = reg.url.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST /subjects/slow-value/versions HTTP/1.1\r\nHost: {addr}\r\n\
+             Content-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: 100\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // ... so another request waits for it (answered only once the slow one timed out) ...
+    let started = std::time::Instant::now();
+    let (st, body) = call(reqwest::Method::GET, format!("{}/subjects", reg.url), None).await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(1500),
+        "answered after {waited:?} while the only slot was taken: {st} {body}"
+    );
+    assert!(st == 200 || body["error_code"] == 50002, "{st} {body}");
+    // ... and the slow one is cut off at the request timeout with 50002.
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), slow.read(&mut answer))
+        .await
+        .expect("the slow request is answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+    assert!(answer.contains("50002"), "{answer}");
+    drop(slow);
+    let (st, _) = call(reqwest::Method::GET, format!("{}/subjects", reg.url), None).await;
+    assert_eq!(st, 200);
+    reg.stop().await;
 }

@@ -186,12 +186,17 @@ pub struct TestRegistry {
 
 impl TestRegistry {
     pub async fn start(dir: &Path) -> TestRegistry {
+        Self::start_with(dir, cutover::registry::access::Access::open()).await
+    }
+
+    /// As [`TestRegistry::start`], behind `access` (credentials, limits).
+    pub async fn start_with(dir: &Path, access: cutover::registry::access::Access) -> TestRegistry {
         let store = Arc::new(Store::open(dir, Compatibility::Backward).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            cutover::registry::server::serve(listener, store, async {
+            cutover::registry::server::serve(listener, store, access, async {
                 let _ = rx.await;
             })
             .await

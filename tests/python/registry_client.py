@@ -1,6 +1,7 @@
 """Drive a schema registry with the stock confluent-kafka SchemaRegistryClient.
 
-Usage: registry_client.py URL SUBJECT_PREFIX
+Usage: registry_client.py URL SUBJECT_PREFIX [USER:PASSWORD]
+With credentials, it first checks that a client without them is refused (401), then uses them.
 Prints one JSON object with what the client saw; exits non-zero on any unexpected answer.
 """
 import json
@@ -10,7 +11,16 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 url, prefix = sys.argv[1], sys.argv[2]
-client = SchemaRegistryClient({"url": url})
+out = {}
+conf = {"url": url}
+if len(sys.argv) > 3:
+    try:
+        SchemaRegistryClient({"url": url}).get_subjects()
+        out["anonymous_http_status"] = 200
+    except SchemaRegistryError as e:
+        out["anonymous_http_status"] = e.http_status_code
+    conf["basic.auth.user.info"] = sys.argv[3]
+client = SchemaRegistryClient(conf)
 subject = f"{prefix}-value"
 
 v1 = json.dumps({"type": "record", "name": "Order", "namespace": "app", "doc": "Bestellung – 注文", "fields": [
@@ -21,7 +31,6 @@ v2 = json.dumps({"type": "record", "name": "Order", "namespace": "app", "doc": "
 bad = json.dumps({"type": "record", "name": "Order", "namespace": "app", "fields": [
     {"name": "id", "type": "long"}, {"name": "qty", "type": "int"}]})
 
-out = {}
 id1 = client.register_schema(subject, Schema(v1, "AVRO"))
 out["id1"] = id1
 # Registering the same schema again returns the same id.

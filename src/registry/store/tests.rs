@@ -107,3 +107,54 @@ fn invalid_schema_and_version_are_reported() {
     assert_eq!(VersionRef::parse("0").unwrap_err().code(), 42202);
     assert_eq!(VersionRef::parse("latest").unwrap(), VersionRef::Latest);
 }
+
+#[test]
+fn a_second_store_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = Store::open(dir.path(), Compatibility::Backward).unwrap();
+    let err = Store::open(dir.path(), Compatibility::Backward)
+        .err()
+        .expect("refused");
+    assert!(err.contains("in use by another registry process"), "{err}");
+    drop(st);
+    // Released with the store.
+    Store::open(dir.path(), Compatibility::Backward).unwrap();
+}
+
+#[test]
+fn a_failed_append_leaves_a_log_that_replays_and_the_store_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = Store::open(dir.path(), Compatibility::Backward).unwrap();
+    assert_eq!(st.register("t-value", V1).unwrap(), (1, 1));
+    let good = std::fs::metadata(st.path()).unwrap().len();
+    // The disk fails half-way through the next record.
+    st.fail_next_append_after(10);
+    let err = st.register("u-value", V2).unwrap_err();
+    assert_eq!(err.code(), 50001);
+    assert!(
+        err.message().contains("read-only until restarted"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        std::fs::metadata(st.path()).unwrap().len(),
+        good,
+        "partial record cut off"
+    );
+    // Reads go on, writes are refused, nothing changed in memory.
+    assert!(st.read_only_reason().unwrap().contains("injected"));
+    assert_eq!(st.versions("t-value", false).unwrap(), vec![1]);
+    assert!(st.versions("u-value", false).is_err());
+    let err = st.register("u-value", V2).unwrap_err();
+    assert!(
+        err.message().contains("read-only since a failed write"),
+        "{}",
+        err.message()
+    );
+    drop(st);
+    // A restart replays the log: the id handed out before the failure is still there, and
+    // the failed one is given again.
+    let st = Store::open(dir.path(), Compatibility::Backward).unwrap();
+    assert_eq!(st.schema_by_id(1).unwrap(), canonical_text(V1).unwrap().0);
+    assert_eq!(st.register("u-value", V2).unwrap(), (2, 1));
+}
