@@ -12,6 +12,7 @@ mod cli;
 mod compose;
 mod groups;
 mod kafka_broker;
+mod kafka_security;
 mod logs;
 mod observe;
 mod pgoutput_crosscheck;

@@ -3,109 +3,16 @@
 //! the test generates (openssl), a second CA nobody signed with; every sslmode on SQL
 //! connections, and the replication stream encrypted and verified the same way.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use super::capture::{consume, test_config};
-use super::support::{unique, PrivatePostgres};
+use super::support::{pki, unique, Pki, PrivatePostgres};
 use cutover::capture::Capture;
 use cutover::config::DbUrl;
 use cutover::database::Endpoint;
 use cutover::error::ErrorKind;
 use cutover::kafka::topic::for_table as topic_for;
 use cutover::retry::{policy, Decision};
-
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn read(&self, name: &str) -> Vec<u8> {
-        std::fs::read(self.path(name)).unwrap()
-    }
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {out:?}");
-}
-
-/// ca.pem/ca.key, server.pem/server.key (CN and SAN `localhost` only, signed by ca),
-/// client.pem/client.key (CN `certuser`, signed by ca; PKCS#8 key), other-ca.pem.
-fn pki() -> Pki {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    for ca in ["ca", "other-ca"] {
-        openssl(
-            d,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-keyout",
-                &format!("{ca}.key"),
-                "-out",
-                &format!("{ca}.pem"),
-                "-subj",
-                &format!("/CN=cutover test {ca}"),
-            ],
-        );
-    }
-    std::fs::write(d.join("server.ext"), "subjectAltName=DNS:localhost\n").unwrap();
-    for (name, cn, ext) in [("server", "localhost", true), ("client", "certuser", false)] {
-        openssl(
-            d,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={cn}"),
-            ],
-        );
-        let mut args = vec![
-            "x509",
-            "-req",
-            "-in",
-            &*format!("{name}.csr"),
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            &*format!("{name}.pem"),
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>();
-        if ext {
-            args.extend(["-extfile".into(), "server.ext".into()]);
-        }
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        openssl(d, &refs);
-    }
-    Pki { dir }
-}
 
 const HBA: &str = "\
 hostssl all certuser 127.0.0.1/32 cert

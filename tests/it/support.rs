@@ -77,6 +77,8 @@ pub struct PrivateBroker {
     controller_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Extra server properties (appended) and storage-format arguments, see run.sh.
+    extra: Option<(PathBuf, String)>,
 }
 
 impl PrivateBroker {
@@ -86,7 +88,26 @@ impl PrivateBroker {
             controller_port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            extra: None,
         };
+        b.spawn();
+        b
+    }
+
+    /// A broker with more listeners or settings: `properties(port, controller_port)` is
+    /// appended to its server.properties (a later key wins), `format_args` are passed to the
+    /// one-time storage format (`--add-scram ...`).
+    pub fn start_with(properties: impl Fn(u16, u16) -> String, format_args: &str) -> PrivateBroker {
+        let mut b = PrivateBroker {
+            port: free_port(),
+            controller_port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            extra: None,
+        };
+        let path = b.dir.path().join("extra.properties");
+        std::fs::write(&path, properties(b.port, b.controller_port)).unwrap();
+        b.extra = Some((path, format_args.to_string()));
         b.spawn();
         b
     }
@@ -103,7 +124,12 @@ impl PrivateBroker {
             .append(true)
             .open(self.dir.path().join("stdout.log"))
             .unwrap();
-        let child = Command::new("bash")
+        let mut cmd = Command::new("bash");
+        if let Some((props, format_args)) = &self.extra {
+            cmd.env("CUTOVER_KAFKA_EXTRA_PROPERTIES", props)
+                .env("CUTOVER_KAFKA_FORMAT_ARGS", format_args);
+        }
+        let child = cmd
             .arg(root().join("deploy/local/kafka/run.sh"))
             .arg(self.dir.path())
             .arg(self.port.to_string())
@@ -417,4 +443,96 @@ pub async fn scrape(addr: &str) -> String {
         .text()
         .await
         .unwrap()
+}
+
+/// Certificates a test generates with openssl (see [`pki`]).
+pub struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    pub fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path(name)).unwrap()
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+}
+
+/// ca.pem/ca.key, server.pem/server.key (CN and SAN `localhost` only, signed by ca),
+/// client.pem/client.key (CN `certuser`, signed by ca; PKCS#8 key), other-ca.pem.
+pub fn pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for ca in ["ca", "other-ca"] {
+        openssl(
+            d,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+                "-subj",
+                &format!("/CN=cutover test {ca}"),
+            ],
+        );
+    }
+    std::fs::write(d.join("server.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    for (name, cn, ext) in [("server", "localhost", true), ("client", "certuser", false)] {
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        );
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-in",
+            &*format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &*format!("{name}.pem"),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        if ext {
+            args.extend(["-extfile".into(), "server.ext".into()]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        openssl(d, &refs);
+    }
+    Pki { dir }
 }
