@@ -82,9 +82,24 @@ pub async fn create_table(
         ));
     }
     let pk: Vec<String> = key.iter().map(|k| quote(k)).collect();
+    // The schema only when it is missing: `CREATE SCHEMA IF NOT EXISTS` needs CREATE on the
+    // database even when the schema exists, which a least-privilege sink role that owns its
+    // schema does not have (docs/SECURITY.md).
+    let schema_missing: bool = client
+        .query_one(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+            &[&t.schema],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("looking up schema {}", t.schema), e))?
+        .get(0);
+    let schema = if schema_missing {
+        format!("CREATE SCHEMA IF NOT EXISTS {}; ", quote(&t.schema))
+    } else {
+        String::new()
+    };
     let sql = format!(
-        "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))",
-        quote(&t.schema),
+        "{schema}CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))",
         qualified(t),
         cols.join(", "),
         pk.join(", ")

@@ -31,10 +31,18 @@ pub const SCHEMA: &str = "cutover";
 use crate::database::serialized_ddl;
 use crate::error::Result;
 
+/// The schema, created only when it is missing: `CREATE SCHEMA IF NOT EXISTS` checks the
+/// database's CREATE privilege even when the schema exists, so a least-privilege role that
+/// owns a schema a DBA created (docs/SECURITY.md) could not start with it.
+pub const SCHEMA_DDL: &str = "
+SET client_min_messages = warning;
+DO $$ BEGIN
+    IF to_regnamespace('cutover') IS NULL THEN CREATE SCHEMA cutover; END IF;
+END $$;
+";
+
 /// A target store's tables (every sink creates them at start).
 pub const TARGET_DDL: &str = "
-SET client_min_messages = warning;
-CREATE SCHEMA IF NOT EXISTS cutover;
 CREATE TABLE IF NOT EXISTS cutover.sink_progress (
     sink text NOT NULL,
     topic text NOT NULL,
@@ -90,8 +98,6 @@ CREATE TABLE IF NOT EXISTS cutover.replay_audit (
 
 /// The phase tables, in legacy (the control database of a back-sync).
 pub const CONTROL_DDL: &str = "
-SET client_min_messages = warning;
-CREATE SCHEMA IF NOT EXISTS cutover;
 CREATE TABLE IF NOT EXISTS cutover.table_phases (
     pipeline text NOT NULL,
     table_name text NOT NULL,
@@ -114,8 +120,6 @@ CREATE TABLE IF NOT EXISTS cutover.phase_audit (
 
 /// Backfill progress, in the source database.
 pub const BACKFILL_DDL: &str = "
-SET client_min_messages = warning;
-CREATE SCHEMA IF NOT EXISTS cutover;
 CREATE TABLE IF NOT EXISTS cutover.backfill (
     pipeline text NOT NULL,
     table_name text NOT NULL,
@@ -134,14 +138,19 @@ CREATE TABLE IF NOT EXISTS cutover.backfill (
 
 /// Create a target store's state tables (idempotent).
 pub async fn ensure_target(client: &Client) -> Result<()> {
-    serialized_ddl(client, TARGET_DDL, "schema cutover and its progress tables").await
+    serialized_ddl(
+        client,
+        &format!("{SCHEMA_DDL}{TARGET_DDL}"),
+        "schema cutover and its progress tables",
+    )
+    .await
 }
 
 /// Create the phase tables in legacy (idempotent).
 pub async fn ensure_control(client: &Client) -> Result<()> {
     serialized_ddl(
         client,
-        CONTROL_DDL,
+        &format!("{SCHEMA_DDL}{CONTROL_DDL}"),
         "cutover.table_phases and cutover.phase_audit",
     )
     .await
@@ -149,5 +158,10 @@ pub async fn ensure_control(client: &Client) -> Result<()> {
 
 /// Create the backfill table in the source (idempotent).
 pub async fn ensure_backfill(client: &Client) -> Result<()> {
-    serialized_ddl(client, BACKFILL_DDL, "cutover.backfill").await
+    serialized_ddl(
+        client,
+        &format!("{SCHEMA_DDL}{BACKFILL_DDL}"),
+        "cutover.backfill",
+    )
+    .await
 }

@@ -13,6 +13,7 @@ mod compose;
 mod groups;
 mod kafka_broker;
 mod kafka_security;
+mod least_privilege;
 mod logs;
 mod observe;
 mod pgoutput_crosscheck;

@@ -245,7 +245,7 @@ impl TestRegistry {
     }
 }
 
-fn pg_bindir() -> PathBuf {
+pub fn pg_bindir() -> PathBuf {
     for d in ["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin"] {
         if Path::new(d).join("initdb").exists() {
             return PathBuf::from(d);

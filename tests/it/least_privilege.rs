@@ -1,0 +1,233 @@
+//! Least privilege (issue 15): the roles of deploy/security/*.sql, none a superuser, run the
+//! forward pipeline end to end on a cluster of the test's own that checks passwords
+//! (scram-sha-256), the passwords coming from a file (capture) and the environment (the
+//! sink): `cutover run` (capture, monitor, sink), `backfill`, `status` and `verify`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::apply::{connect, try_converge, wait_for_slot, write_config};
+use super::replay::cli;
+use super::support::{
+    cutover_bin, free_port, local_config, pg_bindir, unique, KillOnDrop, PrivatePostgres,
+};
+use cutover::config::DbUrl;
+
+const HBA: &str = "\
+local all all trust
+host all postgres 127.0.0.1/32 trust
+host replication postgres 127.0.0.1/32 trust
+host all all 127.0.0.1/32 scram-sha-256
+host replication all 127.0.0.1/32 scram-sha-256
+";
+
+fn psql(pg: &PrivatePostgres, db: &str, file: &str, vars: &[(&str, &str)]) {
+    let mut c = Command::new(pg_bindir().join("psql"));
+    c.args(["-X", "-q", "-d", &pg.url(db), "-f"])
+        .arg(super::support::root().join("deploy/security").join(file));
+    for (k, v) in vars {
+        c.arg("-v").arg(format!("{k}={v}"));
+    }
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "psql {file}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_runs_end_to_end_as_the_documented_non_superuser_roles() {
+    let pg = PrivatePostgres::start_with(
+        &[
+            "wal_level=logical",
+            "max_replication_slots=8",
+            "max_wal_senders=8",
+            "password_encryption=scram-sha-256",
+        ],
+        Some(HBA),
+        &[],
+    );
+    let admin = |db: &'static str| {
+        let url = DbUrl::new(pg.url(db));
+        async move { connect(&url).await }
+    };
+    let a = admin("postgres").await;
+    for sql in [
+        "CREATE DATABASE legacy",
+        "CREATE DATABASE target",
+        "CREATE ROLE shop_owner",
+    ] {
+        a.batch_execute(sql).await.unwrap();
+    }
+    let l = admin("legacy").await;
+    l.batch_execute(
+        "CREATE SCHEMA shop AUTHORIZATION shop_owner;
+         SET ROLE shop_owner;
+         CREATE TABLE shop.items (id bigint PRIMARY KEY, name text, price numeric(10,2));
+         INSERT INTO shop.items SELECT g, 'old ' || g, g FROM generate_series(1, 50) g;
+         RESET ROLE;",
+    )
+    .await
+    .unwrap();
+    let pw = [
+        ("capture_password", "cap-pw-1"),
+        ("sink_password", "sink-pw-2"),
+        ("verify_password", "ver-pw-3"),
+        ("monitor_password", "mon-pw-4"),
+    ];
+    psql(&pg, "legacy", "roles.sql", &pw);
+    psql(
+        &pg,
+        "legacy",
+        "legacy.sql",
+        &[
+            ("schema", "shop"),
+            ("publication", "cutover_pub"),
+            ("app_owner", "shop_owner"),
+        ],
+    );
+    psql(&pg, "target", "target.sql", &[("schema", "shop")]);
+    let supers: i64 = l
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'cutover\\_%' AND rolsuper",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(supers, 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let capture_pw = dir.path().join("capture-password");
+    std::fs::write(&capture_pw, "cap-pw-1\n").unwrap();
+    let id = unique("lpriv");
+    let mut cfg = local_config();
+    cfg.name = id.clone();
+    cfg.topic_prefix = id.replace('_', "-");
+    cfg.source.url = DbUrl::new(format!(
+        "postgres://cutover_capture@127.0.0.1:{}/legacy",
+        pg.port
+    ));
+    cfg.source.password_file = Some(capture_pw);
+    cfg.source.slot = id.clone();
+    cfg.source.publication = "cutover_pub".into();
+    cfg.source.schemas = vec!["shop".into()];
+    cfg.source.heartbeat_interval_secs = 1;
+    cfg.source.status_interval_secs = 1;
+    cfg.kafka.partitions = 2;
+    cfg.sinks.truncate(1);
+    cfg.sinks[0].url = DbUrl::new(format!(
+        "postgres://cutover_sink@127.0.0.1:{}/target",
+        pg.port
+    ));
+    cfg.sinks[0].group_id = Some(format!("{id}.mirror"));
+    cfg.sinks[0].batch_max_ms = 50;
+    let port = free_port();
+    cfg.observe.listen = format!("127.0.0.1:{port}");
+    cfg.monitor.interval_ms = 1000;
+    let config = write_config(&cfg, dir.path());
+    let log = dir.path().join("run.log");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut run = Command::new(cutover_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("CUTOVER_SINK_MIRROR_PASSWORD", "sink-pw-2")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap();
+    wait_for_slot(&l, &id, log_text).await;
+    l.batch_execute(
+        "SET ROLE shop_owner;
+         INSERT INTO shop.items SELECT g, 'new ' || g, g FROM generate_series(51, 250) g;
+         UPDATE shop.items SET price = price * 2 WHERE id % 7 = 0;
+         DELETE FROM shop.items WHERE id % 11 = 0;",
+    )
+    .await
+    .unwrap();
+    // The rows that existed before the slot come by backfill, run as the capture role.
+    let (code, out, err) = cli(&config, &["backfill", "--table", "shop.items"]);
+    assert_eq!(code, 0, "backfill: {out}{err}\n{}", log_text());
+    let t = admin("target").await;
+    let q = "SELECT * FROM shop.items";
+    if let Err(e) = try_converge(&l, q, &t, q, 90).await {
+        panic!("{e}\n{}", log_text());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = Command::new(cutover_bin())
+            .args(["status", "--json", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if doc["sinks"][0]["lag_messages"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed the sink caught up: {doc:#}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // verify, as the read-only role on both sides.
+    let mut vcfg = cfg.clone();
+    vcfg.source.url = DbUrl::new(format!(
+        "postgres://cutover_verify@127.0.0.1:{}/legacy",
+        pg.port
+    ));
+    vcfg.source.password_file = None;
+    // The sink's URL names the read-only role too for verify.
+    let vdir = tempfile::tempdir().unwrap();
+    let mut vcfg2 = vcfg.clone();
+    vcfg2.sinks[0].url = DbUrl::new(format!(
+        "postgres://cutover_verify@127.0.0.1:{}/target",
+        pg.port
+    ));
+    let vconfig = write_config(&vcfg2, vdir.path());
+    let o = Command::new(cutover_bin())
+        .args([
+            "verify",
+            "--sink",
+            "mirror",
+            "--table",
+            "shop.items",
+            "--json",
+            "--config",
+        ])
+        .arg(&vconfig)
+        .env("CUTOVER__SOURCE__PASSWORD", "ver-pw-3")
+        .env("CUTOVER_SINK_MIRROR_PASSWORD", "ver-pw-3")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "verify: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("\"parity_pct\": 100.0"), "{out}");
+
+    Command::new("kill")
+        .args(["-TERM", &run.0.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while run.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "run did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // No password in anything cutover printed.
+    let printed = log_text();
+    for pw in ["cap-pw-1", "sink-pw-2", "ver-pw-3"] {
+        assert!(!printed.contains(pw), "{pw} printed");
+    }
+    let _ = l
+        .execute("SELECT pg_drop_replication_slot($1)", &[&id])
+        .await;
+}
