@@ -126,6 +126,9 @@ pub(crate) fn load_config(cli: &Cli) -> Result<Config, Error> {
         cli.log_format.as_deref().unwrap_or(&format),
         cli.log_level.as_deref().unwrap_or(&level),
     );
+    if let Ok(c) = &cfg {
+        crate::error::show_row_values(c.observe.log_row_values);
+    }
     cfg
 }
 

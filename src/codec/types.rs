@@ -160,10 +160,12 @@ pub fn avro_type(kind: &PgKind) -> serde_json::Value {
 }
 
 fn bad(kind: &PgKind, text: &str, why: impl std::fmt::Display) -> Error {
-    let shown: String = text.chars().take(80).collect();
     Error::new(
         ErrorKind::Data,
-        format!("value {shown:?} is not a valid {kind:?}: {why}"),
+        format!(
+            "value {} is not a valid {kind:?}: {why}",
+            crate::error::row_value(text)
+        ),
     )
 }
 
@@ -575,8 +577,14 @@ mod tests {
 
     #[test]
     fn bad_values_are_data_errors_naming_the_value() {
+        // Row values stay out of messages unless observe.log_row_values says otherwise.
         let e = text_to_avro(&PgKind::Int, "12x").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Data);
+        assert!(!e.to_string().contains("12x"), "{e}");
+        assert!(e.to_string().contains("withheld"), "{e}");
+        crate::error::show_row_values(true);
+        let e = text_to_avro(&PgKind::Int, "12x").unwrap_err();
+        crate::error::show_row_values(false);
         assert!(e.to_string().contains("\"12x\""), "{e}");
         assert!(text_to_avro(&PgKind::Bytes, "abc").is_err());
         assert_eq!(

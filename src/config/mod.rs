@@ -286,6 +286,10 @@ pub struct ObserveConfig {
     pub log_format: String,
     /// A tracing `EnvFilter` directive (`info`, `cutover=debug,rdkafka=warn`).
     pub log_level: String,
+    /// Let error messages (so log lines and dead-letter headers) quote row values: the
+    /// server's DETAIL (`Key (id)=(5) already exists`, `Failing row contains ...`) and the
+    /// codec's rejected value. Off by default (personal data stays out of logs); for debugging.
+    pub log_row_values: bool,
 }
 
 impl Default for ObserveConfig {
@@ -294,6 +298,7 @@ impl Default for ObserveConfig {
             listen: "127.0.0.1:9464".into(),
             log_format: "text".into(),
             log_level: "info".into(),
+            log_row_values: false,
         }
     }
 }

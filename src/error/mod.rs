@@ -11,6 +11,26 @@
 pub mod classify;
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether messages may quote row values (`observe.log_row_values`); off by default.
+static ROW_VALUES: AtomicBool = AtomicBool::new(false);
+
+/// Let (or stop) error messages quote row values: PostgreSQL's DETAIL, rejected values. Set
+/// once at start from `observe.log_row_values`.
+pub fn show_row_values(on: bool) {
+    ROW_VALUES.store(on, Ordering::Relaxed);
+}
+
+/// `value` for a message, or a placeholder when row values are kept out of messages.
+pub fn row_value(value: &str) -> String {
+    if ROW_VALUES.load(Ordering::Relaxed) {
+        let shown: String = value.chars().take(80).collect();
+        format!("{shown:?}")
+    } else {
+        "<value withheld: observe.log_row_values>".to_string()
+    }
+}
 
 /// What went wrong, coarsely. Retry decisions are derived from this (see `retry::policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -180,8 +200,15 @@ fn pg_message(err: &tokio_postgres::Error) -> String {
         Some(db) => {
             let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
             if let Some(detail) = db.detail() {
-                s.push_str(": ");
-                s.push_str(detail);
+                // DETAIL quotes rows and keys (`Key (id)=(5) already exists`).
+                if ROW_VALUES.load(Ordering::Relaxed) {
+                    s.push_str(": ");
+                    s.push_str(detail);
+                } else {
+                    s.push_str(
+                        " [detail withheld: it may quote row values; observe.log_row_values]",
+                    );
+                }
             }
             if let Some(hint) = db.hint() {
                 s.push_str(" hint: ");

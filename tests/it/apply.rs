@@ -998,6 +998,14 @@ async fn poison_events_go_to_the_dead_letter_topic_with_headers_and_the_sink_goe
         "{:?}",
         violation.1
     );
+    // The server's DETAIL quotes the row ("Failing row contains (2, -2)"): withheld unless
+    // observe.log_row_values is on.
+    assert!(
+        !violation.1["cutover.error"].contains("Failing row")
+            && violation.1["cutover.error"].contains("detail withheld"),
+        "{:?}",
+        violation.1
+    );
     assert_eq!(violation.1["cutover.sink"], "mirror");
     mirror.stop().await;
     capture.stop().await;
