@@ -144,6 +144,9 @@ impl RegistryClient {
         let resp = r.send().await.map_err(|e| {
             let kind = if e.is_timeout() {
                 ErrorKind::Timeout
+            } else if crate::error::classify::certificate_failure(&format!("{e:?}")) {
+                // An untrusted or misnamed certificate: retrying will not help.
+                ErrorKind::Auth
             } else {
                 ErrorKind::Connection
             };

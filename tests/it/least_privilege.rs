@@ -1,7 +1,7 @@
 //! Least privilege (issue 15): the roles of deploy/security/*.sql, none a superuser, run the
 //! forward pipeline end to end on a cluster of the test's own that checks passwords
 //! (scram-sha-256), the passwords coming from a file (capture) and the environment (the
-//! sink): `cutover run` (capture, monitor, sink), `backfill`, `status` and `verify`.
+//! sink): `cutover run` (capture, monitor, sink), `backfill`, `status`, `verify` and `retire`.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -222,6 +222,34 @@ async fn the_pipeline_runs_end_to_end_as_the_documented_non_superuser_roles() {
         assert!(Instant::now() < deadline, "run did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // retire, as the sink's role: its origins (pg_replication_origin_drop is granted) and
+    // progress go, the group with them.
+    let origins = || async {
+        admin("target")
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE $1",
+                &[&format!("cutover:{id}:mirror%")],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert!(origins().await >= 1);
+    let o = Command::new(cutover_bin())
+        .args(["retire", "--sink", "mirror", "--config"])
+        .arg(&config)
+        .env("CUTOVER_SINK_MIRROR_PASSWORD", "sink-pw-2")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "retire: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("deleted consumer group"), "{out}");
+    assert_eq!(origins().await, 0);
     // No password in anything cutover printed.
     let printed = log_text();
     for pw in ["cap-pw-1", "sink-pw-2", "ver-pw-3"] {

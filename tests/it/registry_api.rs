@@ -399,3 +399,42 @@ async fn body_size_time_and_concurrency_are_limited() {
     assert_eq!(st, 200);
     reg.stop().await;
 }
+
+/// An `https://` registry is trusted only through `registry.ca_file` (the system's roots do
+/// not know the test CA, another CA is refused), and a refusal is a fatal trust failure.
+#[tokio::test]
+async fn an_https_registry_is_trusted_through_its_ca_file_only() {
+    let pki = super::support::pki();
+    let port = super::support::free_port();
+    let mut server = super::support::KillOnDrop(
+        std::process::Command::new(super::support::python())
+            .arg(super::support::root().join("tests/python/https_registry.py"))
+            .arg(pki.path("server.pem"))
+            .arg(pki.path("server.key"))
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(server.0.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "listening");
+    }
+    let url = format!("https://localhost:{port}");
+    let trusted = client_with(&url, |c| c.ca_file = Some(pki.path("ca.pem")));
+    assert_eq!(trusted.subjects().await.unwrap(), vec!["tls-value"]);
+    for (what, ca) in [
+        ("system roots", None),
+        ("another CA", Some(pki.path("other-ca.pem"))),
+    ] {
+        let e = client_with(&url, |c| c.ca_file = ca)
+            .subjects()
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Auth, "{what}: {e}");
+    }
+}
