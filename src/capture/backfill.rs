@@ -260,7 +260,11 @@ impl Chunks {
         let after = match last {
             None => "true".to_string(),
             Some(vals) => {
-                // Compare in the key columns' own types, not as text.
+                // Compare in the key columns' own types, not as text. The key values are
+                // escaped literals (database::ident), not bind parameters: the chunk rows must
+                // come back in the server's text output, which only the simple protocol
+                // (no parameters) gives; `::text` casts would change values (char(n) loses
+                // its padding) and the extended protocol returns binary.
                 let typed: Vec<String> = vals
                     .iter()
                     .zip(&self.key_types)
@@ -305,15 +309,15 @@ impl Chunks {
         Ok((rows, last_key))
     }
 
-    /// The low or high watermark of chunk `id`, as a transactional logical message.
+    /// The low or high watermark of chunk `id`, as a transactional logical message (prefix
+    /// and content as bind parameters).
     async fn watermark(&self, id: u64, which: &str) -> Result<()> {
-        let sql = format!(
-            "SELECT pg_logical_emit_message(true, {}, {})",
-            lit(WATERMARK_PREFIX),
-            lit(&format!("{id} {which} {}", self.name))
-        );
+        let content = format!("{id} {which} {}", self.name);
         self.c
-            .simple_query(&sql)
+            .execute(
+                "SELECT pg_logical_emit_message(true, $1::text, $2::text)",
+                &[&WATERMARK_PREFIX, &content],
+            )
             .await
             .map_err(|e| Error::postgres(format!("writing the {which} watermark"), e))?;
         Ok(())
