@@ -44,42 +44,25 @@ fn read_secret(field: &str, path: &Path) -> Result<String, FieldError> {
     Ok(raw.trim_end_matches(['\n', '\r']).to_string())
 }
 
+/// `<field>.<key>_file` into `<field>.<key>` (`key`: `password` or `token`); both set is
+/// an error naming the field.
 fn resolve(
     errs: &mut ValidationErrors,
     field: &str,
-    password: &mut Option<Secret>,
+    key: &str,
+    value: &mut Option<Secret>,
     file: &Option<PathBuf>,
 ) {
     let Some(path) = file else { return };
-    if password.is_some() {
+    if value.is_some() {
         errs.0.push(FieldError {
-            path: format!("{field}.password_file"),
-            rule: format!("{field}.password is set too: set one of them"),
+            path: format!("{field}.{key}_file"),
+            rule: format!("{field}.{key} is set too: set one of them"),
         });
         return;
     }
-    match read_secret(&format!("{field}.password_file"), path) {
-        Ok(v) => *password = Some(Secret::new(v)),
-        Err(e) => errs.0.push(e),
-    }
-}
-
-fn resolve_token(
-    errs: &mut ValidationErrors,
-    field: &str,
-    token: &mut Option<Secret>,
-    file: &Option<PathBuf>,
-) {
-    let Some(path) = file else { return };
-    if token.is_some() {
-        errs.0.push(FieldError {
-            path: format!("{field}.token_file"),
-            rule: format!("{field}.token is set too: set one of them"),
-        });
-        return;
-    }
-    match read_secret(&format!("{field}.token_file"), path) {
-        Ok(v) => *token = Some(Secret::new(v)),
+    match read_secret(&format!("{field}.{key}_file"), path) {
+        Ok(v) => *value = Some(Secret::new(v)),
         Err(e) => errs.0.push(e),
     }
 }
@@ -94,21 +77,30 @@ impl Config {
         resolve(
             &mut errs,
             "source",
+            "password",
             &mut self.source.password,
             &self.source.password_file,
         );
         if let Some(b) = self.backsync.as_mut() {
-            resolve(&mut errs, "backsync", &mut b.password, &b.password_file);
+            resolve(
+                &mut errs,
+                "backsync",
+                "password",
+                &mut b.password,
+                &b.password_file,
+            );
         }
         resolve(
             &mut errs,
             "registry",
+            "password",
             &mut self.registry.password,
             &self.registry.password_file,
         );
-        resolve_token(
+        resolve(
             &mut errs,
             "registry",
+            "token",
             &mut self.registry.token,
             &self.registry.token_file,
         );
@@ -116,14 +108,22 @@ impl Config {
         resolve(
             &mut errs,
             "registry_server",
+            "password",
             &mut rs.password,
             &rs.password_file,
         );
-        resolve_token(&mut errs, "registry_server", &mut rs.token, &rs.token_file);
+        resolve(
+            &mut errs,
+            "registry_server",
+            "token",
+            &mut rs.token,
+            &rs.token_file,
+        );
         for (i, s) in self.sinks.iter_mut().enumerate() {
             resolve(
                 &mut errs,
                 &format!("sinks[{i}]"),
+                "password",
                 &mut s.password,
                 &s.password_file,
             );

@@ -141,24 +141,7 @@ async fn every_command_over(tag: &str, pki: &Pki, protocol: Protocol) {
     }
 
     // status reads the slot, the broker and the group over the same protocol.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let o = Command::new(cutover_bin())
-            .args(["status", "--json", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-        if doc["sinks"][0]["lag_messages"] == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{tag}: status never showed the sink caught up: {doc:#}\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    super::support::wait_until_caught_up(&config, tag);
     // The monitor's gauges come from the broker too.
     let page = super::support::scrape(&format!("127.0.0.1:{port}")).await;
     assert!(
@@ -173,18 +156,7 @@ async fn every_command_over(tag: &str, pki: &Pki, protocol: Protocol) {
 
     // A clean stop (SIGTERM): the sink leaves its group, so the replay's sink is assigned at
     // once instead of after the dead member's session timeout.
-    Command::new("kill")
-        .args(["-TERM", &run.0.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while run.0.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "{tag}: run did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    run.terminate();
     eprintln!("{tag}: run, status, monitor, tail done");
     t.batch_execute(&format!(r#"DELETE FROM "{s}".events"#))
         .await

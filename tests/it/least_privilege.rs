@@ -4,7 +4,6 @@
 //! sink): `cutover run` (capture, monitor, sink), `backfill`, `status`, `verify` and `retire`.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use super::apply::{connect, try_converge, wait_for_slot, write_config};
 use super::replay::cli;
@@ -156,24 +155,7 @@ async fn the_pipeline_runs_end_to_end_as_the_documented_non_superuser_roles() {
     if let Err(e) = try_converge(&l, q, &t, q, 90).await {
         panic!("{e}\n{}", log_text());
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let o = Command::new(cutover_bin())
-            .args(["status", "--json", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-        if doc["sinks"][0]["lag_messages"] == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "status never showed the sink caught up: {doc:#}\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    super::support::wait_until_caught_up(&config, "least privilege");
 
     // verify, as the read-only role on both sides.
     let mut vcfg = cfg.clone();
@@ -213,15 +195,7 @@ async fn the_pipeline_runs_end_to_end_as_the_documented_non_superuser_roles() {
     );
     assert!(out.contains("\"parity_pct\": 100.0"), "{out}");
 
-    Command::new("kill")
-        .args(["-TERM", &run.0.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while run.0.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "run did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    run.terminate();
     // retire, as the sink's role: its origins (pg_replication_origin_drop is granted) and
     // progress go, the group with them.
     let origins = || async {

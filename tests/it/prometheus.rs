@@ -321,17 +321,6 @@ fn spawn(config: &Path, args: &[&str], observe: &str, log: &Path) -> KillOnDrop 
     )
 }
 
-/// SIGTERM and wait: the sink finishes its batch and commits its offsets before exiting.
-fn terminate(p: &mut KillOnDrop) {
-    let pid = p.0.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while p.0.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "sink did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn status(config: &Path) -> (i32, Json, String) {
     let run = |json: bool| {
         let mut c = Command::new(cutover_bin());
@@ -610,7 +599,7 @@ async fn prometheus_scrapes_alerts_on_a_stopped_sink_and_status_reports_it() {
     }
 
     // 3. Stop the sink and keep writing until both lag alerts fire.
-    terminate(&mut sink);
+    sink.terminate();
     assert_eq!(
         healthcheck(&obs(sink_obs), true).0,
         Some(1),

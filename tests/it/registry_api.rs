@@ -12,17 +12,7 @@ const V2: &str = r#"{"type":"record","name":"Customer","namespace":"app","fields
 const INCOMPATIBLE: &str = r#"{"type":"record","name":"Customer","namespace":"app","fields":[{"name":"id","type":"long"},{"name":"name","type":"string"},{"name":"tier","type":"int"}]}"#;
 
 fn client(url: &str) -> RegistryClient {
-    RegistryClient::new(&RegistryConfig {
-        url: url.to_string(),
-        username: None,
-        password: None,
-        password_file: None,
-        token: None,
-        token_file: None,
-        ca_file: None,
-        timeout_ms: 5000,
-    })
-    .unwrap()
+    client_with(url, |_| {})
 }
 
 async fn call(method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {

@@ -83,28 +83,26 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     pub fn start() -> PrivateBroker {
-        let mut b = PrivateBroker {
+        let mut b = PrivateBroker::unstarted();
+        b.spawn();
+        b
+    }
+
+    fn unstarted() -> PrivateBroker {
+        PrivateBroker {
             port: free_port(),
             controller_port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
             extra: None,
-        };
-        b.spawn();
-        b
+        }
     }
 
     /// A broker with more listeners or settings: `properties(port, controller_port)` is
     /// appended to its server.properties (a later key wins), `format_args` are passed to the
     /// one-time storage format (`--add-scram ...`).
     pub fn start_with(properties: impl Fn(u16, u16) -> String, format_args: &str) -> PrivateBroker {
-        let mut b = PrivateBroker {
-            port: free_port(),
-            controller_port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-            extra: None,
-        };
+        let mut b = PrivateBroker::unstarted();
         let path = b.dir.path().join("extra.properties");
         std::fs::write(&path, properties(b.port, b.controller_port)).unwrap();
         b.extra = Some((path, format_args.to_string()));
@@ -423,6 +421,21 @@ pub fn init_logs() {
 pub struct KillOnDrop(pub Child);
 
 impl KillOnDrop {
+    /// SIGTERM and wait (at most 60 s) until the process is gone: a clean stop (a sink
+    /// commits its batch and leaves its group, capture flushes and confirms).
+    pub fn terminate(&mut self) {
+        let pid = self.0.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.0.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "process {pid} did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -535,4 +548,26 @@ pub fn pki() -> Pki {
         openssl(d, &refs);
     }
     Pki { dir }
+}
+
+/// Poll `cutover status --json` with `config` until its first sink shows no lag (60 s at most).
+pub fn wait_until_caught_up(config: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = Command::new(cutover_bin())
+            .args(["status", "--json", "--config"])
+            .arg(config)
+            .output()
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if doc["sinks"][0]["lag_messages"] == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: status never showed the sink caught up: {doc:#}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
