@@ -118,6 +118,14 @@ pub struct BacksyncConfig {
     /// A file holding the password (a mounted Secret); instead of `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<std::path::PathBuf>,
+    /// How the back-sync's sink connects to legacy, to write there: a role of its own with
+    /// the sink privileges (docs/SECURITY.md). Defaults to `source.url` and its password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_url: Option<DbUrl>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_password: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_password_file: Option<std::path::PathBuf>,
     /// Replication slot on the new store (created if missing).
     pub slot: String,
     /// Publication on the new store (created if missing).
@@ -571,16 +579,20 @@ impl Config {
             .backsync
             .as_ref()
             .ok_or_else(|| Error::config("backsync: not configured (add a [backsync] section)"))?;
+        let (legacy_url, legacy_password) = match &b.legacy_url {
+            Some(u) => (u.clone(), b.legacy_password.clone()),
+            None => (self.source.url.clone(), self.source.password.clone()),
+        };
         let mut sink: SinkConfig = serde_json::from_value(serde_json::json!({
             "name": BACKSYNC_SINK,
-            "url": self.source.url.expose(),
+            "url": legacy_url.expose(),
             "group_id": format!("{}.{}", self.name, BACKSYNC_SINK),
             "batch_max_ms": b.batch_max_ms,
             "unmapped_tables": b.unmapped_tables,
             "create_tables": false,
         }))
         .map_err(|e| Error::internal(format!("back-sync sink config: {e}")))?;
-        sink.password = self.source.password.clone();
+        sink.password = legacy_password;
         sink.tables = b.mappings.clone();
         let mut r = self.clone();
         r.direction = Direction::Reverse;

@@ -89,6 +89,13 @@ impl Config {
                 &mut b.password,
                 &b.password_file,
             );
+            resolve(
+                &mut errs,
+                "backsync",
+                "legacy_password",
+                &mut b.legacy_password,
+                &b.legacy_password_file,
+            );
         }
         resolve(
             &mut errs,

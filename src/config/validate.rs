@@ -315,6 +315,9 @@ impl Config {
     fn validate_backsync(&self, e: &mut ValidationErrors) {
         if let Some(b) = &self.backsync {
             check_db_url(e, "backsync.url", &b.url);
+            if let Some(u) = &b.legacy_url {
+                check_db_url(e, "backsync.legacy_url", u);
+            }
             if b.url.expose() == self.source.url.expose() {
                 e.push(
                     "backsync.url",

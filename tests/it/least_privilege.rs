@@ -233,3 +233,229 @@ async fn the_pipeline_runs_end_to_end_as_the_documented_non_superuser_roles() {
         .execute("SELECT pg_drop_replication_slot($1)", &[&id])
         .await;
 }
+
+/// The back-sync as the same roles: `cutover run` forward (capture as cutover_capture, the
+/// sink newstore as cutover_sink), `cutover backsync` (capture of the new store as
+/// cutover_capture, its sink on legacy as cutover_sink through `backsync.legacy_url`), and
+/// `cutover phase set` through `dual` to `reverse`; writes on each side reach the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_back_sync_and_phase_changes_run_as_the_documented_roles() {
+    let pg = PrivatePostgres::start_with(
+        &[
+            "wal_level=logical",
+            "max_replication_slots=8",
+            "max_wal_senders=8",
+            "password_encryption=scram-sha-256",
+        ],
+        Some(HBA),
+        &[],
+    );
+    let admin = |db: &'static str| {
+        let url = DbUrl::new(pg.url(db));
+        async move { connect(&url).await }
+    };
+    let a = admin("postgres").await;
+    for sql in [
+        "CREATE DATABASE legacy",
+        "CREATE DATABASE target",
+        "CREATE ROLE shop_owner",
+    ] {
+        a.batch_execute(sql).await.unwrap();
+    }
+    let l = admin("legacy").await;
+    l.batch_execute(
+        "CREATE SCHEMA shop AUTHORIZATION shop_owner;
+         SET ROLE shop_owner;
+         CREATE TABLE shop.accounts (id bigint PRIMARY KEY, owner text, balance numeric(12,2));
+         ALTER TABLE shop.accounts REPLICA IDENTITY FULL;
+         RESET ROLE;",
+    )
+    .await
+    .unwrap();
+    let pw = [
+        ("capture_password", "cap-pw-1"),
+        ("sink_password", "sink-pw-2"),
+        ("verify_password", "ver-pw-3"),
+        ("monitor_password", "mon-pw-4"),
+    ];
+    psql(&pg, "legacy", "roles.sql", &pw);
+    psql(
+        &pg,
+        "legacy",
+        "legacy.sql",
+        &[
+            ("schema", "shop"),
+            ("publication", "cutover_pub"),
+            ("app_owner", "shop_owner"),
+        ],
+    );
+    psql(
+        &pg,
+        "legacy",
+        "backsync-legacy.sql",
+        &[("schema", "shop"), ("app_owner", "shop_owner")],
+    );
+    psql(&pg, "target", "target.sql", &[("schema", "shop")]);
+    // The new store's table, as the sink's role (it owns the schema).
+    let t = admin("target").await;
+    t.batch_execute(
+        "SET ROLE cutover_sink;
+         CREATE TABLE shop.accounts (id bigint PRIMARY KEY, owner text, balance numeric(12,2));
+         ALTER TABLE shop.accounts REPLICA IDENTITY FULL;
+         RESET ROLE;",
+    )
+    .await
+    .unwrap();
+    psql(
+        &pg,
+        "target",
+        "backsync-new.sql",
+        &[("schema", "shop"), ("publication", "cutover_back")],
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, content: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    };
+    let id = unique("lpback");
+    let mut cfg = local_config();
+    cfg.name = id.clone();
+    cfg.topic_prefix = id.replace('_', "-");
+    let url =
+        |role: &str, db: &str| DbUrl::new(format!("postgres://{role}@127.0.0.1:{}/{db}", pg.port));
+    cfg.source.url = url("cutover_capture", "legacy");
+    cfg.source.password_file = Some(file("capture-password", "cap-pw-1\n"));
+    cfg.source.slot = id.clone();
+    cfg.source.publication = "cutover_pub".into();
+    cfg.source.schemas = vec!["shop".into()];
+    cfg.source.heartbeat_interval_secs = 1;
+    cfg.source.status_interval_secs = 1;
+    cfg.kafka.partitions = 2;
+    cfg.sinks.retain(|s| s.name == "newstore");
+    let s = &mut cfg.sinks[0];
+    s.url = url("cutover_sink", "target");
+    s.group_id = Some(format!("{id}.newstore"));
+    s.batch_max_ms = 50;
+    s.unmapped_tables = cutover::config::Unmapped::Identity;
+    s.tables = vec![];
+    cfg.backsync = Some(cutover::config::BacksyncConfig {
+        url: url("cutover_capture", "target"),
+        password: None,
+        password_file: None,
+        legacy_url: Some(url("cutover_sink", "legacy")),
+        legacy_password: None,
+        legacy_password_file: Some(file("backsync-legacy-password", "sink-pw-2\n")),
+        slot: format!("{id}_b"),
+        publication: "cutover_back".into(),
+        schemas: vec!["shop".into()],
+        tables: vec![],
+        forward_sink: "newstore".into(),
+        conflict_policy: cutover::config::ConflictPolicy::SourceOfTruth,
+        mappings: vec![],
+        unmapped_tables: cutover::config::Unmapped::Identity,
+        gate_max_lag_secs: 10,
+        batch_max_ms: 50,
+    });
+    cfg.observe.listen = String::new();
+    cfg.monitor.embedded = false;
+    let config = write_config(&cfg, dir.path());
+    let spawn = |sub: &str, log: &str| {
+        let log = std::fs::File::create(dir.path().join(log)).unwrap();
+        Command::new(cutover_bin())
+            .args([sub, "--config"])
+            .arg(&config)
+            .env("CUTOVER_SINK_NEWSTORE_PASSWORD", "sink-pw-2")
+            .env("CUTOVER__BACKSYNC__PASSWORD", "cap-pw-1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map(KillOnDrop)
+            .unwrap()
+    };
+    let logs = || {
+        ["run.log", "backsync.log"]
+            .iter()
+            .map(|f| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    let mut run = spawn("run", "run.log");
+    let mut back = spawn("backsync", "backsync.log");
+    wait_for_slot(&l, &id, logs).await;
+    wait_for_slot(&t, &format!("{id}_b"), logs).await;
+    l.batch_execute(
+        "SET ROLE shop_owner;
+         INSERT INTO shop.accounts SELECT g, 'legacy', g FROM generate_series(1, 30) g;",
+    )
+    .await
+    .unwrap();
+    let q = "SELECT * FROM shop.accounts";
+    if let Err(e) = try_converge(&l, q, &t, q, 90).await {
+        panic!("forward: {e}\n{}", logs());
+    }
+    // Phase changes, as the source role (capture's), through the gate.
+    for to in ["dual", "reverse"] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let o = Command::new(cutover_bin())
+                .args([
+                    "phase",
+                    "set",
+                    "--table",
+                    "shop.accounts",
+                    "--to",
+                    to,
+                    "--config",
+                ])
+                .arg(&config)
+                // The gate reads the forward sink's progress in the new store.
+                .env("CUTOVER_SINK_NEWSTORE_PASSWORD", "sink-pw-2")
+                .env("CUTOVER__BACKSYNC__PASSWORD", "cap-pw-1")
+                .output()
+                .unwrap();
+            let out = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            if o.status.success() {
+                break;
+            }
+            assert_eq!(
+                o.status.code(),
+                Some(3),
+                "phase set {to}: {out}\n{}",
+                logs()
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gate never passed: {out}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+    // The new store owns the table: its writes reach legacy through the back-sync's sink.
+    t.batch_execute(
+        "INSERT INTO shop.accounts SELECT g, 'new', g FROM generate_series(101, 110) g;
+         UPDATE shop.accounts SET owner = 'moved' WHERE id <= 5;",
+    )
+    .await
+    .unwrap();
+    if let Err(e) = try_converge(&l, q, &t, q, 90).await {
+        panic!("back-sync: {e}\n{}", logs());
+    }
+    run.terminate();
+    back.terminate();
+    let printed = logs();
+    for pw in ["cap-pw-1", "sink-pw-2"] {
+        assert!(!printed.contains(pw), "{pw} printed");
+    }
+    for slot in [id.clone(), format!("{id}_b")] {
+        let c = if slot == id { &l } else { &t };
+        let _ = c
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await;
+    }
+}
