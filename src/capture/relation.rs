@@ -13,6 +13,16 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::event::TableId;
 use crate::kafka;
 
+/// The columns a Relation message flags as its replica identity (the primary key under
+/// `REPLICA IDENTITY DEFAULT`, the index's columns under `USING INDEX`), in column order.
+fn identity_columns(rel: &Relation) -> Vec<String> {
+    rel.columns
+        .iter()
+        .filter(|c| c.key)
+        .map(|c| c.name.clone())
+        .collect()
+}
+
 impl Capture {
     /// The relation id of `table`, registering its schema from the catalog when the stream has
     /// not described it yet (no change of it since capture started).
@@ -41,7 +51,9 @@ impl Capture {
                 "SELECT a.attname::text, a.atttypid, a.atttypmod,
                         coalesce(a.attnum = ANY(i.indkey), false)
                  FROM pg_attribute a
-                 LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+                 JOIN pg_class c ON c.oid = a.attrelid
+                 LEFT JOIN pg_index i ON i.indrelid = a.attrelid
+                     AND CASE WHEN c.relreplident = 'i' THEN i.indisreplident ELSE i.indisprimary END
                  WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
                  ORDER BY a.attnum",
                 &[&oid],
@@ -102,11 +114,16 @@ impl Capture {
     pub(super) async fn on_relation(&mut self, rel: Relation) -> Result<()> {
         let table = TableId::new(rel.namespace.clone(), rel.name.clone());
         let configured = self.cfg.source.key_columns.get(&table.to_string()).cloned();
+        let full = rel.replica_identity == b'f';
         let pk = match &configured {
             Some(cols) => cols.clone(),
+            // The stream's own word first: a Relation message flags the replica identity's
+            // columns as they were at its position in the WAL, so a backlog replays whatever
+            // happened to the table since (dropped, renamed, re-keyed). Only REPLICA IDENTITY
+            // FULL flags every column; then the primary key, if the table still has one.
+            None if !full => identity_columns(&rel),
             None => self.catalog.primary_key(&self.sql, rel.id).await?,
         };
-        let full = rel.replica_identity == b'f';
         if pk.is_empty() && !full {
             return Err(Error::new(
                 ErrorKind::Config,
