@@ -10,6 +10,7 @@ use crate::config::SourceConfig;
 use crate::database::ident::quote;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Lsn, TableId};
+use crate::state::slots;
 
 /// Fail with an operator-actionable message unless the server can do logical decoding.
 pub async fn check_server(client: &Client) -> Result<()> {
@@ -169,8 +170,30 @@ pub async fn published_tables(client: &Client, publication: &str) -> Result<Vec<
         .collect())
 }
 
+/// What capture may do when the slot it created is gone or invalidated.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum GapPolicy {
+    /// Refuse to start, naming the loss and the ways on (the default).
+    #[default]
+    Refuse,
+    /// `--accept-gap`: create a new slot from now and record the gap (who accepted it).
+    Accept { by: String },
+}
+
 /// Create the slot if missing; check an existing one is usable. Returns its confirmed LSN.
-pub async fn ensure_slot(client: &Client, slot: &str) -> Result<Lsn> {
+///
+/// A slot capture created is remembered in `cutover.capture_slots` (see
+/// [`crate::state::slots`]): when it is missing or invalidated later, capture refuses to start
+/// instead of silently creating a new one at the current WAL position, unless `gap` accepts
+/// the loss, which is then recorded in `cutover.capture_gaps`.
+pub async fn ensure_slot(
+    client: &Client,
+    pipeline: &str,
+    slot: &str,
+    gap: &GapPolicy,
+) -> Result<Lsn> {
+    crate::state::ensure_slots(client).await?;
+    let memory = slots::remembered(client, pipeline, slot).await?;
     let row = client
         .query_opt(
             "SELECT plugin, database, confirmed_flush_lsn::text, wal_status FROM pg_replication_slots WHERE slot_name = $1",
@@ -178,6 +201,9 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<Lsn> {
         )
         .await
         .map_err(|e| Error::postgres("looking up replication slot", e))?;
+    let ways_on = "Ways on: start capture once with --accept-gap (a new slot from now; the gap is \
+                   recorded in cutover.capture_gaps), then backfill every captured table \
+                   (cutover backfill --table ...) so the target gets what was lost";
     if let Some(row) = row {
         let plugin: Option<String> = row.get(0);
         let db: Option<String> = row.get(1);
@@ -197,15 +223,80 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<Lsn> {
                 format!("source.slot: slot {slot} belongs to database {db:?}, not {current}"),
             ));
         }
-        if wal_status.as_deref() == Some("lost") {
-            return Err(Error::new(ErrorKind::Environment, format!("source.slot: slot {slot} is invalidated (WAL it needed was removed, max_slot_wal_keep_size): changes were lost; drop the slot, recreate it and backfill")));
-        }
         let lsn = confirmed
             .as_deref()
             .and_then(Lsn::parse)
             .unwrap_or_default();
+        if wal_status.as_deref() == Some("lost") {
+            let lost_after = memory
+                .as_ref()
+                .map_or(lsn.0, |m| m.confirmed_lsn.max(lsn.0));
+            let GapPolicy::Accept { by } = gap else {
+                return Err(Error::new(ErrorKind::Environment, format!("source.slot: slot {slot} is invalidated (WAL it needed was removed, max_slot_wal_keep_size): changes after {} were lost; drop the slot, recreate it and backfill. {ways_on}", Lsn(lost_after))));
+            };
+            client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await
+                .map_err(|e| Error::postgres(format!("dropping invalidated slot {slot}"), e))?;
+            let resumed = create_slot(client, slot).await?.unwrap_or_default();
+            slots::remember(client, pipeline, slot, resumed.0).await?;
+            slots::accept_gap(
+                client,
+                pipeline,
+                slot,
+                "invalidated",
+                lost_after,
+                resumed.0,
+                by,
+            )
+            .await?;
+            tracing::warn!(slot, lost_after = %Lsn(lost_after), resumed = %resumed, accepted_by = %by, "invalidated slot replaced (--accept-gap): changes in between are lost; backfill the captured tables");
+            return Ok(resumed);
+        }
+        // An existing slot (created by this capture, or adopted): remembered from now on.
+        slots::remember(client, pipeline, slot, lsn.0).await?;
         return Ok(lsn);
     }
+    if let Some(m) = memory {
+        let GapPolicy::Accept { by } = gap else {
+            return Err(Error::new(ErrorKind::Environment, format!(
+                "source.slot: slot {slot} is gone: capture created it and had it confirmed up to {} \
+                 (recorded {}), and it was dropped behind cutover's back. Every change committed \
+                 after that until a new slot exists never reaches the pipeline, so capture will not \
+                 create one silently. {ways_on}",
+                Lsn(m.confirmed_lsn),
+                m.updated_at
+            )));
+        };
+        let resumed = match create_slot(client, slot).await? {
+            Some(l) => l,
+            None => return Box::pin(ensure_slot(client, pipeline, slot, gap)).await,
+        };
+        slots::accept_gap(
+            client,
+            pipeline,
+            slot,
+            "dropped",
+            m.confirmed_lsn,
+            resumed.0,
+            by,
+        )
+        .await?;
+        tracing::warn!(slot, lost_after = %Lsn(m.confirmed_lsn), resumed = %resumed, accepted_by = %by, "dropped slot recreated (--accept-gap): changes in between are lost; backfill the captured tables");
+        return Ok(resumed);
+    }
+    match create_slot(client, slot).await? {
+        Some(lsn) => {
+            slots::remember(client, pipeline, slot, lsn.0).await?;
+            Ok(lsn)
+        }
+        // Created by someone else meanwhile: check it like any existing slot.
+        None => Box::pin(ensure_slot(client, pipeline, slot, gap)).await,
+    }
+}
+
+/// Create the logical slot; `None` if it exists already (another process won a race).
+async fn create_slot(client: &Client, slot: &str) -> Result<Option<Lsn>> {
     match client
         .query_one(
             "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
@@ -216,11 +307,9 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<Lsn> {
         Ok(row) => {
             let lsn: String = row.get(0);
             tracing::info!(slot, lsn = %lsn, "created replication slot");
-            Ok(Lsn::parse(&lsn).unwrap_or_default())
+            Ok(Some(Lsn::parse(&lsn).unwrap_or_default()))
         }
-        Err(e) if e.code().map(|c| c.code()) == Some("42710") => {
-            Box::pin(ensure_slot(client, slot)).await
-        }
+        Err(e) if e.code().map(|c| c.code()) == Some("42710") => Ok(None),
         Err(e) => Err(
             Error::postgres(format!("creating replication slot {slot}"), e)
                 .context("the source role needs the REPLICATION attribute"),

@@ -141,13 +141,19 @@ fn replication_error(e: &pgwire_replication::PgWireError) -> Error {
 }
 
 impl Capture {
-    /// Connect, check the server, ensure publication and slot. Returns the slot's LSN.
+    /// Connect, check the server, ensure publication and slot. Returns the slot's LSN. A
+    /// slot capture created that is gone or invalidated is refused ([`setup::GapPolicy`]).
     pub async fn prepare(cfg: &Config) -> Result<(Capture, Lsn)> {
+        Self::prepare_with(cfg, &setup::GapPolicy::Refuse).await
+    }
+
+    /// [`Capture::prepare`], deciding what a lost slot means with `gap` (`--accept-gap`).
+    pub async fn prepare_with(cfg: &Config, gap: &setup::GapPolicy) -> Result<(Capture, Lsn)> {
         let ep = Endpoint::source(cfg);
         let sql = ep.connect().await?;
         setup::check_server(&sql).await?;
         setup::ensure_publication(&sql, &cfg.source).await?;
-        let start = setup::ensure_slot(&sql, &cfg.source.slot).await?;
+        let start = setup::ensure_slot(&sql, &cfg.name, &cfg.source.slot, gap).await?;
         let topic_partitions = published_topics(cfg, &sql).await?;
         let db: String = sql
             .query_one("SELECT current_database()", &[])
@@ -247,7 +253,9 @@ impl Capture {
         let (confirm_tx, mut confirm_rx) = watch::channel::<(Lsn, Option<String>)>((start, None));
         let acker = ack::spawn_acker(track_rx, confirm_tx);
 
-        let heartbeat = spawn_heartbeat(&self.cfg);
+        // The confirmed position, recorded in cutover.capture_slots by the heartbeat.
+        let confirmed = Arc::new(std::sync::atomic::AtomicU64::new(start.0));
+        let heartbeat = spawn_heartbeat(&self.cfg, Arc::clone(&confirmed));
         let backfill = tokio::spawn(super::backfill::coordinate(
             self.cfg.clone(),
             self.backfill.clone(),
@@ -262,6 +270,7 @@ impl Capture {
                         break Err(Error::new(ErrorKind::Unavailable, format!("Kafka refused an event; not confirming past {lsn}: {e}")));
                     }
                     repl.update_applied_lsn(pgwire_replication::Lsn::from_u64(lsn.0));
+                    confirmed.fetch_max(lsn.0, Ordering::Relaxed);
                 }
                 _ = shutdown.changed() => {
                     tracing::info!("capture stopping");
@@ -568,11 +577,15 @@ impl Capture {
 
 /// Periodically write a transactional logical message on the source, so the slot advances
 /// even when captured tables are idle. (Slot retention is the monitor's to report.)
-fn spawn_heartbeat(cfg: &Config) -> tokio::task::JoinHandle<()> {
+fn spawn_heartbeat(
+    cfg: &Config,
+    confirmed: Arc<std::sync::atomic::AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
     let cfg = cfg.clone();
     tokio::spawn(async move {
         let every = Duration::from_secs(cfg.source.heartbeat_interval_secs);
         let mut client = None;
+        let mut recorded = 0u64;
         loop {
             tokio::time::sleep(every).await;
             if client.is_none() {
@@ -588,6 +601,15 @@ fn spawn_heartbeat(cfg: &Config) -> tokio::task::JoinHandle<()> {
             if let Err(e) = hb {
                 tracing::warn!(error = %e, "heartbeat failed");
                 client = None;
+                continue;
+            }
+            // What the slot is confirmed up to, so a slot lost later is reported with it.
+            let lsn = confirmed.load(Ordering::Relaxed);
+            if lsn > recorded {
+                match crate::state::slots::advance(c, &cfg.name, &cfg.source.slot, lsn).await {
+                    Ok(()) => recorded = lsn,
+                    Err(e) => tracing::warn!(error = %e, "recording the confirmed position failed"),
+                }
             }
         }
     })

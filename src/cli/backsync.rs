@@ -13,9 +13,18 @@ use crate::config::BACKSYNC_SINK;
 use crate::error::Result;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(flatten)]
+    pub gap: super::capture::GapArgs,
+}
 
-pub async fn run(cli: &Cli, _args: &Args) -> Result<ExitCode> {
+pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let cfg = load_config(cli)?.reverse()?;
-    run_pipeline(&cfg, vec![BACKSYNC_SINK.to_string()], "backsync").await
+    run_pipeline(
+        &cfg,
+        vec![BACKSYNC_SINK.to_string()],
+        "backsync",
+        args.gap.policy(),
+    )
+    .await
 }

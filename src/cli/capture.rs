@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::{load_config, shutdown_signal, Cli};
+use crate::capture::setup::GapPolicy;
 use crate::capture::Capture;
 use crate::config::Config;
 use crate::error::Result;
@@ -15,7 +16,32 @@ use crate::retry::{Attempts, BackoffSettings};
 use tokio::sync::watch;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(flatten)]
+    pub gap: GapArgs,
+}
+
+/// What a lost slot means for this start (capture, run, backsync).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GapArgs {
+    /// The slot capture created is gone or invalidated, and the loss is accepted: create a new
+    /// slot from now and record the gap in cutover.capture_gaps (then backfill the captured
+    /// tables). Applies to this start only.
+    #[arg(long)]
+    pub accept_gap: bool,
+}
+
+impl GapArgs {
+    pub fn policy(&self) -> GapPolicy {
+        if self.accept_gap {
+            GapPolicy::Accept {
+                by: super::operator(),
+            }
+        } else {
+            GapPolicy::Refuse
+        }
+    }
+}
 // The lag and slot monitor runs inside capture unless `monitor.embedded = false`.
 
 /// Start the observe server (if configured) for `command`; returns the readiness handle.
@@ -75,21 +101,26 @@ where
 }
 
 /// The capture pipeline with reconnects, until `stop` flips or a fatal error.
+/// `gap` applies to the first successful start only: a reconnect never accepts a new loss.
 pub(super) async fn capture_loop(
     cfg: &Config,
     readiness: &Readiness,
     stop: watch::Receiver<bool>,
+    gap: GapPolicy,
 ) -> Result<()> {
+    let gap = std::sync::Mutex::new(gap);
     with_reconnect("capture", stop.clone(), || async {
         readiness.set("source", false);
-        let (capture, start) = Capture::prepare(cfg).await?;
+        let policy = gap.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (capture, start) = Capture::prepare_with(cfg, &policy).await?;
+        *gap.lock().unwrap_or_else(|p| p.into_inner()) = GapPolicy::Refuse;
         readiness.set("source", true);
         capture.run(start, stop.clone()).await
     })
     .await
 }
 
-pub async fn run(cli: &Cli, _args: &Args) -> Result<ExitCode> {
+pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let cfg = load_config(cli)?;
     let readiness = observe(&cfg, "capture").await?;
     let stop = stop_on_signal();
@@ -97,7 +128,7 @@ pub async fn run(cli: &Cli, _args: &Args) -> Result<ExitCode> {
         let (cfg, readiness, stop) = (cfg.clone(), readiness.clone(), stop.clone());
         tokio::spawn(async move { crate::monitor::run(&cfg, &readiness, stop).await })
     });
-    let result = capture_loop(&cfg, &readiness, stop).await;
+    let result = capture_loop(&cfg, &readiness, stop, args.gap.policy()).await;
     if let Some(m) = monitor {
         m.abort();
     }

@@ -15,6 +15,8 @@ pub struct Args {
     /// Run only these sinks (default: all).
     #[arg(long = "sink")]
     pub sinks: Vec<String>,
+    #[command(flatten)]
+    pub gap: super::capture::GapArgs,
     /// Static group membership for every sink of this process: sink S joins as `<ID>.<S>`
     /// (a restart takes its partitions back at once; see docs/APPLY.md). Stable per process,
     /// never shared by two running processes (e.g. a StatefulSet pod name).
@@ -37,7 +39,7 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         }
         args.sinks.clone()
     };
-    run_pipeline(&cfg, names, "run").await
+    run_pipeline(&cfg, names, "run", args.gap.policy()).await
 }
 
 /// Capture, monitor and `sinks` of `cfg` until a signal or the first fatal error.
@@ -45,6 +47,7 @@ pub(super) async fn run_pipeline(
     cfg: &Config,
     sinks: Vec<String>,
     command: &'static str,
+    gap: crate::capture::setup::GapPolicy,
 ) -> Result<ExitCode> {
     let readiness = observe(cfg, command).await?;
     let signal = stop_on_signal();
@@ -64,7 +67,7 @@ pub(super) async fn run_pipeline(
         tasks.spawn(async move {
             (
                 "capture".to_string(),
-                capture_loop(&cfg, &readiness, stop).await,
+                capture_loop(&cfg, &readiness, stop, gap).await,
             )
         });
     }

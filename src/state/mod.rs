@@ -14,6 +14,8 @@
 //!   legacy          cutover.table_phases     cutover phase set          one owner per table and phase
 //!                   cutover.phase_audit      cutover phase set          every change, gated or forced
 //!   legacy          cutover.backfill         cutover backfill, capture  chunk progress survives restarts
+//!   legacy          cutover.capture_slots    capture                    a lost slot is never silent
+//!                   cutover.capture_gaps     capture --accept-gap       every accepted loss, audited
 //! ```
 //!
 //! All DDL is idempotent (`IF NOT EXISTS`) and runs at start-up of whoever needs the tables.
@@ -21,6 +23,7 @@
 pub mod backfill;
 pub mod phases;
 pub mod progress;
+pub mod slots;
 
 use tokio_postgres::Client;
 
@@ -152,6 +155,38 @@ pub async fn ensure_control(client: &Client) -> Result<()> {
         client,
         &format!("{SCHEMA_DDL}{CONTROL_DDL}"),
         "cutover.table_phases and cutover.phase_audit",
+    )
+    .await
+}
+
+/// What capture remembers of its slots, and the gaps it was told to accept, in the source.
+pub const SLOTS_DDL: &str = "
+CREATE TABLE IF NOT EXISTS cutover.capture_slots (
+    pipeline text NOT NULL,
+    slot text NOT NULL,
+    created_lsn bigint NOT NULL,
+    confirmed_lsn bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (pipeline, slot)
+);
+CREATE TABLE IF NOT EXISTS cutover.capture_gaps (
+    id bigserial PRIMARY KEY,
+    pipeline text NOT NULL,
+    slot text NOT NULL,
+    reason text NOT NULL,
+    lost_after_lsn bigint NOT NULL,
+    resumed_at_lsn bigint NOT NULL,
+    accepted_by text NOT NULL,
+    accepted_at timestamptz NOT NULL DEFAULT now()
+);";
+
+/// Create capture's slot memory in the source (idempotent).
+pub async fn ensure_slots(client: &Client) -> Result<()> {
+    serialized_ddl(
+        client,
+        &format!("{SCHEMA_DDL}{SLOTS_DDL}"),
+        "cutover.capture_slots and cutover.capture_gaps",
     )
     .await
 }

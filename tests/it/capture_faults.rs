@@ -288,6 +288,28 @@ async fn invalidated_slot_is_a_fatal_error_that_says_what_to_do() {
     let msg = err.to_string();
     assert!(msg.contains("invalidated"), "{msg}");
     assert!(msg.contains("recreate it and backfill"), "{msg}");
+    assert!(msg.contains("--accept-gap"), "{msg}");
+    // Accepted: the invalidated slot is replaced and the gap recorded.
+    let gap = cutover::capture::setup::GapPolicy::Accept { by: "test".into() };
+    let (_capture, lsn) = Capture::prepare_with(&cfg, &gap).await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT reason, resumed_at_lsn FROM cutover.capture_gaps WHERE slot = $1",
+            &[&cfg.source.slot],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "invalidated");
+    assert_eq!(row.get::<_, i64>(1) as u64, lsn.0);
+    let status: Option<String> = c
+        .query_one(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+            &[&cfg.source.slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(status.as_deref(), Some("lost"));
 }
 
 /// Distinct ids on the topic, polled until `want` are there (or the deadline passes).
@@ -476,5 +498,112 @@ async fn a_backlog_of_tables_dropped_renamed_or_altered_since_replays_to_the_end
     c.batch_execute(&format!(r#"DROP SCHEMA "{s}" CASCADE"#))
         .await
         .unwrap();
+    cleanup(&cfg).await;
+}
+
+/// Issue 16, item 1: a slot dropped behind cutover's back is never recreated silently. The
+/// next start refuses, naming the last confirmed position and the ways on (`cutover capture`
+/// exits with the reason); `--accept-gap` creates a new slot and records the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_slot_is_refused_until_the_gap_is_accepted_and_recorded() {
+    let table = unique("lostslot");
+    let mut cfg = test_config(&[&table]);
+    cfg.name = table.clone();
+    let c = sql(&cfg).await;
+    c.batch_execute(&format!(
+        r#"CREATE TABLE "{table}" (id bigint PRIMARY KEY)"#
+    ))
+    .await
+    .unwrap();
+    let p = start(&cfg).await;
+    c.batch_execute(&format!(r#"INSERT INTO "{table}" VALUES (1)"#))
+        .await
+        .unwrap();
+    assert_eq!(wait_ids(&cfg, &topic(&cfg, &table), 1).await.len(), 1);
+    // The heartbeat records the confirmed position (every second here).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    p.stop().await;
+    let recorded: i64 = c
+        .query_one(
+            "SELECT confirmed_lsn FROM cutover.capture_slots WHERE pipeline = $1 AND slot = $2",
+            &[&cfg.name, &cfg.source.slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(recorded > 0);
+
+    // Someone drops the slot; changes go on.
+    c.execute("SELECT pg_drop_replication_slot($1)", &[&cfg.source.slot])
+        .await
+        .unwrap();
+    c.batch_execute(&format!(r#"INSERT INTO "{table}" VALUES (2)"#))
+        .await
+        .unwrap();
+    let err = Capture::prepare(&cfg).await.err().expect("refused");
+    assert_eq!(err.kind(), ErrorKind::Environment);
+    let msg = err.to_string();
+    assert!(msg.contains("is gone"), "{msg}");
+    assert!(
+        msg.contains("--accept-gap") && msg.contains("backfill"),
+        "{msg}"
+    );
+    let none: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&cfg.source.slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(none, 0, "a slot was created anyway");
+    // The command line says the same and exits 1.
+    let dir = tempfile::tempdir().unwrap();
+    let config = super::apply::write_config(&cfg, dir.path());
+    let o = std::process::Command::new(cutover_bin())
+        .args(["capture", "--config"])
+        .arg(&config)
+        .env("CUTOVER__OBSERVE__LISTEN", "")
+        .env("CUTOVER__MONITOR__EMBEDDED", "false")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is gone"));
+
+    // Accepted: a new slot from now, the gap on record, and the stream goes on.
+    let gap = cutover::capture::setup::GapPolicy::Accept { by: "test".into() };
+    let (capture, lsn) = Capture::prepare_with(&cfg, &gap).await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT reason, lost_after_lsn, resumed_at_lsn, accepted_by FROM cutover.capture_gaps
+             WHERE pipeline = $1 AND slot = $2",
+            &[&cfg.name, &cfg.source.slot],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "dropped");
+    assert_eq!(row.get::<_, i64>(1), recorded);
+    assert_eq!(row.get::<_, i64>(2) as u64, lsn.0);
+    assert_eq!(row.get::<_, String>(3), "test");
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(capture.run(lsn, rx));
+    c.batch_execute(&format!(r#"INSERT INTO "{table}" VALUES (3)"#))
+        .await
+        .unwrap();
+    // Row 2 was committed while no slot existed: lost to the stream (a backfill brings it).
+    assert_eq!(
+        wait_ids(&cfg, &topic(&cfg, &table), 2).await,
+        BTreeSet::from([1, 3])
+    );
+    let _ = stop.send(true);
+    task.await.unwrap().unwrap();
+    // A later start with the (re-remembered) slot is normal again.
+    drop(Capture::prepare(&cfg).await.unwrap());
+    c.execute(
+        "DELETE FROM cutover.capture_gaps WHERE pipeline = $1",
+        &[&cfg.name],
+    )
+    .await
+    .unwrap();
     cleanup(&cfg).await;
 }
