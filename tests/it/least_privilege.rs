@@ -36,8 +36,10 @@ fn psql(pg: &PrivatePostgres, db: &str, file: &str, vars: &[(&str, &str)]) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_pipeline_runs_end_to_end_as_the_documented_non_superuser_roles() {
+/// A scram-sha-256 cluster of the test's own with databases `legacy` and `target`, the
+/// application's role `shop_owner` owning schema `shop` on legacy (where `shop_sql` runs as
+/// it), then roles.sql and legacy.sql as a superuser would run them.
+async fn prepared(shop_sql: &str) -> PrivatePostgres {
     let pg = PrivatePostgres::start_with(
         &[
             "wal_level=logical",
@@ -48,11 +50,7 @@ async fn the_pipeline_runs_end_to_end_as_the_documented_non_superuser_roles() {
         Some(HBA),
         &[],
     );
-    let admin = |db: &'static str| {
-        let url = DbUrl::new(pg.url(db));
-        async move { connect(&url).await }
-    };
-    let a = admin("postgres").await;
+    let a = connect(&DbUrl::new(pg.url("postgres"))).await;
     for sql in [
         "CREATE DATABASE legacy",
         "CREATE DATABASE target",
@@ -60,16 +58,13 @@ async fn the_pipeline_runs_end_to_end_as_the_documented_non_superuser_roles() {
     ] {
         a.batch_execute(sql).await.unwrap();
     }
-    let l = admin("legacy").await;
-    l.batch_execute(
-        "CREATE SCHEMA shop AUTHORIZATION shop_owner;
-         SET ROLE shop_owner;
-         CREATE TABLE shop.items (id bigint PRIMARY KEY, name text, price numeric(10,2));
-         INSERT INTO shop.items SELECT g, 'old ' || g, g FROM generate_series(1, 50) g;
-         RESET ROLE;",
-    )
-    .await
-    .unwrap();
+    connect(&DbUrl::new(pg.url("legacy")))
+        .await
+        .batch_execute(&format!(
+            "CREATE SCHEMA shop AUTHORIZATION shop_owner; SET ROLE shop_owner; {shop_sql} RESET ROLE;"
+        ))
+        .await
+        .unwrap();
     let pw = [
         ("capture_password", "cap-pw-1"),
         ("sink_password", "sink-pw-2"),
@@ -87,6 +82,21 @@ async fn the_pipeline_runs_end_to_end_as_the_documented_non_superuser_roles() {
             ("app_owner", "shop_owner"),
         ],
     );
+    pg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_runs_end_to_end_as_the_documented_non_superuser_roles() {
+    let pg = prepared(
+        "CREATE TABLE shop.items (id bigint PRIMARY KEY, name text, price numeric(10,2));
+         INSERT INTO shop.items SELECT g, 'old ' || g, g FROM generate_series(1, 50) g;",
+    )
+    .await;
+    let admin = |db: &'static str| {
+        let url = DbUrl::new(pg.url(db));
+        async move { connect(&url).await }
+    };
+    let l = admin("legacy").await;
     psql(&pg, "target", "target.sql", &[("schema", "shop")]);
     let supers: i64 = l
         .query_one(
@@ -240,55 +250,16 @@ async fn the_pipeline_runs_end_to_end_as_the_documented_non_superuser_roles() {
 /// `cutover phase set` through `dual` to `reverse`; writes on each side reach the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_back_sync_and_phase_changes_run_as_the_documented_roles() {
-    let pg = PrivatePostgres::start_with(
-        &[
-            "wal_level=logical",
-            "max_replication_slots=8",
-            "max_wal_senders=8",
-            "password_encryption=scram-sha-256",
-        ],
-        Some(HBA),
-        &[],
-    );
+    let pg = prepared(
+        "CREATE TABLE shop.accounts (id bigint PRIMARY KEY, owner text, balance numeric(12,2));
+         ALTER TABLE shop.accounts REPLICA IDENTITY FULL;",
+    )
+    .await;
     let admin = |db: &'static str| {
         let url = DbUrl::new(pg.url(db));
         async move { connect(&url).await }
     };
-    let a = admin("postgres").await;
-    for sql in [
-        "CREATE DATABASE legacy",
-        "CREATE DATABASE target",
-        "CREATE ROLE shop_owner",
-    ] {
-        a.batch_execute(sql).await.unwrap();
-    }
     let l = admin("legacy").await;
-    l.batch_execute(
-        "CREATE SCHEMA shop AUTHORIZATION shop_owner;
-         SET ROLE shop_owner;
-         CREATE TABLE shop.accounts (id bigint PRIMARY KEY, owner text, balance numeric(12,2));
-         ALTER TABLE shop.accounts REPLICA IDENTITY FULL;
-         RESET ROLE;",
-    )
-    .await
-    .unwrap();
-    let pw = [
-        ("capture_password", "cap-pw-1"),
-        ("sink_password", "sink-pw-2"),
-        ("verify_password", "ver-pw-3"),
-        ("monitor_password", "mon-pw-4"),
-    ];
-    psql(&pg, "legacy", "roles.sql", &pw);
-    psql(
-        &pg,
-        "legacy",
-        "legacy.sql",
-        &[
-            ("schema", "shop"),
-            ("publication", "cutover_pub"),
-            ("app_owner", "shop_owner"),
-        ],
-    );
     psql(
         &pg,
         "legacy",
