@@ -167,7 +167,16 @@ impl Decoder {
         if let Some(s) = self.cache.get(&id) {
             return Ok(s.clone());
         }
-        let text = self.registry.schema_by_id(id).await?;
+        // An id the registry does not know is the record's fault (written by another
+        // registry's producer, or forged): dead-lettered like any undecodable record, not a
+        // reason to stop the sink, which would crash-loop on it.
+        let text = self.registry.schema_by_id(id).await.map_err(|e| {
+            if e.kind() == crate::error::ErrorKind::NotFound {
+                data_err(format!("schema id {id} is not in the registry: {e}"))
+            } else {
+                e
+            }
+        })?;
         let w = Arc::new(WriterSchema::parse(id, &text, key)?);
         self.cache.insert(id, w.clone());
         Ok(w)

@@ -943,6 +943,18 @@ async fn poison_events_go_to_the_dead_letter_topic_with_headers_and_the_sink_goe
         )
         .await
         .unwrap();
+    // A record in the wire format whose schema id the registry never handed out.
+    let unknown_id = [0u8, 0x7f, 0xff, 0xff, 0xf0, 2, 4, 6];
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key("forged")
+                .payload(&unknown_id[..])
+                .partition(0),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
     l.batch_execute(&format!(r#"INSERT INTO "{s}".items VALUES (4, 4)"#))
         .await
         .unwrap();
@@ -963,10 +975,10 @@ async fn poison_events_go_to_the_dead_letter_topic_with_headers_and_the_sink_goe
     consumer.subscribe(&[&dlq]).unwrap();
     let mut stream = consumer.stream();
     let mut dead = vec![];
-    while dead.len() < 2 {
+    while dead.len() < 3 {
         let m = tokio::time::timeout(Duration::from_secs(60), stream.next())
             .await
-            .expect("two dead letters")
+            .expect("three dead letters")
             .unwrap()
             .unwrap();
         let h: BTreeMap<String, String> = m
@@ -992,7 +1004,20 @@ async fn poison_events_go_to_the_dead_letter_topic_with_headers_and_the_sink_goe
     assert_eq!(junk.1["cutover.partition"], "0");
     assert!(junk.1["cutover.offset"].parse::<i64>().is_ok());
     assert!(junk.1["cutover.error"].contains("decoding"), "{:?}", junk.1);
-    let violation = dead.iter().find(|(p, _)| p != b"not avro").unwrap();
+    let forged = dead
+        .iter()
+        .find(|(p, _)| p == &unknown_id)
+        .expect("the unknown schema id is dead-lettered, the sink goes on");
+    assert_eq!(forged.1["cutover.error.kind"], "data");
+    assert!(
+        forged.1["cutover.error"].contains("schema id 2147483632 is not in the registry"),
+        "{:?}",
+        forged.1
+    );
+    let violation = dead
+        .iter()
+        .find(|(p, _)| p != b"not avro" && p != &unknown_id)
+        .unwrap();
     assert!(
         violation.1["cutover.error"].contains("check constraint"),
         "{:?}",
