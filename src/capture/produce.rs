@@ -141,6 +141,31 @@ impl Capture {
         wal_start: u64,
         error: &Error,
     ) -> Result<()> {
+        let (op, before, after) = match msg {
+            Message::Insert { new, .. } => (Op::Create, None, Some(&new[..])),
+            Message::Update { old, new, .. } => {
+                (Op::Update, old.as_ref().map(|o| &o.1[..]), Some(&new[..]))
+            }
+            Message::Delete { old, .. } => (Op::Delete, Some(&old.1[..]), None),
+            _ => return Err(Error::internal("dead_letter on a non-row message")),
+        };
+        self.dead_letter_row(rel_id, op, before, after, t, wal_start, error)
+            .await
+    }
+
+    /// Send one row the codec cannot represent (a change, or a backfill read with `op=r`) to
+    /// the capture dead-letter topic, with its table, position and the reason.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn dead_letter_row(
+        &mut self,
+        rel_id: u32,
+        op: Op,
+        before: Option<&[Datum]>,
+        after: Option<&[Datum]>,
+        t: &mut Txn,
+        wal_start: u64,
+        error: &Error,
+    ) -> Result<()> {
         let topic = kafka::topic::capture_dlq(&self.cfg.topic_prefix);
         if !self.dlq_ready {
             deadletter::ensure_topic(&self.cfg.kafka, &topic).await?;
@@ -161,14 +186,7 @@ impl Capture {
             }
             serde_json::Value::Object(row)
         };
-        let (op, before, after) = match msg {
-            Message::Insert { new, .. } => (Op::Create, None, Some(raw(new))),
-            Message::Update { old, new, .. } => {
-                (Op::Update, old.as_ref().map(|o| raw(&o.1)), Some(raw(new)))
-            }
-            Message::Delete { old, .. } => (Op::Delete, Some(raw(&old.1)), None),
-            _ => return Err(Error::internal("dead_letter on a non-row message")),
-        };
+        let (before, after) = (before.map(raw), after.map(raw));
         let table = st.schema.table.to_string();
         let body = serde_json::json!({
             "table": table, "op": op.code(), "before": before, "after": after,

@@ -556,8 +556,22 @@ impl Capture {
         let rel_id = self.relation_for(&chunk.table).await?;
         let mut sent = 0usize;
         for tuple in &chunk.rows {
-            let cells = self.cells(rel_id, tuple)?;
-            let key = self.state(rel_id)?.schema.encode_key(&cells)?;
+            // A row the codec cannot represent is dead-lettered like a live one: the chunk
+            // (and every other table) goes on, and a restart does not meet it again.
+            let encoded = self.cells(rel_id, tuple).and_then(|cells| {
+                let key = self.state(rel_id)?.schema.encode_key(&cells)?;
+                Ok((cells, key))
+            });
+            let (cells, key) = match encoded {
+                Ok(ck) => ck,
+                Err(e) if retry::policy(e.kind()) == Decision::Park => {
+                    let e = e.context(format!("backfill chunk {}", w.id));
+                    self.dead_letter_row(rel_id, Op::Read, None, Some(tuple), t, lsn, &e)
+                        .await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if seen.contains(&key) {
                 continue;
             }

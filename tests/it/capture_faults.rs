@@ -607,3 +607,66 @@ async fn a_dropped_slot_is_refused_until_the_gap_is_accepted_and_recorded() {
     .unwrap();
     cleanup(&cfg).await;
 }
+
+/// Issue 16, item 2: a row the codec cannot represent in a backfill chunk is dead-lettered
+/// with its coordinates, like a live one; the chunk's other rows and the backfill go on to
+/// the end (it used to stop capture for every table, and a restart met the same chunk again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrepresentable_row_in_a_backfill_chunk_is_dead_lettered_and_the_backfill_finishes() {
+    let table = unique("bfpoison");
+    let mut cfg = test_config(&[&table]);
+    cfg.name = table.clone();
+    let c = sql(&cfg).await;
+    c.batch_execute(&format!(
+        "CREATE TABLE \"{table}\" (id int PRIMARY KEY, amount numeric(10,2));
+         INSERT INTO \"{table}\" VALUES (1, 1.50), (2, 'NaN'), (3, 3.25), (4, 4.00);"
+    ))
+    .await
+    .unwrap();
+    let p = start(&cfg).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = super::apply::write_config(&cfg, dir.path());
+    let (code, out, err) = super::replay::cli(
+        &config,
+        &[
+            "backfill",
+            "--table",
+            &format!("public.{table}"),
+            "--chunk-rows",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        wait_ids(&cfg, &topic(&cfg, &table), 3).await,
+        BTreeSet::from([1, 3, 4])
+    );
+    assert!(!p.task.is_finished(), "capture stopped");
+    let dead = read_raw(&cfg, &capture_dlq_topic(&cfg.topic_prefix)).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let body: serde_json::Value = serde_json::from_slice(&dead[0].0).unwrap();
+    assert_eq!(body["op"], "r");
+    assert_eq!(body["after"]["id"], "2");
+    assert_eq!(body["after"]["amount"], "NaN");
+    assert!(
+        body["error"].as_str().unwrap().contains("backfill chunk"),
+        "{body}"
+    );
+    let state: String = c
+        .query_one(
+            "SELECT state FROM cutover.backfill WHERE pipeline = $1",
+            &[&cfg.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "done");
+    p.stop().await;
+    c.execute(
+        "DELETE FROM cutover.backfill WHERE pipeline = $1",
+        &[&cfg.name],
+    )
+    .await
+    .unwrap();
+    cleanup(&cfg).await;
+}
