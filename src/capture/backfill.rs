@@ -55,9 +55,32 @@ pub struct Chunk {
 #[derive(Default)]
 pub struct Shared {
     chunks: Mutex<HashMap<u64, Chunk>>,
+    /// Chunks this capture's workers started (low watermark written, high not yet acted
+    /// on): only their watermarks open windows.
+    started: Mutex<HashSet<u64>>,
 }
 
 impl Shared {
+    fn begin(&self, id: u64) {
+        self.started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+    }
+    /// The chunk is over (acknowledged, failed or abandoned): its window may go.
+    fn end(&self, id: u64) {
+        self.started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+    /// Did this capture start chunk `id`?
+    pub fn started(&self, id: u64) -> bool {
+        self.started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+    }
     pub fn take(&self, id: u64) -> Option<Chunk> {
         self.chunks
             .lock()
@@ -352,20 +375,10 @@ async fn run_table(cfg: &Config, shared: &Shared, table: &str) -> Result<()> {
     let mut this_run = 0i64;
     loop {
         let id = next_id();
-        chunks.watermark(id, "low").await?;
-        let (rows, last_key) = chunks.read(&last).await?;
-        let n = rows.len() as i64;
-        let (tx, rx) = oneshot::channel();
-        shared.put(
-            id,
-            Chunk {
-                table: t.clone(),
-                rows,
-                done: tx,
-            },
-        );
-        chunks.watermark(id, "high").await?;
-        acknowledged(rx).await?;
+        shared.begin(id);
+        let outcome = chunk_round(&chunks, shared, id, &last).await;
+        shared.end(id);
+        let (n, last_key) = outcome?;
         done_rows += n;
         this_run += n;
         if last_key.is_some() {
@@ -401,6 +414,31 @@ async fn run_table(cfg: &Config, shared: &Shared, table: &str) -> Result<()> {
 
 /// The chunk is durable in Kafka once capture's acker confirmed its high watermark's
 /// transaction.
+/// One chunk: low watermark, read, hand the rows to capture, high watermark, wait for
+/// capture to emit them and Kafka to acknowledge. Returns the rows read and the last key.
+async fn chunk_round(
+    chunks: &Chunks,
+    shared: &Shared,
+    id: u64,
+    last: &Option<Vec<String>>,
+) -> Result<(i64, Option<Vec<String>>)> {
+    chunks.watermark(id, "low").await?;
+    let (rows, last_key) = chunks.read(last).await?;
+    let n = rows.len() as i64;
+    let (tx, rx) = oneshot::channel();
+    shared.put(
+        id,
+        Chunk {
+            table: chunks.table.clone(),
+            rows,
+            done: tx,
+        },
+    );
+    chunks.watermark(id, "high").await?;
+    acknowledged(rx).await?;
+    Ok((n, last_key))
+}
+
 async fn acknowledged(rx: oneshot::Receiver<()>) -> Result<()> {
     tokio::time::timeout(Duration::from_secs(600), rx)
         .await
@@ -418,29 +456,73 @@ async fn acknowledged(rx: oneshot::Receiver<()>) -> Result<()> {
         })
 }
 
+/// Keys one window may collect before it overflows: a window spans one chunk read, so this
+/// many changed keys of one table in that time means the chunk is better read again.
+pub const WINDOW_MAX_KEYS: usize = 200_000;
+
 /// Open watermark windows of the stream: chunk id → (table, encoded keys changed since low).
+///
+/// ```text
+///   low of a chunk this capture started ──▶ window opens (anything else: counted, ignored)
+///   row change of its table             ──▶ key noted (at most WINDOW_MAX_KEYS, then the
+///                                           window overflows: no keys kept, chunk re-read)
+///   high                                ──▶ window closes; its chunk's rows not noted are emitted
+/// ```
+/// Memory is bounded: windows exist only for chunks in flight (at most
+/// `source.backfill_concurrency`), each with at most WINDOW_MAX_KEYS keys.
 #[derive(Default)]
 pub struct Windows {
-    open: HashMap<u64, (TableId, HashSet<Vec<u8>>)>,
+    open: HashMap<u64, Window>,
+}
+
+struct Window {
+    table: TableId,
+    keys: HashSet<Vec<u8>>,
+    overflowed: bool,
 }
 
 impl Windows {
     pub fn is_empty(&self) -> bool {
         self.open.is_empty()
     }
-    pub fn open(&mut self, id: u64, table: TableId) {
-        self.open.insert(id, (table, HashSet::new()));
+    /// Open chunk `id`'s window if this capture started that chunk; `false` (ignored) if not.
+    /// Windows of chunks that ended without their high watermark (a worker failed) go.
+    pub fn open(&mut self, id: u64, table: TableId, shared: &Shared) -> bool {
+        self.open.retain(|w, _| shared.started(*w));
+        if !shared.started(id) {
+            return false;
+        }
+        self.open.insert(
+            id,
+            Window {
+                table,
+                keys: HashSet::new(),
+                overflowed: false,
+            },
+        );
+        true
     }
+    /// Close chunk `id`'s window: its keys, or `None` when there was none or it overflowed.
     pub fn close(&mut self, id: u64) -> Option<HashSet<Vec<u8>>> {
-        self.open.remove(&id).map(|(_, k)| k)
+        let w = self.open.remove(&id)?;
+        (!w.overflowed).then_some(w.keys)
     }
     /// A row change of `table` with this encoded key happened inside every open window of it.
-    pub fn saw(&mut self, table: &TableId, key: Vec<u8>) {
-        for (t, keys) in self.open.values_mut() {
-            if t == table {
-                keys.insert(key.clone());
+    /// Returns how many windows overflowed with it.
+    pub fn saw(&mut self, table: &TableId, key: Vec<u8>) -> usize {
+        let mut overflowed = 0;
+        for w in self.open.values_mut() {
+            if &w.table == table && !w.overflowed {
+                if w.keys.len() >= WINDOW_MAX_KEYS {
+                    w.overflowed = true;
+                    w.keys = HashSet::new();
+                    overflowed += 1;
+                } else {
+                    w.keys.insert(key.clone());
+                }
             }
         }
+        overflowed
     }
 }
 
@@ -466,15 +548,44 @@ mod tests {
 
     #[test]
     fn windows_collect_keys_of_their_table_only() {
+        let shared = Shared::default();
+        shared.begin(1);
+        shared.begin(2);
         let mut w = Windows::default();
         let (a, b) = (TableId::new("s", "a"), TableId::new("s", "b"));
-        w.open(1, a.clone());
+        assert!(w.open(1, a.clone(), &shared));
         w.saw(&a, vec![1]);
         w.saw(&b, vec![2]);
-        w.open(2, a.clone());
+        assert!(w.open(2, a.clone(), &shared));
         w.saw(&a, vec![3]);
         assert_eq!(w.close(1).unwrap(), HashSet::from([vec![1], vec![3]]));
         assert_eq!(w.close(2).unwrap(), HashSet::from([vec![3]]));
         assert!(w.close(1).is_none() && w.is_empty());
+    }
+
+    #[test]
+    fn only_chunks_this_capture_started_open_windows_and_memory_stays_bounded() {
+        let shared = Shared::default();
+        let mut w = Windows::default();
+        let t = TableId::new("s", "t");
+        // A flood of forged or foreign lows opens nothing.
+        for id in 0..100_000u64 {
+            assert!(!w.open(id, t.clone(), &shared));
+        }
+        assert!(w.is_empty());
+        // A window of a chunk that ended without its high (worker failed) goes at the next open.
+        shared.begin(7);
+        assert!(w.open(7, t.clone(), &shared));
+        shared.end(7);
+        shared.begin(8);
+        assert!(w.open(8, t.clone(), &shared));
+        assert!(w.close(7).is_none());
+        // A window that outgrows its bound keeps nothing and makes its chunk be read again.
+        let mut overflowed = 0;
+        for k in 0..(WINDOW_MAX_KEYS as u32 + 10) {
+            overflowed += w.saw(&t, k.to_be_bytes().to_vec());
+        }
+        assert_eq!(overflowed, 1);
+        assert!(w.close(8).is_none(), "an overflowed window emits nothing");
     }
 }

@@ -12,6 +12,16 @@ pub fn init() {
     metrics::counter!(names::CAPTURE_TRANSACTIONS_TOTAL).increment(0);
     metrics::counter!(names::CAPTURE_PRODUCER_ERRORS_TOTAL).increment(0);
     metrics::gauge!(names::CAPTURE_PRODUCER_QUEUE_MESSAGES).set(0.0);
+    for reason in ["foreign", "overflow"] {
+        metrics::counter!(names::BACKFILL_WATERMARKS_IGNORED_TOTAL, names::LABEL_REASON => reason)
+            .increment(0);
+    }
+}
+
+/// A watermark capture did not act on (`foreign` or `overflow`).
+pub fn watermark_ignored(reason: &'static str) {
+    metrics::counter!(names::BACKFILL_WATERMARKS_IGNORED_TOTAL, names::LABEL_REASON => reason)
+        .increment(1);
 }
 
 /// A table's first relation: its dead-letter series exists, at zero.

@@ -525,7 +525,9 @@ impl Capture {
             .filter_map(|cells| st.schema.encode_key(&cells).ok())
             .collect();
         for k in keys {
-            self.windows.saw(&table, k);
+            for _ in 0..self.windows.saw(&table, k) {
+                metrics::watermark_ignored("overflow");
+            }
         }
     }
 
@@ -542,8 +544,13 @@ impl Capture {
             return Ok(());
         };
         if !w.high {
-            self.windows
-                .open(w.id, crate::apply::mapping::table_id(&w.table));
+            let table = crate::apply::mapping::table_id(&w.table);
+            if !self.windows.open(w.id, table, &self.backfill) {
+                // Forged (pg_logical_emit_message is granted to PUBLIC), another pipeline's,
+                // or from before a restart: it opens nothing, so memory cannot grow with it.
+                metrics::watermark_ignored("foreign");
+                tracing::debug!(id = w.id, table = %w.table, "ignoring a watermark of a chunk this capture did not start");
+            }
             return Ok(());
         }
         let seen = self.windows.close(w.id);

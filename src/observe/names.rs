@@ -113,6 +113,12 @@ pub const BACKFILL_ROWS_TOTAL: &str = "cutover_backfill_rows_total";
 pub const BACKFILL_ROWS_ESTIMATED: &str = "cutover_backfill_rows_estimated";
 /// Gauge: estimated seconds until the table's backfill is done, label: table.
 pub const BACKFILL_ETA_SECONDS: &str = "cutover_backfill_eta_seconds";
+/// Counter: watermarks capture did not act on, label reason ∈ {foreign (no chunk this capture
+/// started: forged, another pipeline's, or from before a restart), overflow (a window outgrew
+/// its key bound; the chunk is read again)}.
+pub const BACKFILL_WATERMARKS_IGNORED_TOTAL: &str = "cutover_backfill_watermarks_ignored_total";
+/// Label of BACKFILL_WATERMARKS_IGNORED_TOTAL.
+pub const LABEL_REASON: &str = "reason";
 
 // ---- verify ----
 /// Counter: chunks compared, labels: table, outcome ∈ {match, mismatch}.
@@ -181,6 +187,7 @@ const HELP: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::Counter, BACKFILL_ROWS_TOTAL, None, "Rows backfilled as op=r events, counted when Kafka acknowledged their chunk."),
     (Kind::Gauge, BACKFILL_ROWS_ESTIMATED, None, "Rows the table was estimated to hold when its backfill started."),
     (Kind::Gauge, BACKFILL_ETA_SECONDS, Some(Unit::Seconds), "Estimated time until the table's backfill is done."),
+    (Kind::Counter, BACKFILL_WATERMARKS_IGNORED_TOTAL, None, "Backfill watermarks capture did not act on, by reason (foreign, overflow)."),
     (Kind::Counter, VERIFY_CHUNKS_TOTAL, None, "Chunks verify compared, by outcome."),
     (Kind::Counter, VERIFY_ROWS_TOTAL, None, "Source rows covered by verify."),
     (Kind::Gauge, VERIFY_DIFFERENCES, None, "Rows that differ between source and target in the last verify, by kind."),

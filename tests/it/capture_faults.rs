@@ -670,3 +670,53 @@ async fn an_unrepresentable_row_in_a_backfill_chunk_is_dead_lettered_and_the_bac
     .unwrap();
     cleanup(&cfg).await;
 }
+
+/// Issue 16, item 4: watermarks anyone can write (`pg_logical_emit_message` is granted to
+/// PUBLIC) open no window unless this capture started the chunk: a flood of forged lows is
+/// counted and ignored, and the stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_watermarks_are_counted_and_ignored() {
+    let metrics = cutover::observe::install_recorder().unwrap();
+    let table = unique("forgedwm");
+    let cfg = test_config(&[&table]);
+    let c = sql(&cfg).await;
+    c.batch_execute(&format!(
+        r#"CREATE TABLE "{table}" (id bigint PRIMARY KEY)"#
+    ))
+    .await
+    .unwrap();
+    let p = start(&cfg).await;
+    c.execute(
+        "SELECT pg_logical_emit_message(true, $1::text, g || ' low public.' || $2::text)
+         FROM generate_series(1, 2000) g",
+        &[&cutover::capture::backfill::WATERMARK_PREFIX, &table],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "SELECT pg_logical_emit_message(true, $1::text, '7 high public.' || $2::text)",
+        &[&cutover::capture::backfill::WATERMARK_PREFIX, &table],
+    )
+    .await
+    .unwrap();
+    c.batch_execute(&format!(
+        r#"INSERT INTO "{table}" SELECT g FROM generate_series(1, 50) g"#
+    ))
+    .await
+    .unwrap();
+    assert_eq!(wait_ids(&cfg, &topic(&cfg, &table), 50).await.len(), 50);
+    let page = metrics.render();
+    let foreign: f64 = page
+        .lines()
+        .find(|l| {
+            l.starts_with("cutover_backfill_watermarks_ignored_total{")
+                && l.contains("reason=\"foreign\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no foreign watermark count:\n{page}"));
+    assert!(foreign >= 2000.0, "{foreign}");
+    assert!(!p.task.is_finished());
+    p.stop().await;
+    cleanup(&cfg).await;
+}
