@@ -125,10 +125,29 @@ impl Capture {
             None => self.catalog.primary_key(&self.sql, rel.id).await?,
         };
         if pk.is_empty() && !full {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!("table {table} has no primary key: configure source.key_columns.\"{table}\" or ALTER TABLE {table} REPLICA IDENTITY FULL (then every column is the key)"),
-            ));
+            let why = format!("table {table} has no primary key: configure source.key_columns.\"{table}\" or ALTER TABLE {table} REPLICA IDENTITY FULL (then every column is the key)");
+            if self.cfg.source.unkeyed_tables == crate::config::UnkeyedTables::Fail {
+                return Err(Error::new(ErrorKind::Config, why));
+            }
+            // Its rows are dead-lettered (they keep their place and nothing is lost); no
+            // schema is registered, so giving the table a key later registers the real one.
+            tracing::warn!(table = %table, "{why}: its rows go to the capture dead-letter topic (source.unkeyed_tables = \"dead_letter\")");
+            let columns = self.column_specs(&rel, &[]).await?;
+            let topic = kafka::topic::for_table(&self.cfg.topic_prefix, &table);
+            metrics::table_seen(&table.to_string());
+            self.relations.insert(
+                rel.id,
+                TableState {
+                    schema: Arc::new(codec::derive(&table, columns, &topic)?),
+                    topic,
+                    partitions: 1,
+                    key_id: 0,
+                    value_id: 0,
+                    counters: super::metrics::TableCounters::new(&table.to_string()),
+                    unkeyed: Some(why),
+                },
+            );
+            return Ok(());
         }
         let columns = self.column_specs(&rel, &pk).await?;
         if let Some(cols) = &configured {
@@ -213,6 +232,7 @@ impl Capture {
             key_id,
             value_id,
             counters: super::metrics::TableCounters::new(&table.to_string()),
+            unkeyed: None,
         })
     }
 }

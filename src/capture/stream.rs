@@ -51,6 +51,9 @@ pub(super) struct TableState {
     pub(super) key_id: u32,
     pub(super) value_id: u32,
     pub(super) counters: metrics::TableCounters,
+    /// Set for a table without a key under `unkeyed_tables = "dead_letter"`: why its rows
+    /// go to the dead-letter topic (nothing is registered or produced for it).
+    pub(super) unkeyed: Option<String>,
 }
 
 pub(super) struct Txn {
@@ -433,6 +436,14 @@ impl Capture {
                     .as_mut()
                     .ok_or_else(|| Error::internal("Truncate outside a transaction"))?;
                 for rel_id in rel_ids {
+                    if let Some(st) = self
+                        .relations
+                        .get(&rel_id)
+                        .filter(|st| st.unkeyed.is_some())
+                    {
+                        tracing::warn!(table = %st.schema.table, "truncate of a table without a key not captured");
+                        continue;
+                    }
                     if t.own {
                         if let Some(st) = self.relations.get(&rel_id) {
                             metrics::echo_suppressed(st.schema.table.to_string());
@@ -456,6 +467,15 @@ impl Capture {
     /// Insert, update or delete → event(s). An error of kind `Data` means the row cannot be
     /// represented (e.g. NaN in `numeric(p,s)`); the caller dead-letters it.
     async fn on_row(&mut self, msg: &Message, t: &mut Txn, wal_start: u64) -> Result<()> {
+        let rel = match msg {
+            Message::Insert { rel_id, .. }
+            | Message::Update { rel_id, .. }
+            | Message::Delete { rel_id, .. } => *rel_id,
+            _ => 0,
+        };
+        if let Some(why) = self.relations.get(&rel).and_then(|st| st.unkeyed.clone()) {
+            return Err(Error::new(ErrorKind::Data, why));
+        }
         match msg {
             Message::Insert { rel_id, new } => {
                 let (rel_id, after) = (*rel_id, self.cells(*rel_id, new)?);

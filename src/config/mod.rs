@@ -73,6 +73,15 @@ pub struct Config {
     pub peer_sinks: Vec<String>,
 }
 
+/// What capture does with a table that has no key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnkeyedTables {
+    #[default]
+    DeadLetter,
+    Fail,
+}
+
 /// Which way a pipeline replicates.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Direction {
@@ -195,6 +204,12 @@ pub struct SourceConfig {
     /// Key columns for tables without a primary key: `"schema.table" = ["col", ...]`.
     #[serde(default)]
     pub key_columns: BTreeMap<String, Vec<String>>,
+    /// A captured table with no key (no primary key, no `key_columns`, not `REPLICA IDENTITY
+    /// FULL`): `dead_letter` (default) sends its rows to the capture dead-letter topic, so
+    /// nothing is lost and every other table goes on (the dead-letter alert fires); `fail`
+    /// stops capture until the table gets a key.
+    #[serde(default)]
+    pub unkeyed_tables: UnkeyedTables,
     /// How often to emit a heartbeat so an idle slot still advances.
     #[serde(default = "default_heartbeat_secs")]
     pub heartbeat_interval_secs: u64,

@@ -85,7 +85,8 @@ async fn unchanged_toast_column_is_marked_and_never_sent_as_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn table_without_primary_key_is_refused_unless_key_columns_are_configured() {
     let table = unique("nopk");
-    let cfg = test_config(&[&table]);
+    let mut cfg = test_config(&[&table]);
+    cfg.source.unkeyed_tables = cutover::config::UnkeyedTables::Fail;
     let c = sql(&cfg).await;
     c.batch_execute(&format!("CREATE TABLE \"{table}\" (code text, n int)"))
         .await
@@ -717,6 +718,55 @@ async fn forged_watermarks_are_counted_and_ignored() {
         .unwrap_or_else(|| panic!("no foreign watermark count:\n{page}"));
     assert!(foreign >= 2000.0, "{foreign}");
     assert!(!p.task.is_finished());
+    p.stop().await;
+    cleanup(&cfg).await;
+}
+
+/// Issue 16, item 5: by default a table without a key stops nothing: its rows go to the capture
+/// dead-letter topic with the reason (the dead-letter alert fires), every other table flows,
+/// and once the table has a key its later rows are captured normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_without_a_key_is_dead_lettered_and_the_others_flow() {
+    let (nokey, keyed) = (unique("nokey"), unique("haskey"));
+    let cfg = test_config(&[&nokey, &keyed]);
+    assert_eq!(
+        cfg.source.unkeyed_tables,
+        cutover::config::UnkeyedTables::DeadLetter
+    );
+    let c = sql(&cfg).await;
+    c.batch_execute(&format!(
+        r#"CREATE TABLE "{nokey}" (code text, n int); CREATE TABLE "{keyed}" (id int PRIMARY KEY)"#
+    ))
+    .await
+    .unwrap();
+    let p = start(&cfg).await;
+    c.batch_execute(&format!(
+        r#"INSERT INTO "{nokey}" VALUES ('a', 1); INSERT INTO "{keyed}" VALUES (1), (2);"#
+    ))
+    .await
+    .unwrap();
+    assert_eq!(wait_ids(&cfg, &topic(&cfg, &keyed), 2).await.len(), 2);
+    assert!(!p.task.is_finished(), "capture stopped");
+    let dead = read_raw(&cfg, &capture_dlq_topic(&cfg.topic_prefix)).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let body: serde_json::Value = serde_json::from_slice(&dead[0].0).unwrap();
+    assert_eq!(body["table"], format!("public.{nokey}"));
+    assert_eq!(body["after"]["code"], "a");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("has no primary key"),
+        "{body}"
+    );
+    // The table gets a key: its next rows are captured like any other table's.
+    c.batch_execute(&format!(
+        r#"ALTER TABLE "{nokey}" ADD PRIMARY KEY (code); INSERT INTO "{nokey}" VALUES ('b', 2);"#
+    ))
+    .await
+    .unwrap();
+    let events = consume(&cfg, &topic(&cfg, &nokey), 1);
+    assert_eq!(events[0]["key"]["code"], "b", "{}", events[0]);
     p.stop().await;
     cleanup(&cfg).await;
 }
