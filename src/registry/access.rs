@@ -24,7 +24,7 @@ use base64::Engine;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use super::server::CONTENT_TYPE;
+use super::media::CONTENT_TYPE;
 use crate::config::RegistryServerConfig;
 
 /// The access rules of one embedded registry.

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::config::RegistryConfig;
 use crate::error::{Error, ErrorKind, Result};
 
-use super::server::CONTENT_TYPE;
+use super::media::CONTENT_TYPE;
 
 pub struct RegistryClient {
     base: String,

@@ -17,6 +17,7 @@
 pub mod access;
 pub mod client;
 pub mod compat;
+pub mod media;
 pub mod server;
 pub mod store;
 

@@ -34,7 +34,7 @@ use super::compat::Compatibility;
 use super::store::{Store, StoreError, VersionRef};
 use crate::observe::names;
 
-pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+pub use super::media::CONTENT_TYPE;
 
 type Shared = State<Arc<Store>>;
 
