@@ -901,7 +901,6 @@ async fn foreign_keys_in_one_batch(connections: usize) {
 async fn poison_events_go_to_the_dead_letter_topic_with_headers_and_the_sink_goes_on() {
     use futures::StreamExt;
     use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::message::Headers;
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use rdkafka::Message;
     let mut env = Env::new("poison");
@@ -981,18 +980,7 @@ async fn poison_events_go_to_the_dead_letter_topic_with_headers_and_the_sink_goe
             .expect("three dead letters")
             .unwrap()
             .unwrap();
-        let h: BTreeMap<String, String> = m
-            .headers()
-            .unwrap()
-            .iter()
-            .map(|h| {
-                (
-                    h.key.to_string(),
-                    String::from_utf8_lossy(h.value.unwrap()).into_owned(),
-                )
-            })
-            .collect();
-        dead.push((m.payload().unwrap().to_vec(), h));
+        dead.push((m.payload().unwrap().to_vec(), header_map(&m)));
     }
     drop(stream);
     let junk = dead
@@ -1122,7 +1110,6 @@ async fn mapping_errors_name_the_table_and_column() {
 async fn an_event_is_applied_only_to_the_table_its_topic_is_for() {
     use futures::StreamExt;
     use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::message::Headers;
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use rdkafka::Message;
     let mut env = Env::new("forge");
@@ -1199,17 +1186,7 @@ async fn an_event_is_applied_only_to_the_table_its_topic_is_for() {
         .unwrap()
         .unwrap();
     assert_eq!(m.payload().unwrap(), &payload[..]);
-    let h: BTreeMap<String, String> = m
-        .headers()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h.key.to_string(),
-                String::from_utf8_lossy(h.value.unwrap()).into_owned(),
-            )
-        })
-        .collect();
+    let h = header_map(&m);
     assert_eq!(h["cutover.topic"], items_topic);
     assert_eq!(h["cutover.error.kind"], "data");
     assert!(
@@ -1226,4 +1203,19 @@ async fn an_event_is_applied_only_to_the_table_its_topic_is_for() {
     mirror.stop().await;
     capture.stop().await;
     env.cleanup().await;
+}
+
+/// A record's headers as a map (a dead letter's `cutover.*` headers).
+fn header_map(m: &impl rdkafka::Message) -> BTreeMap<String, String> {
+    use rdkafka::message::Headers;
+    m.headers()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h.key.to_string(),
+                String::from_utf8_lossy(h.value.unwrap()).into_owned(),
+            )
+        })
+        .collect()
 }
