@@ -16,7 +16,7 @@ use super::pgoutput::{Datum, Message};
 use super::stream::{Capture, Txn};
 use crate::codec::{self, Row, SourceInfo};
 use crate::deadletter;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::event::Op;
 use crate::kafka;
 
@@ -53,6 +53,13 @@ impl Capture {
             Some(c) => Some(codec::wire(st.key_id, &st.schema.encode_key(c)?)),
             None => None,
         };
+        let size = value.len() + key.as_ref().map_or(0, Vec::len);
+        if size > self.max_record_bytes {
+            let rows = [before.as_ref(), after.as_ref()];
+            return self
+                .dead_letter_oversized(rel_id, op, rows, key.as_deref(), size, t, wal_start)
+                .await;
+        }
         st.counters.event(op, value.len());
         let topic = &st.topic;
         match key {
@@ -166,11 +173,6 @@ impl Capture {
         wal_start: u64,
         error: &Error,
     ) -> Result<()> {
-        let topic = kafka::topic::capture_dlq(&self.cfg.topic_prefix);
-        if !self.dlq_ready {
-            deadletter::ensure_topic(&self.cfg.kafka, &topic).await?;
-            self.dlq_ready = true;
-        }
         let st = self.state(rel_id)?;
         let raw = |tuple: &[Datum]| -> serde_json::Value {
             let mut row = serde_json::Map::new();
@@ -194,7 +196,71 @@ impl Capture {
             "error": error.to_string(),
         });
         t.seq += 1;
-        tracing::error!(table = %table, commit_lsn = %t.final_lsn, error = %error, dlq = %topic, "row cannot be encoded: sent to the capture dead-letter topic");
+        self.send_dead_letter(table, body, error, t).await
+    }
+
+    /// An event whose encoded record is over the producer's `message.max.bytes` (the broker
+    /// would refuse it, and its full dead-letter copy would be larger still): a metadata
+    /// record goes to the capture dead-letter topic instead (table, op, position, the encoded
+    /// key and its schema id, the record's size and each column's encoded size), and the
+    /// stream goes on. `seq` was taken by the event, so the letter keeps its place.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn dead_letter_oversized(
+        &mut self,
+        rel_id: u32,
+        op: Op,
+        rows: [Option<&Row>; 2],
+        key: Option<&[u8]>,
+        size: usize,
+        t: &mut Txn,
+        wal_start: u64,
+    ) -> Result<()> {
+        let st = self.state(rel_id)?;
+        let sizes = |row: &Row| -> serde_json::Value {
+            let mut m = serde_json::Map::new();
+            for (cell, col) in row.cells().iter().zip(&st.schema.columns) {
+                m.insert(
+                    col.name.clone(),
+                    serde_json::json!(row.value(*cell).map_or(0, <[u8]>::len)),
+                );
+            }
+            serde_json::Value::Object(m)
+        };
+        let table = st.schema.table.to_string();
+        let limit = self.max_record_bytes;
+        let error = Error::new(
+            ErrorKind::Data,
+            format!(
+                "{table}: the encoded event is {size} bytes, over the producer's limit of {limit} \
+                 (kafka.properties message.max.bytes); keep large columns out of the \
+                 publication (a column list) or raise the limit on producer and broker"
+            ),
+        );
+        let body = serde_json::json!({
+            "table": table, "op": op.code(), "oversized": true, "bytes": size, "limit": limit,
+            "key_schema_id": st.key_id,
+            "key_avro_hex": key.map(|k| k.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+            "before_column_bytes": rows[0].map(sizes), "after_column_bytes": rows[1].map(sizes),
+            "commit_lsn": t.final_lsn.0, "seq": t.seq - 1, "lsn": wal_start, "txid": t.xid,
+            "error": error.to_string(),
+        });
+        self.send_dead_letter(table, body, &error, t).await
+    }
+
+    /// Produce one capture dead letter (`body` as JSON, the error in its headers).
+    async fn send_dead_letter(
+        &mut self,
+        table: String,
+        body: serde_json::Value,
+        error: &Error,
+        t: &mut Txn,
+    ) -> Result<()> {
+        let topic = kafka::topic::capture_dlq(&self.cfg.topic_prefix);
+        if !self.dlq_ready {
+            deadletter::ensure_topic(&self.cfg.kafka, &topic).await?;
+            self.dlq_ready = true;
+        }
+        tracing::error!(table = %table, commit_lsn = %t.final_lsn, error = %error, dlq = %topic, "row cannot be produced: sent to the capture dead-letter topic");
         metrics::dead_letter(&table);
         let headers = deadletter::Letter {
             error,

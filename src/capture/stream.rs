@@ -72,6 +72,9 @@ pub struct Capture {
     pub(super) cfg: Config,
     /// The origins of this pipeline's writers (exact names, see `database::origin`).
     pub(super) own_origins: OwnOrigins,
+    /// Largest record (key + value) the producer sends; a larger event is dead-lettered as a
+    /// metadata record (`message.max.bytes` less headroom for the record's framing).
+    pub(super) max_record_bytes: usize,
     pub(super) sql: tokio_postgres::Client,
     pub(super) registry: RegistryClient,
     /// One producer per shard of topics (see [`producer_shards`]); a topic always goes
@@ -201,6 +204,13 @@ impl Capture {
                 backfill: Arc::new(super::backfill::Shared::default()),
                 windows: super::backfill::Windows::default(),
                 own_origins: OwnOrigins::new(&cfg.name, cfg.writers()),
+                max_record_bytes: cfg
+                    .kafka
+                    .properties
+                    .get("message.max.bytes")
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(1_000_000)
+                    .saturating_sub(512),
             },
             start,
         ))

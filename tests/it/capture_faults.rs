@@ -770,3 +770,61 @@ async fn a_table_without_a_key_is_dead_lettered_and_the_others_flow() {
     p.stop().await;
     cleanup(&cfg).await;
 }
+
+/// Issue 16, item 3: a row whose event is larger than the producer's `message.max.bytes` is
+/// dead-lettered as a metadata record (table, position, key, sizes per column), counted, and
+/// the stream goes on (it used to stop capture, or loop when the broker refused it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_row_is_dead_lettered_as_metadata_and_the_stream_goes_on() {
+    let table = unique("huge");
+    let cfg = test_config(&[&table]);
+    let c = sql(&cfg).await;
+    c.batch_execute(&format!(
+        r#"CREATE TABLE "{table}" (id bigint PRIMARY KEY, note text, blob text);
+           ALTER TABLE "{table}" ALTER COLUMN blob SET STORAGE EXTERNAL;"#
+    ))
+    .await
+    .unwrap();
+    let p = start(&cfg).await;
+    c.batch_execute(&format!(
+        r#"INSERT INTO "{table}" VALUES (1, 'small', 'x');
+           INSERT INTO "{table}" VALUES (2, 'huge', repeat('y', 1500000));
+           INSERT INTO "{table}" VALUES (3, 'small again', 'z');"#
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        wait_ids(&cfg, &topic(&cfg, &table), 2).await,
+        BTreeSet::from([1, 3])
+    );
+    assert!(!p.task.is_finished(), "capture stopped");
+    let dead = read_raw(&cfg, &capture_dlq_topic(&cfg.topic_prefix)).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let body: serde_json::Value = serde_json::from_slice(&dead[0].0).unwrap();
+    assert!(
+        dead[0].0.len() < 10_000,
+        "the letter carries metadata, not the row"
+    );
+    assert_eq!(body["oversized"], true);
+    assert_eq!(body["table"], format!("public.{table}"));
+    assert_eq!(body["op"], "c");
+    assert!(body["bytes"].as_u64().unwrap() > 1_500_000, "{body}");
+    assert!(
+        body["after_column_bytes"]["blob"].as_u64().unwrap() >= 1_500_000,
+        "{body}"
+    );
+    assert!(
+        body["after_column_bytes"]["note"].as_u64().unwrap() < 10,
+        "{body}"
+    );
+    assert!(body["key_avro_hex"].as_str().is_some_and(|k| !k.is_empty()));
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("message.max.bytes"),
+        "{body}"
+    );
+    p.stop().await;
+    cleanup(&cfg).await;
+}
