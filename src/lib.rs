@@ -69,6 +69,7 @@ pub mod observe;
 pub mod registry;
 pub mod retry;
 pub mod state;
+pub mod trust;
 pub mod verify;
 
 pub use error::{Error, ErrorKind, Result};

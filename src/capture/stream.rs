@@ -414,7 +414,16 @@ impl Capture {
                 if !self.windows.is_empty() {
                     self.note_window_keys(&msg, rel_id);
                 }
-                match self.on_row(&msg, t, wal_start).await {
+                // A table without a key (unkeyed_tables = dead_letter): parked, never encoded.
+                let row = match self
+                    .relations
+                    .get(&rel_id)
+                    .and_then(|st| st.unkeyed.as_ref())
+                {
+                    Some(why) => Err(Error::new(ErrorKind::Data, why.clone())),
+                    None => self.on_row(&msg, t, wal_start).await,
+                };
+                match row {
                     Err(e) if retry::policy(e.kind()) == Decision::Park => {
                         self.dead_letter(rel_id, &msg, t, wal_start, &e).await?
                     }
@@ -477,15 +486,6 @@ impl Capture {
     /// Insert, update or delete → event(s). An error of kind `Data` means the row cannot be
     /// represented (e.g. NaN in `numeric(p,s)`); the caller dead-letters it.
     async fn on_row(&mut self, msg: &Message, t: &mut Txn, wal_start: u64) -> Result<()> {
-        let rel = match msg {
-            Message::Insert { rel_id, .. }
-            | Message::Update { rel_id, .. }
-            | Message::Delete { rel_id, .. } => *rel_id,
-            _ => 0,
-        };
-        if let Some(why) = self.relations.get(&rel).and_then(|st| st.unkeyed.clone()) {
-            return Err(Error::new(ErrorKind::Data, why));
-        }
         match msg {
             Message::Insert { rel_id, new } => {
                 let (rel_id, after) = (*rel_id, self.cells(*rel_id, new)?);

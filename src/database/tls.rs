@@ -147,23 +147,8 @@ impl Tls {
             b.danger_accept_invalid_hostnames(true);
         }
         if let Some(RootCert::File(path)) = &self.root_cert {
-            let pem = read(field, "sslrootcert", path)?;
-            let certs = native_tls::Certificate::stack_from_pem(&pem).map_err(|e| {
-                Error::config(format!(
-                    "{field}: sslrootcert {}: not PEM certificates ({e})",
-                    path.display()
-                ))
-            })?;
-            if certs.is_empty() {
-                return Err(Error::config(format!(
-                    "{field}: sslrootcert {}: no certificate in the file",
-                    path.display()
-                )));
-            }
-            b.disable_built_in_roots(true);
-            for c in certs {
-                b.add_root_certificate(c);
-            }
+            crate::trust::only_roots_from(&mut b, &format!("{field}: sslrootcert"), path)
+                .map_err(Error::config)?;
         }
         if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
             let c = read(field, "sslcert", cert)?;

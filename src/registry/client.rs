@@ -67,24 +67,7 @@ fn connector(
 ) -> std::result::Result<native_tls::TlsConnector, String> {
     let mut b = native_tls::TlsConnector::builder();
     if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("registry.ca_file {}: cannot read it ({e})", path.display()))?;
-        let certs = native_tls::Certificate::stack_from_pem(&pem).map_err(|e| {
-            format!(
-                "registry.ca_file {}: not PEM certificates ({e})",
-                path.display()
-            )
-        })?;
-        if certs.is_empty() {
-            return Err(format!(
-                "registry.ca_file {}: no certificate in the file",
-                path.display()
-            ));
-        }
-        b.disable_built_in_roots(true);
-        for c in certs {
-            b.add_root_certificate(c);
-        }
+        crate::trust::only_roots_from(&mut b, "registry.ca_file", path)?;
     }
     b.build()
         .map_err(|e| format!("building registry TLS settings: {e}"))

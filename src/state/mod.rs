@@ -139,21 +139,21 @@ CREATE TABLE IF NOT EXISTS cutover.backfill (
     PRIMARY KEY (pipeline, table_name)
 );";
 
+/// Run one group of state DDL after [`SCHEMA_DDL`], under the DDL lock.
+async fn ensure(client: &Client, ddl: &str, what: &str) -> Result<()> {
+    serialized_ddl(client, &format!("{SCHEMA_DDL}{ddl}"), what).await
+}
+
 /// Create a target store's state tables (idempotent).
 pub async fn ensure_target(client: &Client) -> Result<()> {
-    serialized_ddl(
-        client,
-        &format!("{SCHEMA_DDL}{TARGET_DDL}"),
-        "schema cutover and its progress tables",
-    )
-    .await
+    ensure(client, TARGET_DDL, "schema cutover and its progress tables").await
 }
 
 /// Create the phase tables in legacy (idempotent).
 pub async fn ensure_control(client: &Client) -> Result<()> {
-    serialized_ddl(
+    ensure(
         client,
-        &format!("{SCHEMA_DDL}{CONTROL_DDL}"),
+        CONTROL_DDL,
         "cutover.table_phases and cutover.phase_audit",
     )
     .await
@@ -183,9 +183,9 @@ CREATE TABLE IF NOT EXISTS cutover.capture_gaps (
 
 /// Create capture's slot memory in the source (idempotent).
 pub async fn ensure_slots(client: &Client) -> Result<()> {
-    serialized_ddl(
+    ensure(
         client,
-        &format!("{SCHEMA_DDL}{SLOTS_DDL}"),
+        SLOTS_DDL,
         "cutover.capture_slots and cutover.capture_gaps",
     )
     .await
@@ -193,10 +193,5 @@ pub async fn ensure_slots(client: &Client) -> Result<()> {
 
 /// Create the backfill table in the source (idempotent).
 pub async fn ensure_backfill(client: &Client) -> Result<()> {
-    serialized_ddl(
-        client,
-        &format!("{SCHEMA_DDL}{BACKFILL_DDL}"),
-        "cutover.backfill",
-    )
-    .await
+    ensure(client, BACKFILL_DDL, "cutover.backfill").await
 }
