@@ -456,32 +456,57 @@ async fn acknowledged(rx: oneshot::Receiver<()>) -> Result<()> {
         })
 }
 
-/// Keys one window may collect before it overflows: a window spans one chunk read, so this
-/// many changed keys of one table in that time means the chunk is better read again.
+/// Default bound of a window's keys (`source.backfill_window_max_keys`): a window spans one
+/// chunk read, so this many changed keys of one table in that time means the chunk is better
+/// read again.
 pub const WINDOW_MAX_KEYS: usize = 200_000;
 
 /// Open watermark windows of the stream: chunk id → (table, encoded keys changed since low).
 ///
 /// ```text
 ///   low of a chunk this capture started ──▶ window opens (anything else: counted, ignored)
-///   row change of its table             ──▶ key noted (at most WINDOW_MAX_KEYS, then the
-///                                           window overflows: no keys kept, chunk re-read)
+///   row change of its table             ──▶ key noted (at most max_keys, then the window
+///                                           overflows: no keys kept, chunk re-read)
+///   open longer than max_age            ──▶ the window expires: no keys kept, chunk re-read
 ///   high                                ──▶ window closes; its chunk's rows not noted are emitted
 /// ```
 /// Memory is bounded: windows exist only for chunks in flight (at most
-/// `source.backfill_concurrency`), each with at most WINDOW_MAX_KEYS keys.
-#[derive(Default)]
+/// `source.backfill_concurrency`), each with at most `max_keys` keys, for at most `max_age`.
 pub struct Windows {
     open: HashMap<u64, Window>,
+    max_keys: usize,
+    max_age: Duration,
+}
+
+impl Default for Windows {
+    fn default() -> Self {
+        Windows::new(WINDOW_MAX_KEYS, Duration::from_secs(600))
+    }
 }
 
 struct Window {
     table: TableId,
     keys: HashSet<Vec<u8>>,
-    overflowed: bool,
+    opened: Instant,
+    /// Overflowed or expired: keeps nothing, its chunk is read again.
+    spent: bool,
+}
+
+/// What happened to windows while a row change was noted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Spent {
+    pub overflowed: usize,
+    pub expired: usize,
 }
 
 impl Windows {
+    pub fn new(max_keys: usize, max_age: Duration) -> Windows {
+        Windows {
+            open: HashMap::new(),
+            max_keys: max_keys.max(1),
+            max_age,
+        }
+    }
     pub fn is_empty(&self) -> bool {
         self.open.is_empty()
     }
@@ -497,32 +522,46 @@ impl Windows {
             Window {
                 table,
                 keys: HashSet::new(),
-                overflowed: false,
+                opened: Instant::now(),
+                spent: false,
             },
         );
         true
     }
-    /// Close chunk `id`'s window: its keys, or `None` when there was none or it overflowed.
+    /// Close chunk `id`'s window: its keys, or `None` when there was none, or it overflowed
+    /// or expired.
     pub fn close(&mut self, id: u64) -> Option<HashSet<Vec<u8>>> {
         let w = self.open.remove(&id)?;
-        (!w.overflowed).then_some(w.keys)
+        let expired = w.opened.elapsed() > self.max_age;
+        (!w.spent && !expired).then_some(w.keys)
     }
     /// A row change of `table` with this encoded key happened inside every open window of it.
-    /// Returns how many windows overflowed with it.
-    pub fn saw(&mut self, table: &TableId, key: Vec<u8>) -> usize {
-        let mut overflowed = 0;
+    /// Returns how many windows overflowed or expired with it.
+    pub fn saw(&mut self, table: &TableId, key: Vec<u8>) -> Spent {
+        self.saw_at(table, key, Instant::now())
+    }
+
+    fn saw_at(&mut self, table: &TableId, key: Vec<u8>, now: Instant) -> Spent {
+        let mut spent = Spent::default();
         for w in self.open.values_mut() {
-            if &w.table == table && !w.overflowed {
-                if w.keys.len() >= WINDOW_MAX_KEYS {
-                    w.overflowed = true;
-                    w.keys = HashSet::new();
-                    overflowed += 1;
-                } else {
-                    w.keys.insert(key.clone());
-                }
+            if w.spent {
+                continue;
+            }
+            if now.saturating_duration_since(w.opened) > self.max_age {
+                w.spent = true;
+                w.keys = HashSet::new();
+                spent.expired += 1;
+            } else if &w.table != table {
+                continue;
+            } else if w.keys.len() >= self.max_keys {
+                w.spent = true;
+                w.keys = HashSet::new();
+                spent.overflowed += 1;
+            } else {
+                w.keys.insert(key.clone());
             }
         }
-        overflowed
+        spent
     }
 }
 
@@ -583,9 +622,50 @@ mod tests {
         // A window that outgrows its bound keeps nothing and makes its chunk be read again.
         let mut overflowed = 0;
         for k in 0..(WINDOW_MAX_KEYS as u32 + 10) {
-            overflowed += w.saw(&t, k.to_be_bytes().to_vec());
+            overflowed += w.saw(&t, k.to_be_bytes().to_vec()).overflowed;
         }
         assert_eq!(overflowed, 1);
         assert!(w.close(8).is_none(), "an overflowed window emits nothing");
+    }
+
+    #[test]
+    fn a_window_open_longer_than_its_age_expires_and_keeps_nothing() {
+        let shared = Shared::default();
+        let mut w = Windows::new(10, Duration::from_secs(60));
+        let (a, b) = (TableId::new("s", "a"), TableId::new("s", "b"));
+        shared.begin(1);
+        shared.begin(2);
+        assert!(w.open(1, a.clone(), &shared));
+        assert!(w.open(2, a.clone(), &shared));
+        let opened = Instant::now();
+        assert_eq!(w.saw_at(&a, vec![1], opened), Spent::default());
+        // Any row change (of any table) after max_age expires both windows once.
+        let later = opened + Duration::from_secs(61);
+        assert_eq!(
+            w.saw_at(&b, vec![9], later),
+            Spent {
+                overflowed: 0,
+                expired: 2
+            }
+        );
+        assert_eq!(w.saw_at(&a, vec![2], later), Spent::default());
+        assert!(w.close(1).is_none() && w.close(2).is_none());
+        // A configured key bound is honoured.
+        shared.begin(3);
+        assert!(w.open(3, a.clone(), &shared));
+        let spent: usize = (0..11u8).map(|k| w.saw(&a, vec![k]).overflowed).sum();
+        assert_eq!(spent, 1);
+        assert!(w.close(3).is_none());
+    }
+
+    #[test]
+    fn an_idle_window_past_its_age_emits_nothing_at_close() {
+        let shared = Shared::default();
+        let mut w = Windows::new(10, Duration::from_millis(0));
+        let a = TableId::new("s", "a");
+        shared.begin(1);
+        assert!(w.open(1, a, &shared));
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(w.close(1).is_none());
     }
 }

@@ -12,13 +12,13 @@ pub fn init() {
     metrics::counter!(names::CAPTURE_TRANSACTIONS_TOTAL).increment(0);
     metrics::counter!(names::CAPTURE_PRODUCER_ERRORS_TOTAL).increment(0);
     metrics::gauge!(names::CAPTURE_PRODUCER_QUEUE_MESSAGES).set(0.0);
-    for reason in ["foreign", "overflow"] {
+    for reason in ["foreign", "overflow", "expired"] {
         metrics::counter!(names::BACKFILL_WATERMARKS_IGNORED_TOTAL, names::LABEL_REASON => reason)
             .increment(0);
     }
 }
 
-/// A watermark capture did not act on (`foreign` or `overflow`).
+/// A watermark capture did not act on (`foreign`, `overflow` or `expired`).
 pub fn watermark_ignored(reason: &'static str) {
     metrics::counter!(names::BACKFILL_WATERMARKS_IGNORED_TOTAL, names::LABEL_REASON => reason)
         .increment(1);
@@ -37,6 +37,8 @@ pub struct TableCounters {
     /// By op (`Op as usize`), made on the op's first event so only seen ops are exported.
     events: [OnceLock<metrics::Counter>; 5],
     bytes: metrics::Counter,
+    /// Made on the table's first cut value (`source.truncate_columns`).
+    truncated: OnceLock<metrics::Counter>,
 }
 
 impl TableCounters {
@@ -45,7 +47,15 @@ impl TableCounters {
             table: table.to_string(),
             events: Default::default(),
             bytes: metrics::counter!(names::CAPTURE_BYTES_TOTAL, names::LABEL_TABLE => table.to_string()),
+            truncated: OnceLock::new(),
         }
+    }
+
+    /// One value cut to its `source.truncate_columns` budget.
+    pub fn truncated(&self) {
+        self.truncated
+            .get_or_init(|| metrics::counter!(names::CAPTURE_TRUNCATED_VALUES_TOTAL, names::LABEL_TABLE => self.table.clone()))
+            .increment(1);
     }
 
     /// One event produced: its op and encoded value size.
@@ -97,4 +107,9 @@ pub fn backfill_progress(table: &str, rows: i64, eta_secs: f64) {
         .increment(rows.max(0) as u64);
     metrics::gauge!(names::BACKFILL_ETA_SECONDS, names::LABEL_TABLE => table.to_string())
         .set(eta_secs);
+}
+
+/// 1 while this capture waits as a standby for its slot, 0 once it leads.
+pub fn standby(waiting: bool) {
+    metrics::gauge!(names::CAPTURE_STANDBY).set(if waiting { 1.0 } else { 0.0 });
 }

@@ -9,17 +9,19 @@
 //!   backfill: chunked copies of existing rows, merged into the stream between watermarks
 //! ```
 //!
-//! [`pgoutput`] decodes the replication protocol, [`setup`] prepares the source (publication,
-//! slot, catalog lookups), [`stream`] runs the loop and holds the LSN-confirmation invariant
+//! [`pgoutput`] decodes the replication protocol, [`leader`] makes one capture per slot lead
+//! (others wait as standbys), [`setup`] prepares the source (publication, slot, catalog lookups), [`stream`] runs the loop and holds the LSN-confirmation invariant
 //! (see its module docs for the diagram); `relation` turns Relation messages into registered
 //! schemas and topics, `produce` sends events and dead letters with their delivery trackers,
 //! `ack` counts the acknowledgements; [`backfill`] copies existing rows.
 
 mod ack;
 pub mod backfill;
+pub mod leader;
 mod metrics;
 pub mod pgoutput;
 mod produce;
+pub mod projection;
 mod relation;
 pub mod setup;
 pub mod stream;

@@ -176,7 +176,7 @@ impl Capture {
         let st = self.state(rel_id)?;
         let raw = |tuple: &[Datum]| -> serde_json::Value {
             let mut row = serde_json::Map::new();
-            for (d, col) in tuple.iter().zip(&st.schema.columns) {
+            for (_, d, col) in st.carried(tuple) {
                 let v = match d {
                     Datum::Null => serde_json::Value::Null,
                     Datum::UnchangedToast => serde_json::json!({"unchanged_toast": true}),

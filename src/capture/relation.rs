@@ -88,11 +88,17 @@ impl Capture {
     }
 
     /// A tuple of the stream as a [`Row`] of Avro-encoded values; a value the codec cannot
-    /// represent is a `Data` error naming the table and column.
+    /// represent is a `Data` error naming the table and column. Excluded columns are skipped
+    /// and cut columns cut ([`super::projection`]); each cut value is counted.
     pub(super) fn cells(&self, rel_id: u32, tuple: &[Datum]) -> Result<Row> {
+        self.cells_of(rel_id, tuple, true)
+    }
+
+    /// [`Capture::cells`] without counting cuts (a key looked at for a backfill window).
+    pub(super) fn cells_of(&self, rel_id: u32, tuple: &[Datum], count: bool) -> Result<Row> {
         let st = self.state(rel_id)?;
-        let mut row = Row::with_columns(tuple.len());
-        for (d, col) in tuple.iter().zip(&st.schema.columns) {
+        let mut row = Row::with_columns(st.schema.columns.len());
+        for (i, d, col) in st.carried(tuple) {
             match d {
                 Datum::Null => row.push_null(),
                 Datum::UnchangedToast => row.push_unchanged(),
@@ -103,6 +109,16 @@ impl Capture {
                             format!("{}.{}: value is not UTF-8: {e}", st.schema.table, col.name),
                         )
                     })?;
+                    let text = match &st.projection {
+                        Some(p) => {
+                            let (text, cut) = p.cut(i, text);
+                            if cut && count {
+                                st.counters.truncated();
+                            }
+                            text
+                        }
+                        None => text,
+                    };
                     row.push_text(&col.kind, text)
                         .map_err(|e| e.context(format!("{}.{}", st.schema.table, col.name)))?;
                 }
@@ -132,7 +148,7 @@ impl Capture {
             // Its rows are dead-lettered (they keep their place and nothing is lost); no
             // schema is registered, so giving the table a key later registers the real one.
             tracing::warn!(table = %table, "{why}: its rows go to the capture dead-letter topic (source.unkeyed_tables = \"dead_letter\")");
-            let columns = self.column_specs(&rel, &[]).await?;
+            let (columns, projection) = self.projected(&table, &rel, &[]).await?;
             let topic = kafka::topic::for_table(&self.cfg.topic_prefix, &table);
             metrics::table_seen(&table.to_string());
             self.relations.insert(
@@ -145,11 +161,12 @@ impl Capture {
                     value_id: 0,
                     counters: super::metrics::TableCounters::new(&table.to_string()),
                     unkeyed: Some(why),
+                    projection,
                 },
             );
             return Ok(());
         }
-        let columns = self.column_specs(&rel, &pk).await?;
+        let (columns, projection) = self.projected(&table, &rel, &pk).await?;
         if let Some(cols) = &configured {
             for k in cols {
                 if !rel.columns.iter().any(|c| &c.name == k) {
@@ -161,15 +178,57 @@ impl Capture {
         }
         let topic = kafka::topic::for_table(&self.cfg.topic_prefix, &table);
         if let Some(existing) = self.relations.get(&rel.id) {
-            if existing.schema.columns == columns && existing.topic == topic {
+            if existing.schema.columns == columns
+                && existing.topic == topic
+                && existing.projection == projection
+            {
                 return Ok(());
             }
         }
-        let state = self.register(&table, columns, topic).await?;
+        let mut state = self.register(&table, columns, topic).await?;
+        state.projection = projection;
         // The table's dead-letter series exists from its first relation, at zero.
         metrics::table_seen(&table.to_string());
         self.relations.insert(rel.id, state);
         Ok(())
+    }
+
+    /// The column specs events carry (excluded columns left out) and the projection that
+    /// maps the Relation's columns onto them.
+    async fn projected(
+        &mut self,
+        table: &TableId,
+        rel: &Relation,
+        pk: &[String],
+    ) -> Result<(Vec<ColumnSpec>, Option<super::projection::Projection>)> {
+        let all = self.column_specs(rel, pk).await?;
+        let name = table.to_string();
+        let ins: Vec<super::projection::ColumnIn<'_>> = rel
+            .columns
+            .iter()
+            .zip(&all)
+            .map(|(c, spec)| super::projection::ColumnIn {
+                name: &c.name,
+                type_oid: c.type_oid,
+                key: spec.key,
+            })
+            .collect();
+        let projection = super::projection::plan(
+            table,
+            &ins,
+            self.cfg.source.exclude_columns.get(&name),
+            self.cfg.source.truncate_columns.get(&name),
+        )?;
+        let columns = match &projection {
+            Some(p) => all
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| p.kept(*i))
+                .map(|(_, c)| c)
+                .collect(),
+            None => all,
+        };
+        Ok((columns, projection))
     }
 
     /// The codec's column specs of a relation; `pk` empty means every column is the key
@@ -233,6 +292,7 @@ impl Capture {
             value_id,
             counters: super::metrics::TableCounters::new(&table.to_string()),
             unkeyed: None,
+            projection: None,
         })
     }
 }

@@ -54,6 +54,24 @@ pub(super) struct TableState {
     /// Set for a table without a key under `unkeyed_tables = "dead_letter"`: why its rows
     /// go to the dead-letter topic (nothing is registered or produced for it).
     pub(super) unkeyed: Option<String>,
+    /// Excluded and cut columns (`source.exclude_columns`, `source.truncate_columns`);
+    /// `None` when every column is carried whole.
+    pub(super) projection: Option<super::projection::Projection>,
+}
+
+impl TableState {
+    /// The columns of a stream tuple events carry: `(Relation index, datum, schema column)`.
+    pub(super) fn carried<'t>(
+        &'t self,
+        tuple: &'t [Datum],
+    ) -> impl Iterator<Item = (usize, &'t Datum, &'t crate::codec::ColumnSpec)> + 't {
+        tuple
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.projection.as_ref().is_none_or(|p| p.kept(*i)))
+            .zip(&self.schema.columns)
+            .map(|((i, d), c)| (i, d, c))
+    }
 }
 
 pub(super) struct Txn {
@@ -154,10 +172,19 @@ impl Capture {
     }
 
     /// [`Capture::prepare`], deciding what a lost slot means with `gap` (`--accept-gap`).
+    /// Waits as a standby while another capture leads the slot ([`super::leader`]): nothing
+    /// is written to the source before this instance leads.
     pub async fn prepare_with(cfg: &Config, gap: &setup::GapPolicy) -> Result<(Capture, Lsn)> {
         let ep = Endpoint::source(cfg);
         let sql = ep.connect().await?;
         setup::check_server(&sql).await?;
+        // The lock is held by `sql` for the life of this Capture.
+        super::leader::lead(
+            &sql,
+            &cfg.source.slot,
+            Duration::from_millis(cfg.source.standby_poll_ms),
+        )
+        .await?;
         setup::ensure_publication(&sql, &cfg.source).await?;
         let start = setup::ensure_slot(&sql, &cfg.name, &cfg.source.slot, gap).await?;
         let topic_partitions = published_topics(cfg, &sql).await?;
@@ -202,7 +229,10 @@ impl Capture {
                 db,
                 dlq_ready: false,
                 backfill: Arc::new(super::backfill::Shared::default()),
-                windows: super::backfill::Windows::default(),
+                windows: super::backfill::Windows::new(
+                    cfg.source.backfill_window_max_keys,
+                    Duration::from_secs(cfg.source.backfill_window_max_secs),
+                ),
                 own_origins: OwnOrigins::new(&cfg.name, cfg.writers()),
                 max_record_bytes: cfg
                     .kafka
@@ -248,7 +278,18 @@ impl Capture {
     }
 
     /// Stream until `shutdown` resolves or a fatal error occurs.
-    pub async fn run(mut self, start: Lsn, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    pub async fn run(self, start: Lsn, shutdown: watch::Receiver<bool>) -> Result<()> {
+        self.run_reporting(start, shutdown, || {}).await
+    }
+
+    /// [`Capture::run`], calling `streaming` once the server accepted the stream (what
+    /// readiness means for capture).
+    pub async fn run_reporting(
+        mut self,
+        start: Lsn,
+        mut shutdown: watch::Receiver<bool>,
+        streaming: impl FnOnce(),
+    ) -> Result<()> {
         let mut repl =
             pgwire_replication::ReplicationClient::connect(self.replication_config(start)?)
                 .await
@@ -260,6 +301,7 @@ impl Capture {
             .await
             .map_err(|e| replication_error(&e))?;
         tracing::info!(slot = %self.cfg.source.slot, start = %start, "capture streaming");
+        streaming();
 
         // Acker: confirms end LSNs strictly in commit order, only when fully acknowledged.
         let (track_tx, track_rx) = mpsc::channel::<Arc<TxnTracker>>(10_000);
@@ -551,12 +593,16 @@ impl Capture {
         let table = st.schema.table.clone();
         let keys: Vec<Vec<u8>> = tuples
             .into_iter()
-            .filter_map(|tu| self.cells(rel_id, tu).ok())
+            .filter_map(|tu| self.cells_of(rel_id, tu, false).ok())
             .filter_map(|cells| st.schema.encode_key(&cells).ok())
             .collect();
         for k in keys {
-            for _ in 0..self.windows.saw(&table, k) {
+            let spent = self.windows.saw(&table, k);
+            for _ in 0..spent.overflowed {
                 metrics::watermark_ignored("overflow");
+            }
+            for _ in 0..spent.expired {
+                metrics::watermark_ignored("expired");
             }
         }
     }

@@ -110,12 +110,21 @@ pub(super) async fn capture_loop(
 ) -> Result<()> {
     let gap = std::sync::Mutex::new(gap);
     with_reconnect("capture", stop.clone(), || async {
+        // Ready only once the stream runs: a standby (another instance leads the slot) and
+        // a capture still preparing answer 503.
         readiness.set("source", false);
         let policy = gap.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let (capture, start) = Capture::prepare_with(cfg, &policy).await?;
+        let mut stopping = stop.clone();
+        let (capture, start) = tokio::select! {
+            prepared = Capture::prepare_with(cfg, &policy) => prepared?,
+            // A standby waits for the slot indefinitely: a stop ends the wait.
+            _ = stopping.wait_for(|s| *s) => return Ok(()),
+        };
         *gap.lock().unwrap_or_else(|p| p.into_inner()) = GapPolicy::Refuse;
-        readiness.set("source", true);
-        capture.run(start, stop.clone()).await
+        let ready = readiness.clone();
+        capture
+            .run_reporting(start, stop.clone(), move || ready.set("source", true))
+            .await
     })
     .await
 }

@@ -221,10 +221,44 @@ pub struct SourceConfig {
     /// How many tables a running capture backfills at once (`cutover backfill`).
     #[serde(default = "default_backfill_concurrency")]
     pub backfill_concurrency: usize,
+    /// A backfill chunk's watermark window collects the keys the stream changes while the
+    /// chunk is read; past this many keys it overflows (keeps nothing) and the chunk is read
+    /// again.
+    #[serde(default = "default_window_max_keys")]
+    pub backfill_window_max_keys: usize,
+    /// A window still open this long after its low watermark expires (its keys dropped,
+    /// counted as `expired`) and its chunk is read again.
+    #[serde(default = "default_window_max_secs")]
+    pub backfill_window_max_secs: u64,
+    /// Columns left out of the events of a table: `"schema.table" = ["col", ...]`. The
+    /// column is absent from the value schema and never read; key columns cannot be left out.
+    #[serde(default)]
+    pub exclude_columns: BTreeMap<String, Vec<String>>,
+    /// Text and bytea columns cut to at most this many bytes (text on a character
+    /// boundary): `"schema.table" = { col = bytes }`. Events carry the cut value and name
+    /// the cut columns in their `truncated` field; key columns cannot be cut.
+    #[serde(default)]
+    pub truncate_columns: BTreeMap<String, BTreeMap<String, usize>>,
+    /// How often a standby capture (another instance leads the slot) checks whether it can
+    /// take over.
+    #[serde(default = "default_standby_poll_ms")]
+    pub standby_poll_ms: u64,
 }
 
 fn default_backfill_concurrency() -> usize {
     2
+}
+
+fn default_window_max_keys() -> usize {
+    200_000
+}
+
+fn default_window_max_secs() -> u64 {
+    600
+}
+
+fn default_standby_poll_ms() -> u64 {
+    1000
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -183,6 +183,50 @@ impl Config {
         if s.connect_timeout_secs == 0 {
             e.push("source.connect_timeout_secs", "must be at least 1");
         }
+        if s.backfill_window_max_keys == 0 {
+            e.push("source.backfill_window_max_keys", "must be at least 1");
+        }
+        if s.backfill_window_max_secs == 0 {
+            e.push("source.backfill_window_max_secs", "must be at least 1");
+        }
+        if s.standby_poll_ms < 10 {
+            e.push("source.standby_poll_ms", "must be at least 10");
+        }
+        for (t, cols) in &s.exclude_columns {
+            let keys = s.key_columns.get(t);
+            for c in cols {
+                if keys.is_some_and(|k| k.contains(c)) {
+                    e.push(
+                        format!("source.exclude_columns.{t}"),
+                        format!(
+                            "{c:?} is a key column (source.key_columns) and cannot be left out"
+                        ),
+                    );
+                }
+            }
+            if cols.is_empty() {
+                e.push(
+                    format!("source.exclude_columns.{t}"),
+                    "must list at least one column",
+                );
+            }
+        }
+        for (t, cols) in &s.truncate_columns {
+            for (c, bytes) in cols {
+                if *bytes == 0 {
+                    e.push(
+                        format!("source.truncate_columns.{t}.{c}"),
+                        "must be at least 1 byte (use exclude_columns to leave a column out)",
+                    );
+                }
+                if s.exclude_columns.get(t).is_some_and(|x| x.contains(c)) {
+                    e.push(
+                        format!("source.truncate_columns.{t}.{c}"),
+                        "is also in source.exclude_columns: choose one",
+                    );
+                }
+            }
+        }
     }
 
     fn validate_kafka(&self, e: &mut ValidationErrors) {

@@ -41,6 +41,10 @@ pub const CAPTURE_CONFIRMED_POSITION_BYTES: &str = "cutover_capture_confirmed_po
 pub const CAPTURE_PRODUCER_QUEUE_MESSAGES: &str = "cutover_capture_producer_queue_messages";
 /// Counter of rows sent to the capture dead-letter topic, label: table.
 pub const CAPTURE_DLQ_EVENTS_TOTAL: &str = "cutover_capture_dlq_events_total";
+/// Counter of values cut to their `source.truncate_columns` budget, label: table.
+pub const CAPTURE_TRUNCATED_VALUES_TOTAL: &str = "cutover_capture_truncated_values_total";
+/// Gauge: 1 while this capture waits as a standby (another instance leads its slot).
+pub const CAPTURE_STANDBY: &str = "cutover_capture_standby";
 /// Counter of failed deliveries.
 pub const CAPTURE_PRODUCER_ERRORS_TOTAL: &str = "cutover_capture_producer_errors_total";
 
@@ -165,6 +169,8 @@ const HELP: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::Gauge, CAPTURE_CONFIRMED_POSITION_BYTES, Some(Unit::Bytes), "LSN last confirmed to PostgreSQL by capture, as a byte position."),
     (Kind::Gauge, CAPTURE_PRODUCER_QUEUE_MESSAGES, None, "Messages produced and not yet acknowledged by Kafka."),
     (Kind::Counter, CAPTURE_PRODUCER_ERRORS_TOTAL, None, "Failed Kafka deliveries."),
+    (Kind::Counter, CAPTURE_TRUNCATED_VALUES_TOTAL, None, "Values cut to their source.truncate_columns budget, by table."),
+    (Kind::Gauge, CAPTURE_STANDBY, None, "1 while this capture waits as a standby because another instance leads its slot; 0 when it leads."),
     (Kind::Counter, CAPTURE_DLQ_EVENTS_TOTAL, None, "Rows the codec cannot represent, sent to the capture dead-letter topic, by table."),
     (Kind::Counter, SINK_EVENTS_APPLIED_TOTAL, None, "Events applied to the sink's target, by table and op."),
     (Kind::Histogram, SINK_BATCH_EVENTS, None, "Events per applied batch."),

@@ -10,6 +10,7 @@ mod capture;
 mod capture_faults;
 mod cli;
 mod compose;
+mod faults;
 mod groups;
 mod kafka_broker;
 mod kafka_security;
