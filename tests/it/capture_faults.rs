@@ -828,3 +828,126 @@ async fn an_oversized_row_is_dead_lettered_as_metadata_and_the_stream_goes_on() 
     p.stop().await;
     cleanup(&cfg).await;
 }
+
+/// Issue 16, item 3: per-table `exclude_columns` and `truncate_columns` keep huge columns out.
+/// A 1.5 MB row that would be dead-lettered as oversized arrives with its `body` cut to 16
+/// bytes (on a character boundary), its bytea cut to 2 bytes, its excluded column absent from
+/// the event and from the registered schema; the backfill of the same table is cut the same
+/// way, and a configuration that names a key column stops with the field named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn excluded_and_truncated_columns_keep_a_huge_row_flowing() {
+    let table = unique("cut");
+    let mut cfg = test_config(&[&table]);
+    cfg.name = table.clone();
+    let name = format!("public.{table}");
+    cfg.source
+        .exclude_columns
+        .insert(name.clone(), vec!["secret".into()]);
+    cfg.source.truncate_columns.insert(
+        name.clone(),
+        [("body".to_string(), 16usize), ("blob".to_string(), 2)].into(),
+    );
+    let c = sql(&cfg).await;
+    c.batch_execute(&format!(
+        r#"CREATE TABLE "{table}" (id bigint PRIMARY KEY, body text, blob bytea, secret text);
+           ALTER TABLE "{table}" ALTER COLUMN body SET STORAGE EXTERNAL;
+           INSERT INTO "{table}" VALUES (0, 'before the slot: ' || repeat('b', 100), '\x0a0b0c', 'hidden');"#
+    ))
+    .await
+    .unwrap();
+    let p = start(&cfg).await;
+    c.batch_execute(&format!(
+        r#"INSERT INTO "{table}" VALUES (1, 'short', '\x01', 'hidden');
+           INSERT INTO "{table}" VALUES (2, 'héééééééé' || repeat('y', 1500000), '\x0102030405', 'hidden');"#
+    ))
+    .await
+    .unwrap();
+    let events = consume(&cfg, &topic(&cfg, &table), 2);
+    let by_id = |id: i64| {
+        events
+            .iter()
+            .find(|e| e["key"]["id"] == id)
+            .unwrap_or_else(|| panic!("id {id} missing: {events:?}"))
+            .clone()
+    };
+    let (one, two) = (by_id(1), by_id(2));
+    assert_eq!(one["value"]["after"]["body"], "short");
+    // 'h' + 7 × 'é' (2 bytes each) = 15 bytes; the next 'é' would make 17.
+    assert_eq!(two["value"]["after"]["body"], "hééééééé", "{two}");
+    for e in [&one, &two] {
+        let after = e["value"]["after"].as_object().unwrap();
+        assert!(!after.contains_key("secret"), "excluded column sent: {e}");
+    }
+    let blob = |e: &serde_json::Value| e["value"]["after"]["blob"].to_string();
+    assert!(
+        blob(&two).len() < blob(&by_id(1)).len() * 3,
+        "{}",
+        blob(&two)
+    );
+    // Nothing is dead-lettered: the capture dead-letter topic was never even created.
+    assert!(
+        cutover::kafka::watermarks(&cfg.kafka, &capture_dlq_topic(&cfg.topic_prefix))
+            .await
+            .is_err(),
+        "a row was dead-lettered"
+    );
+    // The registered value schema has no `secret` field.
+    let reg = cutover::registry::RegistryClient::new(&cfg.registry).unwrap();
+    let latest = reg
+        .latest(&format!("{}-value", topic(&cfg, &table)))
+        .await
+        .unwrap()
+        .schema;
+    assert!(
+        latest.contains("\"body\"") && !latest.contains("\"secret\""),
+        "{latest}"
+    );
+
+    // A backfill of the table is cut the same way.
+    let dir = tempfile::tempdir().unwrap();
+    let config = super::apply::write_config(&cfg, dir.path());
+    let (code, out, err) = super::replay::cli(&config, &["backfill", "--table", &name]);
+    assert_eq!(code, 0, "{out}{err}");
+    let events = consume(&cfg, &topic(&cfg, &table), 5);
+    let zero = events
+        .iter()
+        .find(|e| e["key"]["id"] == 0 && e["value"]["op"] == "r")
+        .unwrap_or_else(|| panic!("backfilled row 0 missing: {events:?}"));
+    assert_eq!(zero["value"]["after"]["body"], "before the slot:"); // 16 bytes
+    assert!(!zero["value"]["after"]
+        .as_object()
+        .unwrap()
+        .contains_key("secret"));
+    p.stop().await;
+    c.execute(
+        "DELETE FROM cutover.backfill WHERE pipeline = $1",
+        &[&cfg.name],
+    )
+    .await
+    .unwrap();
+
+    // A key column cannot be left out: capture stops naming the field.
+    let mut bad = cfg.clone();
+    bad.source
+        .exclude_columns
+        .insert(name.clone(), vec!["id".into()]);
+    bad.source.truncate_columns.clear();
+    let p = start(&bad).await;
+    c.batch_execute(&format!(
+        r#"INSERT INTO "{table}" VALUES (3, 'x', NULL, NULL)"#
+    ))
+    .await
+    .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(30), p.task)
+        .await
+        .expect("capture stops")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(
+        err.to_string()
+            .contains(&format!("source.exclude_columns.\"{name}\"")),
+        "{err}"
+    );
+    cleanup(&cfg).await;
+}
