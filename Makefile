@@ -2,6 +2,9 @@
 # deploy/local/bootstrap.sh (called by the targets that need it).
 SHELL := /bin/bash
 STACK := deploy/local/stack.sh
+# Tests and the dev binary carry the fault-injection points (inert unless FAILPOINTS is set);
+# release builds (bench, Dockerfile) do not.
+FEATURES := --features failpoints
 
 .PHONY: help bootstrap up down status restart-broker destroy build test test-only test-rules lint fmt clean demo bench
 
@@ -20,7 +23,7 @@ bootstrap:
 
 up:
 	@bash deploy/local/bootstrap.sh stack
-	@cargo build --quiet --bin cutover
+	@cargo build --quiet --bin cutover $(FEATURES)
 	@bash $(STACK) up
 
 down:
@@ -43,11 +46,11 @@ bench: up
 	@bash deploy/bench/bench.sh
 
 build:
-	cargo build --all-targets
+	cargo build --all-targets $(FEATURES)
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets $(FEATURES) -- -D warnings
 
 # The README's test command: stack up (idempotent), lint, alert-rule unit tests, then every
 # test with nextest.
@@ -63,7 +66,7 @@ test-rules:
 test-only:
 	@bash deploy/local/bootstrap.sh nextest
 	@bash $(STACK) sweep-tests
-	cargo nextest run --all-targets --profile ci
+	cargo nextest run --all-targets --profile ci $(FEATURES)
 
 fmt:
 	cargo fmt --all

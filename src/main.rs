@@ -12,6 +12,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Built with `--features failpoints` (the fault suite): FAILPOINTS=name=action;… arms the
+    // named fail points (fail-rs syntax). Without the feature there are none.
+    #[cfg(feature = "failpoints")]
+    let _faults = fail::FailScenario::setup();
     let cli = cutover::cli::Cli::parse();
     cutover::cli::run(cli).await
 }

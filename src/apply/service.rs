@@ -255,6 +255,8 @@ impl Sink {
             if let Ok((items, outcome)) = &applied {
                 self.metrics
                     .batch(items.len(), started.elapsed().as_secs_f64(), outcome);
+                // Fault suite: die between the target's COMMIT and the offset commit.
+                fail::fail_point!("sink-after-target-commit", |_| std::process::abort());
                 consumer::commit_offsets(&self.consumer, items.iter().map(|it| &it.msg));
                 tracing::debug!(sink = %name, events = items.len(), ms = started.elapsed().as_millis() as u64, ?outcome, "batch committed");
             }

@@ -184,6 +184,9 @@ async fn transact_open(
     // Progress for every partition of the transaction, then dead letters, then COMMIT.
     progress::save_progress(tx, &ctx.sink, &plan.progress).await?;
     outcome.dead_lettered = park(ctx, items, &plan.live).await?;
+    // Fault suite: hold the batch's transaction open (e.g. `sleep(500)`) so a target restart
+    // lands inside it.
+    fail::fail_point!("sink-before-target-commit");
     tx.batch_execute("COMMIT")
         .await
         .map_err(|e| Error::postgres("COMMIT", e))?;

@@ -153,6 +153,16 @@ async fn published_topics(
     Ok(counts)
 }
 
+/// The replication session's options: the connection string's `options`, then the settings
+/// the codec relies on (later `-c` settings win, so a user cannot change those).
+fn replication_options(user: Option<&str>) -> String {
+    const CODEC: &str = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601 -c extra_float_digits=3 -c bytea_output=hex";
+    match user.map(str::trim).filter(|o| !o.is_empty()) {
+        Some(o) => format!("{o} {CODEC}"),
+        None => CODEC.to_string(),
+    }
+}
+
 /// A replication connection failure as a cutover error, kind from
 /// [`classify::replication`](crate::error::classify::replication).
 fn replication_error(e: &pgwire_replication::PgWireError) -> Error {
@@ -273,8 +283,9 @@ impl Capture {
         .with_start_lsn(pgwire_replication::Lsn::from_u64(start.0))
         .with_status_interval(Duration::from_secs(self.cfg.source.status_interval_secs))
         .with_application_name("cutover-capture")
-        // Deterministic text output for the codec.
-        .with_options("-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601 -c extra_float_digits=3 -c bytea_output=hex"))
+        // Deterministic text output for the codec, after the connection string's own
+        // `options` (e.g. `-c wal_sender_timeout=30s`), so these always win.
+        .with_options(replication_options(pg.get_options())))
     }
 
     /// Stream until `shutdown` resolves or a fatal error occurs.
@@ -743,5 +754,23 @@ mod shard_tests {
             shard_of("app.public.orders", 4),
             shard_of("app.public.orders", 4)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replication_options;
+
+    #[test]
+    fn connection_string_options_reach_the_replication_session_before_the_codec_settings() {
+        let o = replication_options(Some("-c wal_sender_timeout=20s"));
+        assert!(
+            o.starts_with("-c wal_sender_timeout=20s -c TimeZone=UTC"),
+            "{o}"
+        );
+        // A user's DateStyle comes first, so the codec's wins.
+        let o = replication_options(Some("-c DateStyle=German"));
+        assert!(o.find("DateStyle=German") < o.find("DateStyle=ISO"), "{o}");
+        assert_eq!(replication_options(Some("  ")), replication_options(None));
     }
 }

@@ -86,8 +86,28 @@ async fn current_lsn(l: &tokio_postgres::Client) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_30s_holds_the_slot_reports_the_broker_and_recovers_by_itself() {
+    broker_down(30, None).await;
+}
+
+/// Issue 16, item 7: the broker away for 90 s while the walsender gives up on a silent client
+/// after 20 s (`wal_sender_timeout`, set for the replication session through the source
+/// URL's `options`): capture's backpressure stops it reading the stream, the server drops
+/// the connection, capture reconnects from the last confirmed LSN, and nothing is lost or
+/// applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_90s_past_the_wal_sender_timeout_loses_nothing_and_recovers_by_itself() {
+    broker_down(90, Some("20s")).await;
+}
+
+async fn broker_down(secs: u64, wal_sender_timeout: Option<&str>) {
     let mut broker = PrivateBroker::start();
     let mut env = on_private_broker("bdown", &broker);
+    if let Some(t) = wal_sender_timeout {
+        let url = env.cfg.source.url.expose().to_string();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        env.cfg.source.url =
+            cutover::config::DbUrl::new(format!("{url}{sep}options=-c%20wal_sender_timeout%3D{t}"));
+    }
     let port = free_port();
     env.cfg.observe.listen = format!("127.0.0.1:{port}");
     env.cfg.monitor.interval_ms = 1000;
@@ -129,12 +149,23 @@ async fn broker_down_30s_holds_the_slot_reports_the_broker_and_recovers_by_itsel
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    broker.stop(); // SIGTERM: a clean broker shutdown, the broker is gone for 30 s
+    broker.stop(); // SIGTERM: a clean broker shutdown, the broker is gone for `secs`
     let held_at = current_lsn(&l).await; // every later commit is unacknowledged by Kafka
     let down_since = Instant::now();
     let mut saw_not_ready = false;
     let mut saw_status = false;
-    while down_since.elapsed() < Duration::from_secs(30) {
+    let mut saw_slot_inactive = false;
+    while down_since.elapsed() < Duration::from_secs(secs) {
+        if !saw_slot_inactive {
+            saw_slot_inactive = l
+                .query_opt(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                    &[&env.cfg.source.slot],
+                )
+                .await
+                .unwrap()
+                .is_some();
+        }
         let confirmed = confirmed_lsn(&l, &env.cfg.source.slot).await;
         assert!(
             confirmed <= held_at,
@@ -191,5 +222,9 @@ async fn broker_down_30s_holds_the_slot_reports_the_broker_and_recovers_by_itsel
     lag_drains(&env.cfg, 60).await;
     run.kill();
     assert_each_written_once(&env, written).await;
+    eprintln!(
+        "broker down {secs} s (wal_sender_timeout {wal_sender_timeout:?}): {written} rows, slot seen inactive: {saw_slot_inactive}, reconnects logged: {}",
+        log_text().matches("reconnecting").count()
+    );
     env.cleanup().await;
 }

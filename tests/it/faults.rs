@@ -3,12 +3,25 @@
 //!
 //! - two captures on one slot: the second waits as a standby (publication untouched,
 //!   `/readyz` 503, `cutover_capture_standby` 1) and takes over when the first is killed;
+//! - a sink killed between the target's COMMIT and its Kafka offset commit (fail point);
+//! - the target PostgreSQL restarted while a batch's transaction is open (fail point holds
+//!   each batch open 400 ms);
+//! - a registry whose disk is full (a tmpfs data_dir filled up) while a new table appears.
+//!
+//! The broker stopped for 90 s past `wal_sender_timeout` is in `broker_faults.rs`; the
+//! capture-side cases (lost slot, unrepresentable and oversized rows, forged watermarks,
+//! keyless tables, a backlog of dropped tables) are in `capture_faults.rs`.
+//!
+//! Fail points exist only in a build with `--features failpoints` (what `make test` runs).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::apply::{counted_mirror_table, insert_events, wait_for_slot, write_config, Env};
+use super::apply::{
+    assert_each_written_once, background_writer, count_rows, counted_mirror_table, insert_events,
+    wait_for_slot, write_config, Env, Part,
+};
 use super::capture::read_all;
 use super::support::{cutover_bin, free_port, scrape, KillOnDrop};
 use cutover::config::Config;
@@ -210,5 +223,187 @@ async fn a_second_capture_on_a_slot_waits_as_a_standby_and_takes_over_when_the_f
     let _ = l
         .batch_execute(&format!(r#"DROP SCHEMA IF EXISTS "{extra}" CASCADE"#))
         .await;
+    env.cleanup().await;
+}
+
+/// Wait until the counted table on the target holds `want` rows.
+async fn wait_applied(env: &Env, want: i64, secs: u64, log: &Path) {
+    let t = env.target(0).await;
+    let writes = format!(r#""{}".writes"#, env.schema);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let n = count_rows(&t, &writes).await;
+        if n >= want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} of {want} rows applied after {secs} s:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Sum of a consumer group's committed offsets on `topic` (partitions 0..n), as Kafka has them.
+fn committed(cfg: &Config, group: &str, topic: &str, partitions: i32) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = cutover::kafka::consumer_config(&cfg.kafka, group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    c.committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap()
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Issue 16, item 7: a sink dies (abort, no clean-up) right after its target COMMIT and
+/// before it commits the Kafka offsets: the target holds progress past Kafka's committed
+/// offsets, and the restarted sink resumes from the target's progress, so the batch is not
+/// applied again and nothing is lost.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_killed_between_target_commit_and_offset_commit_applies_nothing_twice() {
+    let mut env = Env::new("fpsink");
+    env.cfg.sinks.truncate(1);
+    env.cfg.sinks[0].batch_max_rows = 200;
+    counted_mirror_table(&env).await;
+    let s = env.schema.clone();
+    let capture = Part::capture(&env.cfg).await;
+    let l = env.legacy().await;
+    insert_events(&l, &s, 1, 2000, 100).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&env.cfg, dir.path());
+    let log = dir.path().join("apply.log");
+    let apply = |failpoints: Option<&str>| {
+        let mut cmd = std::process::Command::new(cutover_bin());
+        cmd.args(["apply", "--sink", "mirror", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            );
+        if let Some(f) = failpoints {
+            cmd.env("FAILPOINTS", f);
+        }
+        cmd.spawn().map(KillOnDrop).unwrap()
+    };
+    // The third batch commits in the target, then the process aborts.
+    let mut first = apply(Some("sink-after-target-commit=2*off->return"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = first.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fail point never fired:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(6),
+        "aborted at the fail point: {status:?}"
+    );
+    let t = env.target(0).await;
+    let progress: i64 = t
+        .query_one(
+            "SELECT coalesce(sum(next_offset), 0)::bigint FROM cutover.sink_progress WHERE sink = 'mirror' AND topic = $1",
+            &[&cutover::kafka::topic::for_table(&env.cfg.topic_prefix, &TableId::new(&s, "events"))],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let topic =
+        cutover::kafka::topic::for_table(&env.cfg.topic_prefix, &TableId::new(&s, "events"));
+    let group = env.cfg.sinks[0].group_id.clone().unwrap();
+    let kafka = committed(&env.cfg, &group, &topic, env.cfg.kafka.partitions);
+    assert!(
+        progress > kafka,
+        "the crash was not between the two commits: target progress {progress}, Kafka committed {kafka}"
+    );
+    let applied = count_rows(&t, &format!(r#""{s}".writes"#)).await;
+    assert!(
+        applied > 0 && applied < 2000,
+        "{applied} rows applied before the crash"
+    );
+
+    // Restarted without the fail point: resumes from the target's progress.
+    let mut second = apply(None);
+    insert_events(&l, &s, 2001, 3000, 100).await;
+    wait_applied(&env, 3000, 120, &log).await;
+    assert_each_written_once(&env, 3000).await;
+    eprintln!("crash left target progress {progress} vs Kafka committed {kafka}; {applied} rows applied before it");
+    second.terminate();
+    capture.stop().await;
+    env.cleanup().await;
+}
+
+/// Issue 16, item 7: the target PostgreSQL restarted (immediate stop: open transactions die)
+/// while a batch's transaction is open: the sink reconnects by itself, re-applies the lost
+/// batch once, and the target ends equal to the source.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_target_restarted_during_a_batch_loses_nothing_and_the_sink_resumes_by_itself() {
+    let pg = super::support::PrivatePostgres::start(&[]);
+    let mut env = Env::new("tgtrestart");
+    env.cfg.sinks.truncate(1);
+    env.cfg.sinks[0].url = cutover::config::DbUrl::new(pg.url("postgres"));
+    counted_mirror_table(&env).await;
+    let s = env.schema.clone();
+    let capture = Part::capture(&env.cfg).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&env.cfg, dir.path());
+    let log = dir.path().join("apply.log");
+    let mut apply = std::process::Command::new(cutover_bin())
+        .args(["apply", "--sink", "mirror", "--config"])
+        .arg(&config)
+        // Every batch holds its transaction open 400 ms before COMMIT.
+        .env("FAILPOINTS", "sink-before-target-commit=sleep(400)")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap();
+    let (done, rows) = background_writer(env.legacy().await, s.clone());
+    wait_applied(&env, 300, 90, &log).await;
+    pg.restart();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = done.send(true);
+    let written = rows.await.unwrap();
+    wait_applied(&env, written, 120, &log).await;
+    assert!(
+        apply.0.try_wait().unwrap().is_none(),
+        "the sink gave up:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    // The restart landed inside a batch (its COMMIT failed) and the sink reconnected itself.
+    assert!(
+        text.contains("batch failed, retrying") && text.contains("target reconnected"),
+        "the restart did not hit a batch, or the sink did not reconnect:\n{text}"
+    );
+    assert_each_written_once(&env, written).await;
+    let q = format!(r#"SELECT * FROM "{s}".events"#);
+    super::apply::converge(&env.legacy().await, &q, &env.target(0).await, &q, 30).await;
+    eprintln!("{written} rows through a target restart");
+    apply.terminate();
+    capture.stop().await;
     env.cleanup().await;
 }
