@@ -407,3 +407,180 @@ async fn the_target_restarted_during_a_batch_loses_nothing_and_the_sink_resumes_
     capture.stop().await;
     env.cleanup().await;
 }
+
+/// A tmpfs of `size` mounted at `path` (root only), unmounted on drop: a disk that fills up.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs for the disk-full registry needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(path.to_path_buf())
+    }
+
+    /// Write a filler file until the filesystem is full; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let p = self.0.join("filler");
+        let mut f = std::fs::File::create(&p).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).and_then(|_| f.sync_all()).is_ok() {}
+        p
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Issue 16, item 7: the registry's disk fills up while a new table appears. Its schema
+/// cannot be registered (the registry cuts its log back and turns read-only), so capture
+/// holds that change and everything after it, confirming nothing past it; the rows already
+/// flowing stay applied. Once space is freed and the registry restarted, the same `cutover
+/// run` process (never restarted) registers the schema and every row arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_registry_disk_holds_capture_without_loss_until_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&dir.path().join("disk"), "512k");
+    let data = dir.path().join("disk").join("registry");
+    let reg_port = free_port();
+    let reg_log = dir.path().join("registry.log");
+    let registry = || {
+        std::process::Command::new(cutover_bin())
+            .args([
+                "registry",
+                "--listen",
+                &format!("127.0.0.1:{reg_port}"),
+                "--data-dir",
+            ])
+            .arg(&data)
+            .env("CUTOVER__OBSERVE__LISTEN", "")
+            .stdout(std::process::Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&reg_log)
+                    .unwrap(),
+            )
+            .spawn()
+            .map(KillOnDrop)
+            .unwrap()
+    };
+    let wait_registry = || async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reqwest::get(format!("http://127.0.0.1:{reg_port}/subjects"))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "registry did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let mut reg = registry();
+    wait_registry().await;
+
+    let mut env = Env::new("regfull");
+    env.cfg.sinks.truncate(1);
+    env.cfg.registry.url = format!("http://127.0.0.1:{reg_port}");
+    counted_mirror_table(&env).await;
+    let s = env.schema.clone();
+    let more = format!(r#"CREATE TABLE "{s}".more (id bigint PRIMARY KEY, payload text)"#);
+    env.legacy().await.batch_execute(&more).await.unwrap();
+    env.target(0).await.batch_execute(&more).await.unwrap();
+    let config = write_config(&env.cfg, dir.path());
+    let (port, log) = (free_port(), dir.path().join("run.log"));
+    let mut run = spawn("run", &config, port, &log, &[]);
+    let l = env.legacy().await;
+    wait_for_slot(&l, &env.cfg.source.slot, || {
+        std::fs::read_to_string(&log).unwrap_or_default()
+    })
+    .await;
+    insert_events(&l, &s, 1, 200, 50).await;
+    wait_applied(&env, 200, 90, &log).await;
+
+    // The disk fills; then the first change of a new table, and more rows behind it.
+    let filler = disk.fill();
+    l.batch_execute(&format!(
+        r#"INSERT INTO "{s}".more SELECT g, 'm' FROM generate_series(1, 50) g"#
+    ))
+    .await
+    .unwrap();
+    insert_events(&l, &s, 201, 400, 50).await;
+    let slot_before = super::capture::confirmed_lsn(&l, &env.cfg.source.slot).await;
+    let held_at = {
+        let lsn: String = l
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        cutover::event::Lsn::parse(&lsn).unwrap().0
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&reg_log)
+        .unwrap_or_default()
+        .contains("read-only")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the registry never hit the full disk:\n{}",
+            std::fs::read_to_string(&reg_log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let t = env.target(0).await;
+    assert_eq!(
+        count_rows(&t, &format!(r#""{s}".writes"#)).await,
+        200,
+        "rows behind the unregistrable change were applied"
+    );
+    let confirmed = super::capture::confirmed_lsn(&l, &env.cfg.source.slot).await;
+    assert!(
+        confirmed < held_at,
+        "the slot was confirmed past the held change ({confirmed:X} >= {held_at:X}; before {slot_before:X})"
+    );
+    assert!(
+        run.0.try_wait().unwrap().is_none(),
+        "cutover run gave up on a full registry disk:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    // Space returns; the registry is restarted (it is read-only until then) and replays its log.
+    std::fs::remove_file(filler).unwrap();
+    reg.kill();
+    reg = registry();
+    wait_registry().await;
+    wait_applied(&env, 400, 120, &log).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count_rows(&t, &format!(r#""{s}".more"#)).await < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "rows of the new table never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_each_written_once(&env, 400).await;
+    assert!(
+        run.0.try_wait().unwrap().is_none(),
+        "cutover run exited:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    run.terminate();
+    reg.kill();
+    env.cleanup().await;
+}
