@@ -254,6 +254,28 @@ impl Capture {
         Ok(columns)
     }
 
+    /// Register a table's key schema. A key that changed (the table was re-keyed: another
+    /// primary key, or `REPLICA IDENTITY FULL`) is incompatible with the old key by nature;
+    /// the registry refuses it under BACKWARD, which would stop capture on that relation
+    /// at every restart. The key subject is then set to compatibility NONE and the new key
+    /// registered as its next version: each record names its key's schema id, so consumers
+    /// read both, and per-key order holds within each key version (a re-key changes which
+    /// rows share a partition anyway). Value subjects keep their compatibility contract.
+    async fn register_key(&mut self, table: &TableId, topic: &str, key_json: &str) -> Result<u32> {
+        let subject = format!("{topic}-key");
+        match self.registry.register(&subject, key_json).await {
+            Err(e) if e.kind() == ErrorKind::Schema => {
+                tracing::warn!(table = %table, subject, error = %e, "the table's key changed (re-keyed): its key subject's compatibility is set to NONE and the new key registered as a new version");
+                self.registry
+                    .set_compatibility(&subject, "NONE")
+                    .await
+                    .map_err(|e| e.context(format!("{table} was re-keyed; its key subject {subject} must accept the new key")))?;
+                self.registry.register(&subject, key_json).await
+            }
+            other => other,
+        }
+    }
+
     /// Derive a table's schema, register it (before the first event that uses this version)
     /// and make sure its topic exists.
     async fn register(
@@ -263,10 +285,7 @@ impl Capture {
         topic: String,
     ) -> Result<TableState> {
         let schema = codec::derive(table, columns, &topic)?;
-        let key_id = self
-            .registry
-            .register(&format!("{topic}-key"), &schema.key_json)
-            .await?;
+        let key_id = self.register_key(table, &topic, &schema.key_json).await?;
         let value_id = self
             .registry
             .register(&format!("{topic}-value"), &schema.value_json)

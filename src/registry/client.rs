@@ -265,6 +265,19 @@ impl RegistryClient {
             .await
     }
 
+    /// Set `subject`'s own compatibility level (`PUT /config/{subject}`), e.g. `NONE`.
+    pub async fn set_compatibility(&self, subject: &str, level: &str) -> Result<()> {
+        let _: serde_json::Value = self
+            .send(
+                &format!("setting the compatibility of {subject}"),
+                self.req(reqwest::Method::PUT, &format!("/config/{}", enc(subject)))
+                    .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+                    .body(json!({ "compatibility": level }).to_string()),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Would `schema` be accepted under `subject` (against what registration would check)?
     pub async fn is_compatible(&self, subject: &str, schema: &str) -> Result<bool> {
         #[derive(Deserialize)]

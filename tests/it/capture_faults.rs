@@ -435,7 +435,7 @@ async fn capture_reconnects_after_the_source_restarts_and_exports_its_metrics() 
 
 /// Issue 16, item 0: a backlog replays whatever happened to its tables since. With capture
 /// stopped, a table is created, written and dropped, another renamed, a third altered (a
-/// column added, another dropped); on restart capture takes each relation's key from the
+/// column added, another dropped), a fourth re-keyed (its key subject takes the new key); on restart capture takes each relation's key from the
 /// stream, not today's catalog, and every event arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_of_tables_dropped_renamed_or_altered_since_replays_to_the_end() {
@@ -445,16 +445,20 @@ async fn a_backlog_of_tables_dropped_renamed_or_altered_since_replays_to_the_end
     cfg.source.schemas = vec![s.clone()];
     let c = sql(&cfg).await;
     c.batch_execute(&format!(
-        r#"CREATE SCHEMA "{s}"; CREATE TABLE "{s}".keep (id bigint PRIMARY KEY, v text);"#
+        r#"CREATE SCHEMA "{s}"; CREATE TABLE "{s}".keep (id bigint PRIMARY KEY, v text);
+           CREATE TABLE "{s}".rekey (id bigint PRIMARY KEY, region text NOT NULL);"#
     ))
     .await
     .unwrap();
     let p = start(&cfg).await;
-    c.batch_execute(&format!(r#"INSERT INTO "{s}".keep VALUES (1, 'before')"#))
-        .await
-        .unwrap();
+    c.batch_execute(&format!(
+        r#"INSERT INTO "{s}".keep VALUES (1, 'before'); INSERT INTO "{s}".rekey VALUES (1, 'eu');"#
+    ))
+    .await
+    .unwrap();
     let t = |name: &str| topic_for(&cfg.topic_prefix, &TableId::new(&s, name));
     assert_eq!(wait_ids(&cfg, &t("keep"), 1).await.len(), 1);
+    assert_eq!(wait_ids(&cfg, &t("rekey"), 1).await.len(), 1);
     p.stop().await;
 
     // Behind capture's back: all of this is in the slot's backlog.
@@ -474,6 +478,8 @@ async fn a_backlog_of_tables_dropped_renamed_or_altered_since_replays_to_the_end
            INSERT INTO "{s}".alt VALUES (2, 'b', 2);
            ALTER TABLE "{s}".alt DROP COLUMN v;
            INSERT INTO "{s}".alt VALUES (3, 3);
+           ALTER TABLE "{s}".rekey DROP CONSTRAINT rekey_pkey, ADD PRIMARY KEY (id, region);
+           INSERT INTO "{s}".rekey VALUES (1, 'us');
            INSERT INTO "{s}".keep VALUES (2, 'after');"#
     ))
     .await
@@ -493,6 +499,21 @@ async fn a_backlog_of_tables_dropped_renamed_or_altered_since_replays_to_the_end
     assert_eq!(
         wait_ids(&cfg, &t("alt"), 3).await,
         BTreeSet::from([1, 2, 3])
+    );
+    // Re-keyed: the new key (id, region) is registered as the key subject's next version.
+    // (Re-sent copies of the unconfirmed tail carry the same position: counted once.)
+    let rekeyed: BTreeSet<(i64, i64)> = read_all(&cfg, &t("rekey"))
+        .await
+        .iter()
+        .map(|e| (e.0, e.1))
+        .collect();
+    assert_eq!(rekeyed.len(), 2, "{rekeyed:?}");
+    let reg = cutover::registry::RegistryClient::new(&cfg.registry).unwrap();
+    let key = reg.latest(&format!("{}-key", t("rekey"))).await.unwrap();
+    assert!(
+        key.version >= 2 && key.schema.contains("region"),
+        "{}",
+        key.schema
     );
     assert!(!p.task.is_finished(), "capture stopped");
     p.stop().await;
