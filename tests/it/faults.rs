@@ -8,9 +8,9 @@
 //!   each batch open 400 ms);
 //! - a registry whose disk is full (a tmpfs data_dir filled up) while a new table appears.
 //!
-//! The broker stopped for 90 s past `wal_sender_timeout` is in `broker_faults.rs`; the
+//! The broker stopped for 90 s past `wal_sender_timeout` is in `faults_broker.rs`; the
 //! capture-side cases (lost slot, unrepresentable and oversized rows, forged watermarks,
-//! keyless tables, a backlog of dropped tables) are in `capture_faults.rs`.
+//! keyless tables, a backlog of dropped tables) are in `faults_capture.rs`.
 //!
 //! Fail points exist only in a build with `--features failpoints` (what `make test` runs).
 
