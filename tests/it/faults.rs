@@ -48,6 +48,23 @@ async fn wait_ready(port: u16, secs: u64, log: &Path) -> Duration {
     since.elapsed()
 }
 
+/// A `cutover` process with `args` and extra environment, stderr appended to `log` (a restart
+/// keeps the earlier run's lines), killed when dropped.
+fn cutover(args: &[&str], log: &Path, env: &[(&str, String)]) -> KillOnDrop {
+    let mut cmd = std::process::Command::new(cutover_bin());
+    cmd.args(args).stdout(std::process::Stdio::null()).stderr(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap(),
+    );
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().map(KillOnDrop).unwrap()
+}
+
 /// A `cutover <command>` process on `config`, its observe server on `port`, stderr to `log`.
 fn spawn(
     command: &str,
@@ -56,16 +73,25 @@ fn spawn(
     log: &Path,
     env: &[(&str, String)],
 ) -> KillOnDrop {
-    let mut cmd = std::process::Command::new(cutover_bin());
-    cmd.args([command, "--config"])
-        .arg(config)
-        .env("CUTOVER__OBSERVE__LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().map(KillOnDrop).unwrap()
+    let mut env = env.to_vec();
+    env.push(("CUTOVER__OBSERVE__LISTEN", format!("127.0.0.1:{port}")));
+    cutover(&[command, "--config", config.to_str().unwrap()], log, &env)
+}
+
+/// `cutover apply --sink mirror` on `config`, with `FAILPOINTS` when given.
+fn apply_mirror(config: &Path, log: &Path, failpoints: Option<&str>) -> KillOnDrop {
+    let env: Vec<(&str, String)> = failpoints
+        .map(|f| ("FAILPOINTS", f.to_string()))
+        .into_iter()
+        .collect();
+    let args = [
+        "apply",
+        "--sink",
+        "mirror",
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    cutover(&args, log, &env)
 }
 
 /// Every id of the counted `events` table's topic, each once after dropping re-sent copies
@@ -284,23 +310,7 @@ async fn a_sink_killed_between_target_commit_and_offset_commit_applies_nothing_t
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&env.cfg, dir.path());
     let log = dir.path().join("apply.log");
-    let apply = |failpoints: Option<&str>| {
-        let mut cmd = std::process::Command::new(cutover_bin());
-        cmd.args(["apply", "--sink", "mirror", "--config"])
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap(),
-            );
-        if let Some(f) = failpoints {
-            cmd.env("FAILPOINTS", f);
-        }
-        cmd.spawn().map(KillOnDrop).unwrap()
-    };
+    let apply = |failpoints| apply_mirror(&config, &log, failpoints);
     // The third batch commits in the target, then the process aborts.
     let mut first = apply(Some("sink-after-target-commit=2*off->return"));
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -371,16 +381,8 @@ async fn the_target_restarted_during_a_batch_loses_nothing_and_the_sink_resumes_
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&env.cfg, dir.path());
     let log = dir.path().join("apply.log");
-    let mut apply = std::process::Command::new(cutover_bin())
-        .args(["apply", "--sink", "mirror", "--config"])
-        .arg(&config)
-        // Every batch holds its transaction open 400 ms before COMMIT.
-        .env("FAILPOINTS", "sink-before-target-commit=sleep(400)")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .map(KillOnDrop)
-        .unwrap();
+    // Every batch holds its transaction open 400 ms before COMMIT.
+    let mut apply = apply_mirror(&config, &log, Some("sink-before-target-commit=sleep(400)"));
     let (done, rows) = background_writer(env.legacy().await, s.clone());
     wait_applied(&env, 300, 90, &log).await;
     pg.restart();
@@ -460,26 +462,19 @@ async fn a_full_registry_disk_holds_capture_without_loss_until_space_returns() {
     let reg_port = free_port();
     let reg_log = dir.path().join("registry.log");
     let registry = || {
-        std::process::Command::new(cutover_bin())
-            .args([
-                "registry",
-                "--listen",
-                &format!("127.0.0.1:{reg_port}"),
-                "--data-dir",
-            ])
-            .arg(&data)
-            .env("CUTOVER__OBSERVE__LISTEN", "")
-            .stdout(std::process::Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&reg_log)
-                    .unwrap(),
-            )
-            .spawn()
-            .map(KillOnDrop)
-            .unwrap()
+        let listen = format!("127.0.0.1:{reg_port}");
+        let args = [
+            "registry",
+            "--listen",
+            &listen,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        cutover(
+            &args,
+            &reg_log,
+            &[("CUTOVER__OBSERVE__LISTEN", String::new())],
+        )
     };
     let wait_registry = || async {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -522,14 +517,7 @@ async fn a_full_registry_disk_holds_capture_without_loss_until_space_returns() {
     .unwrap();
     insert_events(&l, &s, 201, 400, 50).await;
     let slot_before = super::capture::confirmed_lsn(&l, &env.cfg.source.slot).await;
-    let held_at = {
-        let lsn: String = l
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await
-            .unwrap()
-            .get(0);
-        cutover::event::Lsn::parse(&lsn).unwrap().0
-    };
+    let held_at = super::faults_broker::current_lsn(&l).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !std::fs::read_to_string(&reg_log)
         .unwrap_or_default()

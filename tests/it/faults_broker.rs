@@ -75,7 +75,7 @@ async fn broker_sigkill_mid_workload_loses_nothing_applies_nothing_twice_and_lag
     env.cleanup().await;
 }
 
-async fn current_lsn(l: &tokio_postgres::Client) -> u64 {
+pub(super) async fn current_lsn(l: &tokio_postgres::Client) -> u64 {
     let s: String = l
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
