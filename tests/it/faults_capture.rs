@@ -857,6 +857,7 @@ async fn an_oversized_row_is_dead_lettered_as_metadata_and_the_stream_goes_on() 
 /// way, and a configuration that names a key column stops with the field named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn excluded_and_truncated_columns_keep_a_huge_row_flowing() {
+    let metrics = cutover::observe::install_recorder().unwrap();
     let table = unique("cut");
     let mut cfg = test_config(&[&table]);
     cfg.name = table.clone();
@@ -939,6 +940,10 @@ async fn excluded_and_truncated_columns_keep_a_huge_row_flowing() {
         .as_object()
         .unwrap()
         .contains_key("secret"));
+    // Cut values counted: row 2's body and blob live, rows 0 and 2 again in the backfill.
+    let page = metrics.render();
+    let series = format!("cutover_capture_truncated_values_total{{table=\"{name}\"}} 6");
+    assert!(page.contains(&series), "{series} not in:\n{page}");
     p.stop().await;
     c.execute(
         "DELETE FROM cutover.backfill WHERE pipeline = $1",
