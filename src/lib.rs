@@ -66,6 +66,7 @@ pub mod expr;
 pub mod kafka;
 pub mod monitor;
 pub mod observe;
+pub mod reconcile;
 pub mod registry;
 pub mod retry;
 pub mod state;

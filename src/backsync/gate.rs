@@ -11,6 +11,10 @@
 //! - `replica_identity` (into `dual` only): both sides' tables have `REPLICA IDENTITY FULL`, so
 //!   updates and deletes carry the before-image conflict detection compares.
 //!
+//! - `reconcile` (into `reverse`, with `reconcile.enabled`): a reconcile pass of the table
+//!   completed after its last phase change, with parity ≥ `reconcile.gate_min_parity`, and no
+//!   open discrepancy in the ledger older than the forward sink's lag.
+//!
 //! A mapping with a row filter makes counts differ by design: the gate says so and the switch
 //! needs `--force` (verify, issue 7, compares through the whole mapping).
 
@@ -87,6 +91,59 @@ pub struct Measured {
     pub filters_rows: bool,
     /// `ALTER TABLE … REPLICA IDENTITY FULL` statements still needed (into `dual` only).
     pub replica_identity_missing: Option<Vec<String>>,
+    /// What reconcile says of the table (into `reverse` with `reconcile.enabled` only).
+    pub reconcile: Option<ReconcileSeen>,
+}
+
+/// The reconcile ledger's word on a table, for the gate into `reverse`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReconcileSeen {
+    /// The table's last completed pass: (completed at, Unix seconds; parity 0..1).
+    pub last_pass: Option<(f64, f64)>,
+    /// When the table last changed phase (Unix seconds), if ever.
+    pub last_change: Option<f64>,
+    /// Open discrepancies first seen longer ago than the forward sink's lag.
+    pub old_open: i64,
+    pub min_parity: f64,
+}
+
+impl ReconcileSeen {
+    fn check(&self) -> Check {
+        let (ok, detail) = match self.last_pass {
+            None => (
+                false,
+                "no completed reconcile pass of this table: run cutover reconcile (--once)".to_string(),
+            ),
+            Some((at, _)) if self.last_change.is_some_and(|c| at <= c) => (
+                false,
+                "the last reconcile pass completed before the table's last phase change: wait for the next pass (or cutover reconcile --once)".to_string(),
+            ),
+            Some((_, parity)) if parity < self.min_parity => (
+                false,
+                format!(
+                    "parity {:.4}% in the last pass, below reconcile.gate_min_parity {:.4}%",
+                    parity * 100.0,
+                    self.min_parity * 100.0
+                ),
+            ),
+            Some(_) if self.old_open > 0 => (
+                false,
+                format!(
+                    "{} open discrepancies older than the lag (cutover reconcile report)",
+                    self.old_open
+                ),
+            ),
+            Some((_, parity)) => (
+                true,
+                format!("last pass after the last phase change, parity {:.4}%", parity * 100.0),
+            ),
+        };
+        Check {
+            name: "reconcile".into(),
+            ok,
+            detail,
+        }
+    }
 }
 
 /// Run every check for moving `table` from `from` to `to`: measure, then [`decide`].
@@ -151,6 +208,9 @@ pub fn decide(m: &Measured, max_lag_secs: f64, from: Phase, to: Phase) -> Report
                 )
             },
         });
+    }
+    if let Some(r) = m.reconcile.as_ref().filter(|_| to == Phase::Reverse) {
+        checks.push(r.check());
     }
     Report {
         table: m.table.clone(),
@@ -251,6 +311,15 @@ async fn measure(cfg: &Config, table: &str, to: Phase) -> Result<Measured> {
     } else {
         None
     };
+    let reconcile = if to == Phase::Reverse && cfg.reconcile.enabled {
+        let forward_lag = lag
+            .first()
+            .and_then(|(_, l)| l.as_ref().ok().map(|(_, secs)| *secs))
+            .unwrap_or(0.0);
+        Some(reconciled(cfg, &legacy, &new, &b.forward_sink, table, forward_lag).await?)
+    } else {
+        None
+    };
     Ok(Measured {
         lag,
         table: table.to_string(),
@@ -258,6 +327,34 @@ async fn measure(cfg: &Config, table: &str, to: Phase) -> Result<Measured> {
         rows,
         filters_rows: mapping.filters_rows(),
         replica_identity_missing,
+        reconcile,
+    })
+}
+
+/// Read the reconcile ledger (in the new store) and the table's last phase change (legacy).
+async fn reconciled(
+    cfg: &Config,
+    legacy: &tokio_postgres::Client,
+    new: &tokio_postgres::Client,
+    sink: &str,
+    table: &str,
+    lag_secs: f64,
+) -> Result<ReconcileSeen> {
+    crate::state::ensure_reconcile(new).await?;
+    let last_change: Option<f64> = legacy
+        .query_opt(
+            "SELECT extract(epoch FROM changed_at)::float8 FROM cutover.table_phases
+             WHERE pipeline = $1 AND table_name = $2",
+            &[&cfg.name, &table],
+        )
+        .await
+        .map_err(|e| Error::postgres("reading cutover.table_phases", e))?
+        .map(|r| r.get(0));
+    Ok(ReconcileSeen {
+        last_pass: crate::reconcile::ledger::last_completed(new, sink, table).await?,
+        last_change,
+        old_open: crate::reconcile::ledger::open_older_than(new, sink, table, lag_secs).await?,
+        min_parity: cfg.reconcile.gate_min_parity,
     })
 }
 
@@ -293,7 +390,62 @@ mod tests {
             rows: Ok(report(0)),
             filters_rows: false,
             replica_identity_missing: Some(vec![]),
+            reconcile: None,
         }
+    }
+
+    #[test]
+    fn into_reverse_with_reconcile_needs_a_recent_pass_with_parity_and_no_old_discrepancy() {
+        let seen = ReconcileSeen {
+            last_pass: Some((200.0, 1.0)),
+            last_change: Some(100.0),
+            old_open: 0,
+            min_parity: 0.9999,
+        };
+        let judge = |r: ReconcileSeen, to: Phase| {
+            let m = Measured {
+                reconcile: Some(r),
+                ..measured()
+            };
+            decide(&m, 30.0, Phase::Dual, to)
+        };
+        assert!(judge(seen.clone(), Phase::Reverse).passed());
+        // Only into reverse.
+        let none = ReconcileSeen {
+            last_pass: None,
+            ..seen.clone()
+        };
+        assert!(judge(none.clone(), Phase::Forward).passed());
+        let r = judge(none, Phase::Reverse);
+        assert!(
+            !r.passed() && r.failures()[0].contains("no completed reconcile pass"),
+            "{:?}",
+            r.failures()
+        );
+        let stale = ReconcileSeen {
+            last_pass: Some((90.0, 1.0)),
+            ..seen.clone()
+        };
+        assert!(judge(stale, Phase::Reverse).failures()[0]
+            .contains("before the table's last phase change"));
+        let low = ReconcileSeen {
+            last_pass: Some((200.0, 0.999)),
+            ..seen.clone()
+        };
+        assert!(
+            judge(low, Phase::Reverse).failures()[0].contains("below reconcile.gate_min_parity")
+        );
+        let old = ReconcileSeen {
+            old_open: 2,
+            ..seen.clone()
+        };
+        assert!(judge(old, Phase::Reverse).failures()[0].contains("2 open discrepancies"));
+        // A table that never changed phase needs just a pass.
+        let never = ReconcileSeen {
+            last_change: None,
+            ..seen
+        };
+        assert!(judge(never, Phase::Reverse).passed());
     }
 
     #[test]

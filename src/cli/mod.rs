@@ -9,6 +9,7 @@ mod check_config;
 mod healthcheck;
 mod monitor;
 mod phase;
+mod reconcile;
 mod registry;
 mod replay;
 mod retire;
@@ -73,6 +74,8 @@ pub enum Command {
     Tail(tail::Args),
     /// Compare source tables with a sink's target: parity, differing keys, --repair.
     Verify(verify::Args),
+    /// Compare legacy with each sink's target continuously: ledger, parity metrics, repair.
+    Reconcile(reconcile::Args),
     /// Copy existing rows into the topics (op=r), consistent with the stream, via capture.
     Backfill(backfill::Args),
     /// Remove a stopped sink's replication origins, progress and consumer group for good.
@@ -102,6 +105,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Replay(ref args) => replay::run(&cli, args).await,
         Command::Tail(ref args) => tail::run(&cli, args).await,
         Command::Verify(ref args) => verify::run(&cli, args).await,
+        Command::Reconcile(ref args) => reconcile::run(&cli, args).await,
         Command::Backfill(ref args) => backfill::run(&cli, args).await,
         Command::Retire(ref args) => retire::run(&cli, args).await,
     };

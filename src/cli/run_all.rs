@@ -80,6 +80,16 @@ pub(super) async fn run_pipeline(
             )
         });
     }
+    // Reconcile compares legacy with the forward sinks' targets: part of `run` when enabled.
+    if command == "run" && cfg.reconcile.enabled {
+        let (cfg, stop) = (cfg.clone(), stop.clone());
+        tasks.spawn(async move {
+            (
+                "reconcile".to_string(),
+                super::reconcile::reconcile_loop(&cfg, stop).await,
+            )
+        });
+    }
     for name in sinks {
         let (cfg, readiness, stop) = (cfg.clone(), readiness.clone(), stop.clone());
         tasks.spawn(async move {

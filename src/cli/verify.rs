@@ -12,14 +12,12 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tokio_postgres::types::ToSql;
-
 use super::{load_config, Cli};
 use crate::apply::mapping::Mapping;
-use crate::config::{Config, Unmapped};
-use crate::database::ident::{qualified, quote};
+use crate::config::Config;
+use crate::database::ident::qualified;
 use crate::error::{Error, Result};
-use crate::verify::{self, Options, TableReport};
+use crate::verify::{self, Options};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -64,17 +62,6 @@ fn pick_sink(cfg: &Config, name: Option<&str>) -> Result<usize> {
     Ok(cfg.sink_at(&name)?.0)
 }
 
-async fn tables_of(cfg: &Config, i: usize, src: &tokio_postgres::Client) -> Result<Vec<String>> {
-    let sink = &cfg.sinks[i];
-    let mut t: Vec<String> = sink.tables.iter().map(|m| m.source.clone()).collect();
-    if sink.unmapped_tables == Unmapped::Identity {
-        t.extend(crate::capture::setup::captured_tables(cfg, src).await?);
-    }
-    t.sort();
-    t.dedup();
-    Ok(t)
-}
-
 fn mapping_for(cfg: &Config, i: usize, table: &str) -> Result<Mapping> {
     crate::apply::mapping::for_table(cfg, i, table)?.ok_or_else(|| {
         Error::config(format!(
@@ -104,60 +91,6 @@ fn keys_text(keys: &[Vec<Option<String>>], n: usize) -> String {
     }
 }
 
-async fn repair(
-    cfg: &Config,
-    src: &tokio_postgres::Client,
-    dst: &tokio_postgres::Client,
-    plan: &verify::Plan,
-    r: &TableReport,
-) -> Result<(u64, u64)> {
-    let src_key: Vec<String> = plan.key.iter().map(|(s, _)| s.clone()).collect();
-    let dst_key: Vec<String> = plan.key.iter().map(|(_, t)| t.clone()).collect();
-    let mut reemitted = 0;
-    let resend: Vec<Vec<Option<String>>> = r.missing.iter().chain(&r.different).cloned().collect();
-    for chunk in resend.chunks(500) {
-        let mut params = Vec::new();
-        let w = verify::key_in(&src_key, &plan.key_types, chunk, &mut params);
-        let k0 = quote(&src_key[0]);
-        let sql = format!(
-            "UPDATE {} AS t SET {k0} = t.{k0} WHERE {w}",
-            qualified(&plan.source)
-        );
-        let refs: Vec<&(dyn ToSql + Sync)> =
-            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        reemitted += src
-            .execute(&sql, &refs)
-            .await
-            .map_err(|e| Error::postgres(format!("re-emitting rows of {}", plan.source), e))?;
-    }
-    let mut deleted = 0;
-    if !r.extra.is_empty() {
-        // Under a cutover origin: a back-sync capturing this target never sends these back.
-        let origin = crate::database::origin::bind(
-            dst,
-            &cfg.name,
-            crate::database::origin::VERIFY_WRITER,
-            None,
-        )
-        .await?;
-        for chunk in r.extra.chunks(500) {
-            for t in &plan.targets {
-                let mut params = Vec::new();
-                let w = verify::key_in(&dst_key, &plan.key_types, chunk, &mut params);
-                let sql = format!("DELETE FROM {} AS t WHERE {w}", qualified(t));
-                let refs: Vec<&(dyn ToSql + Sync)> =
-                    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-                deleted += dst
-                    .execute(&sql, &refs)
-                    .await
-                    .map_err(|e| Error::postgres(format!("deleting extra rows of {t}"), e))?;
-            }
-        }
-        tracing::info!(origin, deleted, "extra target rows deleted");
-    }
-    Ok((reemitted, deleted))
-}
-
 pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     let cfg = load_config(cli)?;
     let i = pick_sink(&cfg, args.sink.as_deref())?;
@@ -169,7 +102,7 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         .connect()
         .await?;
     let tables = if args.tables.is_empty() {
-        tables_of(&cfg, i, &src).await?
+        verify::tables(&cfg, i, &src).await?
     } else {
         args.tables.clone()
     };
@@ -204,7 +137,7 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         if args.repair && report.differences() > 0 {
             repairs.push((
                 table.clone(),
-                repair(&cfg, &src, &dst, &plan, &report).await?,
+                verify::repair(&cfg, &src, &dst, &plan, &report).await?,
             ));
         }
         reports.push(report);

@@ -58,6 +58,9 @@ pub struct Config {
     pub observe: ObserveConfig,
     #[serde(default)]
     pub monitor: MonitorConfig,
+    /// Continuous comparison of legacy and each sink's target (`cutover reconcile`).
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
     #[serde(default)]
     pub sinks: Vec<SinkConfig>,
     /// The reverse pipeline (new store → legacy) and the per-table cutover phases.
@@ -389,6 +392,60 @@ impl Default for MonitorConfig {
             lag_degraded_secs: 300,
             stalled_after_secs: 120,
             slot_retained_degraded_bytes: 10 << 30,
+        }
+    }
+}
+
+/// What reconcile does about the differences it confirms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RepairMode {
+    /// Record them in the ledger only.
+    Off,
+    /// Record them, and log and count the repair `auto` would make.
+    #[default]
+    Report,
+    /// Repair them like `verify --repair` (re-emit missing/different rows from the source,
+    /// delete extra target rows), at most `repair_max_rows` per pass, each one audited.
+    Auto,
+}
+
+/// `cutover reconcile`: every table every (chosen) sink maps, compared pass after pass.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// Run reconcile inside `cutover run` (it also runs on its own as `cutover reconcile`).
+    /// When enabled, `phase set --to reverse` also requires a recent reconcile pass.
+    pub enabled: bool,
+    /// Sinks to reconcile (empty: every sink).
+    pub sinks: Vec<String>,
+    /// Read budget: rows per second over both sides together (0: unthrottled).
+    pub rows_per_sec: u64,
+    /// Keys per compared chunk.
+    pub chunk_rows: i64,
+    /// Pause between two passes.
+    pub pause_secs: u64,
+    /// A difference is re-checked after the sink's measured lag, and never sooner than this.
+    pub min_recheck_secs: u64,
+    pub repair: RepairMode,
+    /// Rows `repair = "auto"` may repair in one pass; the rest wait for the next.
+    pub repair_max_rows: u64,
+    /// `phase set --to reverse` needs a pass with at least this parity (0..1).
+    pub gate_min_parity: f64,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            enabled: false,
+            sinks: Vec::new(),
+            rows_per_sec: 5_000,
+            chunk_rows: 10_000,
+            pause_secs: 300,
+            min_recheck_secs: 5,
+            repair: RepairMode::Report,
+            repair_max_rows: 1_000,
+            gate_min_parity: 0.9999,
         }
     }
 }

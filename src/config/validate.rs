@@ -102,6 +102,7 @@ impl Config {
         self.validate_observe(&mut e);
         self.validate_backsync(&mut e);
         self.validate_monitor(&mut e);
+        self.validate_reconcile(&mut e);
         self.validate_sinks(&mut e);
         if e.0.is_empty() {
             Ok(())
@@ -429,6 +430,24 @@ impl Config {
         }
         if self.monitor.stalled_after_secs == 0 {
             e.push("monitor.stalled_after_secs", "must be at least 1");
+        }
+    }
+
+    fn validate_reconcile(&self, e: &mut ValidationErrors) {
+        let r = &self.reconcile;
+        if r.chunk_rows < 2 {
+            e.push("reconcile.chunk_rows", "must be at least 2");
+        }
+        if !(0.0..=1.0).contains(&r.gate_min_parity) {
+            e.push("reconcile.gate_min_parity", "must be between 0 and 1");
+        }
+        for (i, s) in r.sinks.iter().enumerate() {
+            if !self.sinks.iter().any(|k| &k.name == s) {
+                e.push(
+                    format!("reconcile.sinks[{i}]"),
+                    format!("no sink named {s:?}"),
+                );
+            }
         }
     }
 

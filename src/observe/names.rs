@@ -134,6 +134,25 @@ pub const VERIFY_DIFFERENCES: &str = "cutover_verify_differences";
 /// Gauge: equal rows over rows on either side (0..1), label: table.
 pub const VERIFY_PARITY_RATIO: &str = "cutover_verify_parity_ratio";
 
+// ---- reconcile ----
+pub const LABEL_SIDE: &str = "side";
+/// Gauge: equal rows over rows on either side in the last pass (0..1), labels: sink, table.
+pub const RECONCILE_PARITY_RATIO: &str = "cutover_reconcile_parity_ratio";
+/// Gauge: open discrepancies in the ledger, labels: sink, table.
+pub const RECONCILE_OPEN_DISCREPANCIES: &str = "cutover_reconcile_open_discrepancies";
+/// Gauge: age of the oldest open discrepancy, labels: sink, table.
+pub const RECONCILE_OLDEST_DISCREPANCY_AGE_SECONDS: &str =
+    "cutover_reconcile_oldest_discrepancy_age_seconds";
+/// Counter: rows read by reconcile's comparisons, labels: sink, table, side ∈ {source, target}.
+pub const RECONCILE_ROWS_COMPARED_TOTAL: &str = "cutover_reconcile_rows_compared_total";
+/// Gauge: when the last pass of a table completed (Unix seconds), labels: sink, table.
+pub const RECONCILE_LAST_PASS_COMPLETED_TIMESTAMP_SECONDS: &str =
+    "cutover_reconcile_last_pass_completed_timestamp_seconds";
+/// Gauge: how long the last pass of a table took, labels: sink, table.
+pub const RECONCILE_PASS_DURATION_SECONDS: &str = "cutover_reconcile_pass_duration_seconds";
+/// Counter: keys repaired or not, labels: sink, table, outcome ∈ {planned, repaired, capped}.
+pub const RECONCILE_REPAIRS_TOTAL: &str = "cutover_reconcile_repairs_total";
+
 // ---- the monitor itself ----
 /// Counter of probes, label outcome ∈ {ok, error}.
 pub const MONITOR_PROBES_TOTAL: &str = "cutover_monitor_probes_total";
@@ -198,6 +217,13 @@ const HELP: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::Counter, VERIFY_ROWS_TOTAL, None, "Source rows covered by verify."),
     (Kind::Gauge, VERIFY_DIFFERENCES, None, "Rows that differ between source and target in the last verify, by kind."),
     (Kind::Gauge, VERIFY_PARITY_RATIO, None, "Equal rows over rows on either side in the last verify (1 = identical)."),
+    (Kind::Gauge, RECONCILE_PARITY_RATIO, None, "Equal rows over rows on either side in the last reconcile pass of a table (1 = identical)."),
+    (Kind::Gauge, RECONCILE_OPEN_DISCREPANCIES, None, "Open discrepancies in the ledger (cutover.discrepancies) after the last pass."),
+    (Kind::Gauge, RECONCILE_OLDEST_DISCREPANCY_AGE_SECONDS, Some(Unit::Seconds), "Age of the oldest open discrepancy (0 without one)."),
+    (Kind::Counter, RECONCILE_ROWS_COMPARED_TOTAL, None, "Rows read by reconcile's comparisons, by side (source: its load on legacy)."),
+    (Kind::Gauge, RECONCILE_LAST_PASS_COMPLETED_TIMESTAMP_SECONDS, Some(Unit::Seconds), "When the last reconcile pass of the table completed (Unix time)."),
+    (Kind::Gauge, RECONCILE_PASS_DURATION_SECONDS, Some(Unit::Seconds), "How long the last reconcile pass of the table took."),
+    (Kind::Counter, RECONCILE_REPAIRS_TOTAL, None, "Keys reconcile planned to repair (repair = report), repaired (auto) or left for the next pass (capped)."),
     (Kind::Counter, SINK_CONFLICTS_TOTAL, None, "Conflicts (both sides changed a row in the dual phase) resolved, by policy and winner."),
     (Kind::Counter, SINK_PHASE_SKIPPED_TOTAL, None, "Events not applied because the other side owns the table in its current phase."),
     (Kind::Counter, CAPTURE_ECHOES_SUPPRESSED_TOTAL, None, "Row changes written by cutover itself (a cutover replication origin), dropped by capture."),

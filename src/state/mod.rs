@@ -16,6 +16,10 @@
 //!   legacy          cutover.backfill         cutover backfill, capture  chunk progress survives restarts
 //!   legacy          cutover.capture_slots    capture                    a lost slot is never silent
 //!                   cutover.capture_gaps     capture --accept-gap       every accepted loss, audited
+//!   each target     cutover.discrepancies    cutover reconcile          one open row per (key, kind)
+//!                   cutover.reconcile_passes cutover reconcile          every table pass, and where a
+//!                                                                       pass stopped (resume point)
+//!                   cutover.repair_audit     reconcile (repair=auto)    every repair, row by row
 //! ```
 //!
 //! All DDL is idempotent (`IF NOT EXISTS`) and runs at start-up of whoever needs the tables.
@@ -180,6 +184,57 @@ CREATE TABLE IF NOT EXISTS cutover.capture_gaps (
     accepted_by text NOT NULL,
     accepted_at timestamptz NOT NULL DEFAULT now()
 );";
+
+/// Reconcile's ledger, pass history and repair audit, in each reconciled target.
+pub const RECONCILE_DDL: &str = "
+CREATE TABLE IF NOT EXISTS cutover.discrepancies (
+    id bigserial PRIMARY KEY,
+    sink text NOT NULL,
+    source_table text NOT NULL,
+    row_key jsonb NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('missing', 'extra', 'different')),
+    first_seen timestamptz NOT NULL DEFAULT now(),
+    last_seen timestamptz NOT NULL DEFAULT now(),
+    resolved_at timestamptz,
+    resolution text
+);
+CREATE UNIQUE INDEX IF NOT EXISTS discrepancies_open
+    ON cutover.discrepancies (sink, source_table, row_key, kind) WHERE resolved_at IS NULL;
+CREATE TABLE IF NOT EXISTS cutover.reconcile_passes (
+    sink text NOT NULL,
+    source_table text NOT NULL,
+    started_at timestamptz NOT NULL,
+    completed_at timestamptz,
+    resume_key jsonb,
+    source_rows bigint NOT NULL DEFAULT 0,
+    target_rows bigint NOT NULL DEFAULT 0,
+    chunks bigint NOT NULL DEFAULT 0,
+    differences bigint,
+    parity double precision,
+    seconds double precision,
+    PRIMARY KEY (sink, source_table, started_at)
+);
+CREATE TABLE IF NOT EXISTS cutover.repair_audit (
+    id bigserial PRIMARY KEY,
+    repaired_at timestamptz NOT NULL DEFAULT now(),
+    pipeline text NOT NULL,
+    sink text NOT NULL,
+    source_table text NOT NULL,
+    row_key jsonb NOT NULL,
+    kind text NOT NULL,
+    action text NOT NULL,
+    repaired_by text NOT NULL
+);";
+
+/// Create reconcile's tables in a target (idempotent).
+pub async fn ensure_reconcile(client: &Client) -> Result<()> {
+    ensure(
+        client,
+        RECONCILE_DDL,
+        "cutover.discrepancies, cutover.reconcile_passes and cutover.repair_audit",
+    )
+    .await
+}
 
 /// Create capture's slot memory in the source (idempotent).
 pub async fn ensure_slots(client: &Client) -> Result<()> {

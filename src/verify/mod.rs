@@ -18,6 +18,10 @@
 //! selects the same rows on both sides. Reads are throttled (`rows_per_sec`) so a live legacy
 //! database is not spiked.
 
+mod repair;
+
+pub use repair::{repair, tables};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -402,13 +406,54 @@ impl Throttle {
     }
 }
 
-/// Compare one table; `progress` is called after every chunk with (rows done, rows estimated).
+/// Compare one table; `progress` is called after every chunk with the source rows done.
 pub async fn verify_table(
     src: &Client,
     dst: &Client,
     plan: &Plan,
     opts: &Options,
-    mut progress: impl FnMut(i64),
+    progress: impl FnMut(i64) + Send,
+) -> Result<TableReport> {
+    struct Progress<F>(F);
+    #[async_trait::async_trait]
+    impl<F: FnMut(i64) + Send> OnChunk for Progress<F> {
+        async fn chunk(&mut self, c: &Chunk) -> Result<()> {
+            (self.0)(c.done);
+            Ok(())
+        }
+    }
+    verify_table_from(src, dst, plan, opts, None, &mut Progress(progress)).await
+}
+
+/// One compared chunk, as [`verify_table_from`] reports it.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// Source rows compared so far in this call.
+    pub done: i64,
+    /// Rows of this chunk on each side.
+    pub source_rows: i64,
+    pub target_rows: i64,
+    /// The chunk's upper key: a later call started after it resumes behind this chunk
+    /// (`None` for the last, open-ended chunk).
+    pub hi: Option<Key>,
+}
+
+/// What a caller of [`verify_table_from`] does after each chunk (a resumable caller records
+/// the chunk's `hi`); an error stops the comparison.
+#[async_trait::async_trait]
+pub trait OnChunk: Send {
+    async fn chunk(&mut self, c: &Chunk) -> Result<()>;
+}
+
+/// [`verify_table`] starting after key `after` (a resumed pass: rows at or below it are not
+/// compared), calling `on_chunk` after every chunk.
+pub async fn verify_table_from(
+    src: &Client,
+    dst: &Client,
+    plan: &Plan,
+    opts: &Options,
+    after: Option<Key>,
+    on_chunk: &mut dyn OnChunk,
 ) -> Result<TableReport> {
     let started = Instant::now();
     let table = plan.source.to_string();
@@ -425,7 +470,7 @@ pub async fn verify_table(
         ..Default::default()
     };
     let mut diff = Diff::default();
-    let mut lo: Option<Key> = None;
+    let mut lo: Option<Key> = after;
     let mut done = 0i64;
     loop {
         // The next chunk: up to chunk_rows source keys after `lo`; the last one is open-ended.
@@ -458,7 +503,14 @@ pub async fn verify_table(
         };
         record_chunk(&table, outcome, sn);
         done += sn;
-        progress(done);
+        on_chunk
+            .chunk(&Chunk {
+                done,
+                source_rows: sn,
+                target_rows: tn,
+                hi: range.hi.clone(),
+            })
+            .await?;
         throttle.account(sn + tn).await;
         if last {
             break;

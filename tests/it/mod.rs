@@ -22,6 +22,7 @@ mod postgres;
 mod postgres_tls;
 mod prometheus;
 mod python_registry_client;
+mod reconcile;
 mod registry_api;
 mod replay;
 mod verify;

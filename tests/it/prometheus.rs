@@ -540,11 +540,13 @@ async fn prometheus_scrapes_alerts_on_a_stopped_sink_and_status_reports_it() {
         );
     }
     for (name, (_, _, by)) in documented() {
-        // Exported only with a [backsync] section, only by `cutover verify`, only while a
-        // backfill runs, or only for tables with cut columns: their own tests check them
-        // (backsync.rs, verify.rs, backfill.rs, faults_capture.rs).
+        // Exported only with a [backsync] section, only by `cutover verify` or `cutover
+        // reconcile`, only while a backfill runs, or only for tables with cut columns: their
+        // own tests check them (backsync.rs, verify.rs, reconcile.rs, backfill.rs,
+        // faults_capture.rs).
         if !by.contains("back-sync")
             && !by.contains("verify")
+            && !by.contains("reconcile")
             && !by.contains("backfill")
             && !by.contains("truncate_columns")
         {
