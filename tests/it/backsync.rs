@@ -840,3 +840,70 @@ async fn identity_back_sync_needs_no_mappings_and_never_echoes() {
     assert!(out.contains("dropped 1 origin(s)"), "{out}");
     m.cleanup(vec![]).await;
 }
+
+/// Issue 17, item 5: with `reconcile.enabled`, the switch into `reverse` also needs a
+/// reconcile pass of the table completed after its last phase change, with parity at least
+/// `gate_min_parity` and no old open discrepancy. Refused before such a pass (the rows check
+/// alone would pass: both sides are equal), accepted after `cutover reconcile --once`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_reconcile_the_switch_into_reverse_waits_for_a_pass_after_the_last_phase_change() {
+    let mut m = Mig::new("bsrec", ConflictPolicy::SourceOfTruth).await;
+    m.cfg.reconcile.enabled = true;
+    m.cfg.reconcile.min_recheck_secs = 1;
+    m.cfg.reconcile.rows_per_sec = 0;
+    std::fs::write(m.config_path(), m.cfg.to_redacted_toml()).unwrap();
+    let parts = m.start().await;
+    let s = m.id.clone();
+    m.legacy()
+        .await
+        .batch_execute(&format!(
+            r#"INSERT INTO "{s}".accounts SELECT g, 'owner ' || g, g FROM generate_series(1, 30) g"#
+        ))
+        .await
+        .unwrap();
+    m.converged(60).await;
+    // A pass before the change into dual does not count for the next change.
+    let reconcile = |m: &Mig| {
+        Command::new(cutover_bin())
+            .args(["reconcile", "--once", "--config"])
+            .arg(m.config_path())
+            .env_remove("CUTOVER_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let o = reconcile(&m);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    m.switch("dual").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let out = loop {
+        let (code, out) = m.phase(&["set", "--table", &m.table(), "--to", "reverse"]);
+        assert_eq!(code, 3, "into reverse without a pass since dual: {out}");
+        if out.contains("FAIL reconcile") || Instant::now() > deadline {
+            break out;
+        }
+        // Only lag may fail first while the back-sync catches up.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        out.contains("FAIL reconcile: the last reconcile pass completed before the table's last phase change"),
+        "{out}"
+    );
+    assert!(!out.contains("FAIL rows"), "both sides are equal: {out}");
+    let o = reconcile(&m);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    m.switch("reverse").await;
+    let history = m.phase_json(&["history"]);
+    let last = history.as_array().unwrap().last().unwrap().clone();
+    assert!(
+        last.to_string().contains("last pass after the last phase change, parity 100.0000%"),
+        "{last}"
+    );
+    let n = m.new_store().await;
+    n.execute(
+        "DELETE FROM cutover.reconcile_passes WHERE source_table = $1",
+        &[&m.table()],
+    )
+    .await
+    .unwrap();
+    m.cleanup(parts).await;
+}
