@@ -895,7 +895,8 @@ async fn with_reconcile_the_switch_into_reverse_waits_for_a_pass_after_the_last_
     let history = m.phase_json(&["history"]);
     let last = history.as_array().unwrap().last().unwrap().clone();
     assert!(
-        last.to_string().contains("last pass after the last phase change, parity 100.0000%"),
+        last.to_string()
+            .contains("last pass after the last phase change, parity 100.0000%"),
         "{last}"
     );
     let n = m.new_store().await;

@@ -303,3 +303,71 @@ async fn a_killed_service_resumes_its_pass_and_the_read_budget_holds() {
     .unwrap();
     env.cleanup().await;
 }
+
+/// `cutover run` with `reconcile.enabled` runs reconcile beside capture and the sinks: its
+/// passes appear in the ledger's history and its metrics on the same observe port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutover_run_with_reconcile_enabled_reconciles_its_sinks() {
+    let mut env = Env::new("recrun");
+    env.cfg.sinks.truncate(1); // mirror
+    env.cfg.reconcile.enabled = true;
+    env.cfg.reconcile.pause_secs = 1;
+    env.cfg.reconcile.min_recheck_secs = 1;
+    super::apply::counted_mirror_table(&env).await;
+    let s = env.schema.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&env.cfg, dir.path());
+    let log = dir.path().join("run.log");
+    let port = free_port();
+    let mut run = std::process::Command::new(cutover_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("CUTOVER__OBSERVE__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap();
+    let l = env.legacy().await;
+    super::apply::wait_for_slot(&l, &env.cfg.source.slot, || {
+        std::fs::read_to_string(&log).unwrap_or_default()
+    })
+    .await;
+    insert_events(&l, &s, 1, 500, 100).await;
+    let t = env.target(0).await;
+    let q = format!(r#"SELECT * FROM "{s}".events"#);
+    converge(&l, &q, &t, &q, 60).await;
+    let table = format!("{s}.events");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let page = scrape(&format!("127.0.0.1:{port}")).await;
+        let done: i64 = t
+            .query_one(
+                "SELECT count(*) FROM cutover.reconcile_passes
+                 WHERE sink = 'mirror' AND source_table = $1 AND completed_at IS NOT NULL AND source_rows = 500",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let series =
+            format!("cutover_reconcile_parity_ratio{{sink=\"mirror\",table=\"{table}\"}} 1");
+        if done > 0 && page.contains(&series) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reconcile pass over the 500 rows inside cutover run:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    run.terminate();
+    t.execute(
+        "DELETE FROM cutover.reconcile_passes WHERE source_table = $1",
+        &[&table],
+    )
+    .await
+    .unwrap();
+    env.cleanup().await;
+}
