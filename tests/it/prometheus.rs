@@ -30,7 +30,7 @@ use super::support::{cutover_bin, free_port, root, scrape, KillOnDrop};
 const LAG_MESSAGES_THRESHOLD: i64 = 20;
 const LAG_SECONDS_THRESHOLD: i64 = 3;
 
-struct Prometheus {
+pub(super) struct Prometheus {
     port: u16,
     _child: KillOnDrop,
     _dir: tempfile::TempDir,
@@ -39,7 +39,7 @@ struct Prometheus {
 
 /// The shipped rules with `for:` shortened to 2s and the thresholds of the given alerts
 /// replaced (the threshold is the last `> N` of an expression: a convention of alerts.yml).
-fn scaled_rules(overrides: &BTreeMap<&str, i64>) -> String {
+pub(super) fn scaled_rules(overrides: &BTreeMap<&str, i64>) -> String {
     let text = std::fs::read_to_string(root().join("deploy/prometheus/alerts.yml")).unwrap();
     let mut rules: Yaml = serde_yaml_ng::from_str(&text).unwrap();
     let mut replaced = 0;
@@ -68,7 +68,7 @@ fn scaled_rules(overrides: &BTreeMap<&str, i64>) -> String {
 impl Prometheus {
     /// Prometheus with the shipped config (deploy/prometheus/prometheus.yml: file_sd targets,
     /// rule file) at test speed: scrape and evaluate every second.
-    async fn start(targets: &[(String, &str)], rules: &str) -> Prometheus {
+    pub(super) async fn start(targets: &[(String, &str)], rules: &str) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let shipped =
             std::fs::read_to_string(root().join("deploy/prometheus/prometheus.yml")).unwrap();
@@ -180,7 +180,7 @@ impl Prometheus {
     }
 
     /// (alertname, state) of every pending or firing alert for `sink`.
-    async fn alerts(&self, sink: &str) -> BTreeSet<(String, String)> {
+    pub(super) async fn alerts(&self, sink: &str) -> BTreeSet<(String, String)> {
         self.get("/api/v1/alerts", &[]).await["data"]["alerts"]
             .as_array()
             .unwrap()
@@ -195,7 +195,12 @@ impl Prometheus {
             .collect()
     }
 
-    async fn wait_for(&self, what: &str, secs: u64, mut ok: impl AsyncFnMut(&Prometheus) -> bool) {
+    pub(super) async fn wait_for(
+        &self,
+        what: &str,
+        secs: u64,
+        mut ok: impl AsyncFnMut(&Prometheus) -> bool,
+    ) {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while !ok(self).await {
             assert!(

@@ -38,7 +38,8 @@ fn open_keys(config: &std::path::Path, schema: &str) -> BTreeSet<(String, String
 /// renames (`qty` → `quantity`), one in a column it copies, one deleted, one inserted — is
 /// found by one `reconcile --once` pass while a workload keeps writing (whose rows in flight
 /// are not reported), listed with its keys, and repaired by `repair = "auto"` through the
-/// pipeline; the next pass resolves the ledger and every repair is audited.
+/// pipeline; the next pass resolves the ledger and every repair is audited. A reconcile
+/// service scraped by Prometheus fires the parity and old-discrepancy alerts meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_is_found_in_one_pass_with_its_keys_and_auto_repair_fixes_it() {
     let mut env = Env::new("recon");
@@ -116,6 +117,35 @@ async fn drift_is_found_in_one_pass_with_its_keys_and_auto_repair_fixes_it() {
         .unwrap()
         .get(0);
     assert!(parity < 1.0 && parity > 0.98, "parity {parity}");
+
+    // Alerted: a reconcile service scraped by a real Prometheus with the shipped rules (`for:`
+    // scaled to 2 s, the discrepancy-age threshold to 1 s) fires both drift alerts.
+    let port = free_port();
+    let log = dir.path().join("service.log");
+    let mut service = std::process::Command::new(cutover_bin())
+        .args(["reconcile", "--config"])
+        .arg(&config)
+        .env("CUTOVER__OBSERVE__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap();
+    let rules = super::prometheus::scaled_rules(&[("CutoverReconcileDiscrepancyOld", 1)].into());
+    let prom =
+        super::prometheus::Prometheus::start(&[(format!("127.0.0.1:{port}"), "reconcile")], &rules)
+            .await;
+    prom.wait_for("the reconcile drift alerts", 90, async |p| {
+        let a = p.alerts("newstore").await;
+        [
+            "CutoverReconcileParityLow",
+            "CutoverReconcileDiscrepancyOld",
+        ]
+        .iter()
+        .all(|n| a.contains(&(n.to_string(), "firing".to_string())))
+    })
+    .await;
+    service.terminate();
 
     // Auto-repair: re-emitted through the pipeline (missing, different), deleted (extra).
     let mut auto = env.cfg.clone();
