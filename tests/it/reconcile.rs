@@ -401,3 +401,103 @@ async fn cutover_run_with_reconcile_enabled_reconciles_its_sinks() {
     .unwrap();
     env.cleanup().await;
 }
+
+/// The target PostgreSQL restarts in the middle of a pass: the service reconnects by itself,
+/// resumes the pass behind its last recorded chunk and completes it with full parity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_restart_mid_pass_is_waited_out_and_the_pass_resumes() {
+    let pg = super::support::PrivatePostgres::start(&[]);
+    let mut env = Env::new("recdb");
+    env.cfg.sinks.truncate(1); // mirror, on a target of its own
+    env.cfg.sinks[0].url = cutover::config::DbUrl::new(pg.url("postgres"));
+    env.cfg.reconcile.rows_per_sec = 2_000;
+    env.cfg.reconcile.chunk_rows = 250;
+    env.cfg.reconcile.min_recheck_secs = 1;
+    let s = env.schema.clone();
+    // The same 4,000 rows on both sides (no pipeline needed to compare them).
+    let ddl = format!(
+        r#"CREATE SCHEMA "{s}"; CREATE TABLE "{s}".events (id bigint PRIMARY KEY, payload text);
+           INSERT INTO "{s}".events SELECT g, md5(g::text) FROM generate_series(1, 4000) g;"#
+    );
+    env.legacy().await.batch_execute(&ddl).await.unwrap();
+    env.target(0).await.batch_execute(&ddl).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&env.cfg, dir.path());
+    let log = dir.path().join("reconcile.log");
+    let mut service = std::process::Command::new(cutover_bin())
+        .args(["reconcile", "--config"])
+        .arg(&config)
+        .env("CUTOVER__OBSERVE__LISTEN", "")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap();
+    let table = format!("{s}.events");
+    let chunks = |t: tokio_postgres::Client, done: bool| {
+        let table = table.clone();
+        async move {
+            t.query_opt(
+                "SELECT chunks FROM cutover.reconcile_passes
+                 WHERE sink = 'mirror' AND source_table = $1 AND (completed_at IS NOT NULL) = $2",
+                &[&table, &done],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get::<_, i64>(0))
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while chunks(env.target(0).await, false).await.unwrap_or(0) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no progress: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pg.restart();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let done = loop {
+        if let Ok(t) = tokio::time::timeout(Duration::from_secs(5), async {
+            super::apply::connect(&env.cfg.sinks[0].url).await
+        })
+        .await
+        {
+            if let Some(n) = chunks(t, true).await {
+                break n;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pass never completed after the restart:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("reconcile failed, reconnecting"), "{text}");
+    assert!(text.contains("reconcile resumes its pass"), "{text}");
+    assert!(
+        done <= 17,
+        "16 chunks and the open end, not started over: {done}"
+    );
+    let parity: f64 = env
+        .target(0)
+        .await
+        .query_one(
+            "SELECT parity FROM cutover.reconcile_passes WHERE source_table = $1 AND completed_at IS NOT NULL",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(parity, 1.0);
+    service.terminate();
+    env.legacy()
+        .await
+        .batch_execute(&format!(r#"DROP SCHEMA "{s}" CASCADE"#))
+        .await
+        .unwrap();
+}
