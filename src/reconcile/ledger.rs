@@ -43,7 +43,7 @@ impl Kind {
 }
 
 /// A key as the ledger stores it: a JSON array of the key columns' text values.
-pub fn key_json(key: &Key) -> String {
+pub fn key_value(key: &Key) -> serde_json::Value {
     serde_json::Value::Array(
         key.iter()
             .map(|v| {
@@ -52,7 +52,10 @@ pub fn key_json(key: &Key) -> String {
             })
             .collect(),
     )
-    .to_string()
+}
+
+fn key_json(key: &Key) -> String {
+    key_value(key).to_string()
 }
 
 /// The ledger of one table after a pass: open discrepancies and the oldest one's age.
@@ -75,9 +78,7 @@ pub async fn record(
     let tx = c.transaction().await.map_err(err)?;
     let all: Vec<serde_json::Value> = found
         .iter()
-        .map(|(k, key)| {
-            serde_json::json!({"kind": k.as_str(), "key": serde_json::from_str::<serde_json::Value>(&key_json(key)).unwrap_or_default()})
-        })
+        .map(|(k, key)| serde_json::json!({"kind": k.as_str(), "key": key_value(key)}))
         .collect();
     let all = serde_json::Value::Array(all).to_string();
     tx.execute(
@@ -100,12 +101,13 @@ pub async fn record(
         .await
         .map_err(err)?;
     }
-    let open = open_of(&tx, sink, table).await?;
+    let open = open(&tx, sink, table).await?;
     tx.commit().await.map_err(err)?;
     Ok(open)
 }
 
-async fn open_of(c: &impl tokio_postgres::GenericClient, sink: &str, table: &str) -> Result<Open> {
+/// The open discrepancies of `(sink, table)` now.
+pub async fn open(c: &impl tokio_postgres::GenericClient, sink: &str, table: &str) -> Result<Open> {
     let r = c
         .query_one(
             "SELECT count(*), coalesce(extract(epoch FROM now() - min(first_seen)), 0)::float8

@@ -184,7 +184,7 @@ impl Table<'_> {
             .repair(src, dst, &report, &found, repair_budget)
             .await?;
         let open = if repaired > 0 {
-            ledger::record(dst, sink, table, &[], false).await?
+            ledger::open(dst, sink, table).await?
         } else {
             open
         };
@@ -319,5 +319,55 @@ pub fn parity(source_rows: i64, r: &TableReport) -> f64 {
         1.0
     } else {
         equal.max(0) as f64 / union as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(missing: usize, extra: usize, different: usize) -> TableReport {
+        let keys = |n: usize, from: usize| -> Vec<Key> {
+            (from..from + n)
+                .map(|i| vec![Some(i.to_string())])
+                .collect()
+        };
+        TableReport {
+            missing: keys(missing, 0),
+            extra: keys(extra, 100),
+            different: keys(different, 200),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn parity_counts_the_whole_pass_and_every_kind() {
+        assert_eq!(parity(0, &report(0, 0, 0)), 1.0);
+        assert_eq!(parity(100, &report(0, 0, 0)), 1.0);
+        // 100 source rows, 1 missing and 1 different: 98 equal over 100 + 1 extra.
+        assert!((parity(100, &report(1, 1, 1)) - 98.0 / 101.0).abs() < 1e-12);
+        // A resumed pass passes the rows before its resume point in `source_rows`.
+        assert!(parity(1_000_000, &report(1, 0, 0)) >= 0.9999);
+        // Nothing on the source, only extra rows: no parity at all.
+        assert_eq!(parity(0, &report(0, 3, 0)), 0.0);
+    }
+
+    #[test]
+    fn found_tags_every_key_with_its_kind() {
+        let f = found(&report(1, 2, 1));
+        let kinds: Vec<Kind> = f.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            kinds,
+            [Kind::Missing, Kind::Extra, Kind::Extra, Kind::Different]
+        );
+        assert_eq!(
+            ledger::key_value(&f[0].1),
+            serde_json::json!(["0"]),
+            "keys are JSON arrays of text"
+        );
+        assert_eq!(
+            ledger::key_value(&vec![Some("1".into()), None]),
+            serde_json::json!(["1", null])
+        );
     }
 }
