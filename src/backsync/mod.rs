@@ -44,6 +44,7 @@
 pub mod conflict;
 pub mod gate;
 pub mod guard;
+pub mod owner;
 
 use crate::apply::guard::{Unguarded, WriteGuard};
 use crate::apply::service::Bounds;

@@ -8,6 +8,7 @@ mod capture;
 mod check_config;
 mod healthcheck;
 mod monitor;
+mod owner;
 mod phase;
 mod reconcile;
 mod registry;
@@ -66,6 +67,8 @@ pub enum Command {
     Healthcheck(healthcheck::Args),
     /// The reverse pipeline: capture the new store, apply it to legacy (never echoed).
     Backsync(backsync::Args),
+    /// Which side owns a key under a share (the ownership function, as SQL cutover.owner()).
+    Owner(owner::Args),
     /// Per-table cutover phases: show, set (gated, audited), history.
     Phase(phase::Args),
     /// Re-apply topic history into a stopped sink (rebuild a store, fix a mapping).
@@ -101,6 +104,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Status(ref args) => status::run(&cli, args).await,
         Command::Healthcheck(ref args) => healthcheck::run(&cli, args).await,
         Command::Backsync(ref args) => backsync::run(&cli, args).await,
+        Command::Owner(ref args) => owner::run(&cli, args).await,
         Command::Phase(ref args) => phase::run(&cli, args).await,
         Command::Replay(ref args) => replay::run(&cli, args).await,
         Command::Tail(ref args) => tail::run(&cli, args).await,

@@ -20,6 +20,8 @@
 //!                   cutover.reconcile_passes cutover reconcile          every table pass, and where a
 //!                                                                       pass stopped (resume point)
 //!                   cutover.repair_audit     reconcile (repair=auto)    every repair, row by row
+//!   legacy, targets cutover.key_bucket(), cutover.owner()  (functions)  the ownership function,
+//!                                                                       identical to backsync::owner
 //! ```
 //!
 //! All DDL is idempotent (`IF NOT EXISTS`) and runs at start-up of whoever needs the tables.
@@ -143,22 +145,64 @@ CREATE TABLE IF NOT EXISTS cutover.backfill (
     PRIMARY KEY (pipeline, table_name)
 );";
 
+/// The ownership function (`backsync::owner`) in SQL, on legacy and on every target, so a
+/// bridge, a trigger or an operator computes a key's owner where the data is. Created only
+/// when missing (its definition is fixed: changing it would move keys between owners), so
+/// sinks of different roles on one database never fight over the functions' ownership.
+pub const OWNERSHIP_DDL: &str = "
+DO $ddl$ BEGIN
+    IF to_regprocedure('cutover.key_text(text[])') IS NULL THEN
+        CREATE FUNCTION cutover.key_text(VARIADIC parts text[]) RETURNS text
+            LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+            AS $f$ SELECT string_agg(octet_length(p)::text || ':' || p, '' ORDER BY i)
+                   FROM unnest(parts) WITH ORDINALITY AS u(p, i) $f$;
+    END IF;
+    IF to_regprocedure('cutover.key_bucket(text[])') IS NULL THEN
+        CREATE FUNCTION cutover.key_bucket(VARIADIC parts text[]) RETURNS int
+            LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+            AS $f$ SELECT (('x' || substr(md5(cutover.key_text(VARIADIC parts)), 1, 8))::bit(32)::bigint
+                           % 10000)::int $f$;
+    END IF;
+    IF to_regprocedure('cutover.owner(numeric,text[])') IS NULL THEN
+        CREATE FUNCTION cutover.owner(new_share numeric, VARIADIC parts text[]) RETURNS text
+            LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+            AS $f$ SELECT CASE WHEN cutover.key_bucket(VARIADIC parts)
+                                    < round(least(greatest(new_share, 0), 100) * 100)
+                               THEN 'new' ELSE 'legacy' END $f$;
+    END IF;
+END $ddl$;";
+
+/// Install the ownership functions in `client`'s database (idempotent).
+pub async fn ensure_ownership(client: &Client) -> Result<()> {
+    ensure(
+        client,
+        OWNERSHIP_DDL,
+        "cutover.key_text, cutover.key_bucket and cutover.owner",
+    )
+    .await
+}
+
 /// Run one group of state DDL after [`SCHEMA_DDL`], under the DDL lock.
 async fn ensure(client: &Client, ddl: &str, what: &str) -> Result<()> {
     serialized_ddl(client, &format!("{SCHEMA_DDL}{ddl}"), what).await
 }
 
-/// Create a target store's state tables (idempotent).
+/// Create a target store's state tables and the ownership functions (idempotent).
 pub async fn ensure_target(client: &Client) -> Result<()> {
-    ensure(client, TARGET_DDL, "schema cutover and its progress tables").await
+    ensure(
+        client,
+        &format!("{TARGET_DDL}{OWNERSHIP_DDL}"),
+        "schema cutover, its progress tables and the ownership functions",
+    )
+    .await
 }
 
-/// Create the phase tables in legacy (idempotent).
+/// Create the phase tables and the ownership functions in legacy (idempotent).
 pub async fn ensure_control(client: &Client) -> Result<()> {
     ensure(
         client,
-        CONTROL_DDL,
-        "cutover.table_phases and cutover.phase_audit",
+        &format!("{CONTROL_DDL}{OWNERSHIP_DDL}"),
+        "cutover.table_phases, cutover.phase_audit and the ownership functions",
     )
     .await
 }

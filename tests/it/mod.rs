@@ -17,6 +17,7 @@ mod kafka_security;
 mod least_privilege;
 mod logs;
 mod observe;
+mod ownership;
 mod pgoutput_crosscheck;
 mod postgres;
 mod postgres_tls;
