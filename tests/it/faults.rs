@@ -23,7 +23,7 @@ use super::apply::{
     wait_for_slot, write_config, Env, Part,
 };
 use super::capture::read_all;
-use super::support::{cutover_bin, free_port, scrape, KillOnDrop};
+use super::support::{cutover_process as cutover, free_port, scrape, KillOnDrop};
 use cutover::config::Config;
 use cutover::event::TableId;
 
@@ -46,23 +46,6 @@ async fn wait_ready(port: u16, secs: u64, log: &Path) -> Duration {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     since.elapsed()
-}
-
-/// A `cutover` process with `args` and extra environment, stderr appended to `log` (a restart
-/// keeps the earlier run's lines), killed when dropped.
-fn cutover(args: &[&str], log: &Path, env: &[(&str, String)]) -> KillOnDrop {
-    let mut cmd = std::process::Command::new(cutover_bin());
-    cmd.args(args).stdout(std::process::Stdio::null()).stderr(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap(),
-    );
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().map(KillOnDrop).unwrap()
 }
 
 /// A `cutover <command>` process on `config`, its observe server on `port`, stderr to `log`.

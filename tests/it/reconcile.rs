@@ -6,9 +6,25 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use super::apply::{converge, count_rows, insert_events, write_config, Env, Part};
+use super::apply::{converge, insert_events, write_config, Env, Part};
 use super::replay::cli;
-use super::support::{cutover_bin, free_port, scrape, KillOnDrop};
+use super::support::{cutover_process, free_port, scrape};
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Forget what reconcile recorded for the tables of `schema` (the target is shared).
+async fn forget(t: &tokio_postgres::Client, schema: &str) {
+    for table in ["discrepancies", "reconcile_passes", "repair_audit"] {
+        t.execute(
+            &format!("DELETE FROM cutover.{table} WHERE source_table LIKE $1"),
+            &[&format!("{schema}.%")],
+        )
+        .await
+        .unwrap();
+    }
+}
 
 /// Open discrepancies of tables in `schema` as (kind, key), from `cutover reconcile report
 /// --json` (other tests share the target).
@@ -122,15 +138,8 @@ async fn drift_is_found_in_one_pass_with_its_keys_and_auto_repair_fixes_it() {
     // scaled to 2 s, the discrepancy-age threshold to 1 s) fires both drift alerts.
     let port = free_port();
     let log = dir.path().join("service.log");
-    let mut service = std::process::Command::new(cutover_bin())
-        .args(["reconcile", "--config"])
-        .arg(&config)
-        .env("CUTOVER__OBSERVE__LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .map(KillOnDrop)
-        .unwrap();
+    let observe = [("CUTOVER__OBSERVE__LISTEN", format!("127.0.0.1:{port}"))];
+    let mut service = cutover_process(&["reconcile", "--config", path(&config)], &log, &observe);
     let rules = super::prometheus::scaled_rules(&[("CutoverReconcileDiscrepancyOld", 1)].into());
     let prom =
         super::prometheus::Prometheus::start(&[(format!("127.0.0.1:{port}"), "reconcile")], &rules)
@@ -188,14 +197,7 @@ async fn drift_is_found_in_one_pass_with_its_keys_and_auto_repair_fixes_it() {
     assert_eq!(audited, 4);
     sink.stop().await;
     capture.stop().await;
-    for t in ["discrepancies", "reconcile_passes", "repair_audit"] {
-        n.execute(
-            &format!("DELETE FROM cutover.{t} WHERE source_table LIKE $1"),
-            &[&format!("{s}.%")],
-        )
-        .await
-        .unwrap();
-    }
+    forget(&n, &s).await;
     env.cleanup().await;
 }
 
@@ -223,23 +225,8 @@ async fn a_killed_service_resumes_its_pass_and_the_read_budget_holds() {
     let config = write_config(&env.cfg, dir.path());
     let log = dir.path().join("reconcile.log");
     let port = free_port();
-    let spawn = || {
-        std::process::Command::new(cutover_bin())
-            .args(["reconcile", "--config"])
-            .arg(&config)
-            .env("CUTOVER__OBSERVE__LISTEN", format!("127.0.0.1:{port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap(),
-            )
-            .spawn()
-            .map(KillOnDrop)
-            .unwrap()
-    };
+    let observe = [("CUTOVER__OBSERVE__LISTEN", format!("127.0.0.1:{port}"))];
+    let spawn = || cutover_process(&["reconcile", "--config", path(&config)], &log, &observe);
     let table = format!("{s}.events");
     let mut first = spawn();
     // Kill it once a few chunks (of 12) are compared.
@@ -324,13 +311,7 @@ async fn a_killed_service_resumes_its_pass_and_the_read_budget_holds() {
     second.terminate();
     sink.stop().await;
     capture.stop().await;
-    let _ = count_rows(&t, &format!(r#""{s}".events"#)).await;
-    t.execute(
-        "DELETE FROM cutover.reconcile_passes WHERE sink = 'mirror' AND source_table = $1",
-        &[&table],
-    )
-    .await
-    .unwrap();
+    forget(&t, &s).await;
     env.cleanup().await;
 }
 
@@ -349,15 +330,8 @@ async fn cutover_run_with_reconcile_enabled_reconciles_its_sinks() {
     let config = write_config(&env.cfg, dir.path());
     let log = dir.path().join("run.log");
     let port = free_port();
-    let mut run = std::process::Command::new(cutover_bin())
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("CUTOVER__OBSERVE__LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .map(KillOnDrop)
-        .unwrap();
+    let observe = [("CUTOVER__OBSERVE__LISTEN", format!("127.0.0.1:{port}"))];
+    let mut run = cutover_process(&["run", "--config", path(&config)], &log, &observe);
     let l = env.legacy().await;
     super::apply::wait_for_slot(&l, &env.cfg.source.slot, || {
         std::fs::read_to_string(&log).unwrap_or_default()
@@ -393,12 +367,7 @@ async fn cutover_run_with_reconcile_enabled_reconciles_its_sinks() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     run.terminate();
-    t.execute(
-        "DELETE FROM cutover.reconcile_passes WHERE source_table = $1",
-        &[&table],
-    )
-    .await
-    .unwrap();
+    forget(&t, &s).await;
     env.cleanup().await;
 }
 
@@ -424,15 +393,8 @@ async fn a_target_restart_mid_pass_is_waited_out_and_the_pass_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&env.cfg, dir.path());
     let log = dir.path().join("reconcile.log");
-    let mut service = std::process::Command::new(cutover_bin())
-        .args(["reconcile", "--config"])
-        .arg(&config)
-        .env("CUTOVER__OBSERVE__LISTEN", "")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .map(KillOnDrop)
-        .unwrap();
+    let quiet = [("CUTOVER__OBSERVE__LISTEN", String::new())];
+    let mut service = cutover_process(&["reconcile", "--config", path(&config)], &log, &quiet);
     let table = format!("{s}.events");
     let chunks = |t: tokio_postgres::Client, done: bool| {
         let table = table.clone();

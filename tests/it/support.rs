@@ -448,6 +448,23 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// A `cutover` process with `args` and extra environment, stderr appended to `log` (a restart
+/// keeps the earlier run's lines), killed when dropped.
+pub fn cutover_process(args: &[&str], log: &Path, env: &[(&str, String)]) -> KillOnDrop {
+    let mut cmd = Command::new(cutover_bin());
+    cmd.args(args).stdout(std::process::Stdio::null()).stderr(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap(),
+    );
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().map(KillOnDrop).unwrap()
+}
+
 /// The `/metrics` page of a cutover process at `addr` (host:port).
 pub async fn scrape(addr: &str) -> String {
     reqwest::get(format!("http://{addr}/metrics"))
