@@ -205,6 +205,25 @@ async fn the_pipeline_runs_end_to_end_as_the_documented_non_superuser_roles() {
     );
     assert!(out.contains("\"parity_pct\": 100.0"), "{out}");
 
+    // reconcile, as documented: legacy read by the read-only role, the ledger in the target
+    // written by the sink's role (owner of schema cutover there).
+    let rdir = tempfile::tempdir().unwrap();
+    let rconfig = write_config(&vcfg, rdir.path());
+    let o = Command::new(cutover_bin())
+        .args(["reconcile", "--once", "--sink", "mirror", "--config"])
+        .arg(&rconfig)
+        .env("CUTOVER__SOURCE__PASSWORD", "ver-pw-3")
+        .env("CUTOVER_SINK_MIRROR_PASSWORD", "sink-pw-2")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "reconcile: {out}{err}");
+    assert!(out.contains("0 open discrepancies"), "{out}");
+    for pw in ["ver-pw-3", "sink-pw-2"] {
+        assert!(!out.contains(pw) && !err.contains(pw), "{pw} printed");
+    }
+
     run.terminate();
     // retire, as the sink's role: its origins (pg_replication_origin_drop is granted) and
     // progress go, the group with them.
