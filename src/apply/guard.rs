@@ -2,7 +2,8 @@
 //! its direction and whether a keyed write still stands against the target's current row.
 //!
 //! ```text
-//!   sink batch ── begin(tx) ─▶ admit(event) ─▶ Skip | Apply | Settle
+//!   sink batch ── begin(tx) ─▶ admit(event) ─▶ Skip | Apply | Settle | Leak
+//!                                                  (Leak: leak(tx, …) records and restores)
 //!                                                        │
 //!                 before each flush: settle(tx, write) ◀─┘ ─▶ apply it, or not (recorded)
 //!                 after the last flush: finish(tx)          (same transaction as the data)
@@ -25,6 +26,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use tokio_postgres::Client;
 
+use super::decode::ChangeEvent;
 use super::mapping::Mapping;
 use crate::database::catalog::TargetTable;
 use crate::error::Result;
@@ -38,6 +40,20 @@ pub enum Admission {
     Apply,
     /// Apply only after [`WriteGuard::settle`] agreed, key by key.
     Settle,
+    /// A write on the side that does not own the key (`split`): not applied; handed to
+    /// [`WriteGuard::leak`] to record and resolve.
+    Leak,
+}
+
+/// A write that leaked, as the guard sees it: the event and its first target op's row.
+pub struct Leaked<'a> {
+    pub sink: &'a str,
+    pub event: &'a ChangeEvent,
+    /// The target table and key (target names, key order) the event maps to.
+    pub table: &'a TableId,
+    pub key: &'a [(String, Option<String>)],
+    /// The incoming row in the target's shape (`None`: a delete).
+    pub row: Option<&'a BTreeMap<String, Option<String>>>,
 }
 
 /// One key's folded write, as the guard sees it.
@@ -71,9 +87,14 @@ pub trait WriteGuard: Send + Sync {
     async fn start(&mut self, target: &Client) -> Result<()>;
     /// At the start of every batch attempt, inside its transaction.
     async fn begin(&mut self, tx: &Client) -> Result<()>;
-    /// Admission of an event of `source`, written through `mapping` (called per event: keep it
-    /// cheap; `mapping.targets()` allocates).
-    fn admit(&self, source: &TableId, mapping: &Mapping) -> Admission;
+    /// Admission of an event, written through `mapping` (called per event: keep it cheap;
+    /// `mapping.targets()` allocates).
+    fn admit(&self, event: &ChangeEvent, mapping: &Mapping) -> Admission;
+    /// A leaked write (`Admission::Leak`), inside the batch's transaction: record it and
+    /// resolve it by the leak policy. The default for guards that never answer `Leak`.
+    async fn leak(&mut self, _tx: &Client, _leaked: &Leaked<'_>) -> Result<()> {
+        Ok(())
+    }
     /// Settle one key's write against the target row (for `Admission::Settle` events).
     async fn settle(&mut self, tx: &Client, write: &Contested<'_>) -> Result<Verdict>;
     /// After the batch's last write, before its progress is saved.
@@ -95,7 +116,7 @@ impl WriteGuard for Unguarded {
     async fn begin(&mut self, _tx: &Client) -> Result<()> {
         Ok(())
     }
-    fn admit(&self, _source: &TableId, _mapping: &Mapping) -> Admission {
+    fn admit(&self, _event: &ChangeEvent, _mapping: &Mapping) -> Admission {
         Admission::Apply
     }
     async fn settle(&mut self, _tx: &Client, _write: &Contested<'_>) -> Result<Verdict> {

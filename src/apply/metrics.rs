@@ -20,6 +20,8 @@ pub struct BatchOutcome {
     /// Conflicts resolved, by winner.
     pub conflicts_incoming_won: usize,
     pub conflicts_local_won: usize,
+    /// Events written on the side that does not own their key (`split`): not applied.
+    pub leaked: usize,
 }
 
 impl BatchOutcome {
@@ -32,6 +34,7 @@ impl BatchOutcome {
         self.phase_skipped += o.phase_skipped;
         self.conflicts_incoming_won += o.conflicts_incoming_won;
         self.conflicts_local_won += o.conflicts_local_won;
+        self.leaked += o.leaked;
     }
 }
 

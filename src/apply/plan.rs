@@ -87,8 +87,18 @@ pub struct Context<'a> {
     pub truncate: TruncatePolicy,
     /// Key columns of a target table (empty when unknown).
     pub key_of: &'a dyn Fn(&TableId) -> &'a [String],
-    /// The write guard's admission of an event of `source` written through a mapping.
-    pub admit: &'a dyn Fn(&TableId, &Mapping) -> Admission,
+    /// The write guard's admission of an event written through a mapping.
+    pub admit: &'a dyn Fn(&ChangeEvent, &Mapping) -> Admission,
+}
+
+/// A record the guard refused as a leak (`split`: written on the side that does not own the
+/// key), with the target table, key and row its first op would have written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leak {
+    pub record: usize,
+    pub table: TableId,
+    pub key: Vec<(String, Option<String>)>,
+    pub row: Option<BTreeMap<String, Option<String>>>,
 }
 
 #[derive(Debug, Default)]
@@ -103,6 +113,8 @@ pub struct Plan {
     pub duplicates: usize,
     pub skipped: usize,
     pub phase_skipped: usize,
+    /// Records written on the side that does not own their key (not applied).
+    pub leaks: Vec<Leak>,
 }
 
 /// Plan one batch (see the module docs).
@@ -154,9 +166,25 @@ pub fn plan(records: &[Record<'_>], cx: &Context<'_>) -> Result<Plan> {
             }
             Err(e) => return Err(e),
         };
-        let settle = match (cx.admit)(&ev.table, mapping) {
+        let settle = match (cx.admit)(ev, mapping) {
             Admission::Skip => {
                 out.phase_skipped += 1;
+                continue;
+            }
+            Admission::Leak => {
+                if let Some(op) = ops.into_iter().next() {
+                    let (table, key, folded) = keyed(op, cx.key_of);
+                    let names = (cx.key_of)(&table);
+                    out.leaks.push(Leak {
+                        record: i,
+                        key: names.iter().cloned().zip(key).collect(),
+                        table,
+                        row: match folded {
+                            Folded::Upsert(cols) => Some(cols),
+                            Folded::Delete => None,
+                        },
+                    });
+                }
                 continue;
             }
             Admission::Apply => false,

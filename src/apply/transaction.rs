@@ -173,6 +173,27 @@ async fn transact_open(
         mappings,
     };
     let (failed, truncated) = execute(&mut writer, plan.steps, &mut outcome).await?;
+    // Leaks (split: written on the side that does not own the key): recorded and resolved by
+    // the guard in this transaction, never applied.
+    for leak in &plan.leaks {
+        let Some(event) = items[leak.record].event.as_ref() else {
+            continue;
+        };
+        writer
+            .guard
+            .leak(
+                tx,
+                &crate::apply::guard::Leaked {
+                    sink: &ctx.sink,
+                    event,
+                    table: &leak.table,
+                    key: &leak.key,
+                    row: leak.row.as_ref(),
+                },
+            )
+            .await?;
+        outcome.leaked += 1;
+    }
     drop(events);
     if strict && !failed.is_empty() {
         return Ok(None);
@@ -222,7 +243,7 @@ fn plan_batch(
             truncated: &ctx.truncates,
             truncate: ctx.truncate,
             key_of: &|t| tables.key_cols(t),
-            admit: &|s, m| guard.admit(s, m),
+            admit: &|e, m| guard.admit(e, m),
         },
     )
 }

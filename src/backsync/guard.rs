@@ -4,7 +4,13 @@
 //!
 //! ```text
 //!   begin(tx)   re-read cutover.table_phases (legacy): a phase change applies at the next batch
-//!   admit       phase.applies_towards(writes)?  no → Skip;  dual → Settle;  else Apply
+//!   admit       a table with share steps (split, or a change committed before its last step):
+//!               the key's owner at the change's own-side position → Apply, or Leak;
+//!               else phase.applies_towards(writes)?  no → Skip;  dual → Settle;  else Apply
+//!   leak        record (cutover.conflicts, kind leak), count, restore the owner's version on
+//!               the leaking side: owner row present → no-op UPDATE of it outside cutover's
+//!               origins (the other direction carries it back); absent → DELETE on the
+//!               leaking side under the verify origin (never captured)
 //!   settle      conflict::compare (row locked FOR UPDATE) → conflict::resolve → conflict::record
 //!   finish      last-writer-wins: remember each written version's origin commit time
 //! ```
@@ -15,14 +21,16 @@ use async_trait::async_trait;
 use tokio_postgres::Client;
 
 use super::conflict::{self, Incoming};
+use super::owner;
 use super::Role;
-use crate::apply::guard::{Admission, Contested, Verdict, WriteGuard};
+use crate::apply::decode::ChangeEvent;
+use crate::apply::guard::{Admission, Contested, Leaked, Verdict, WriteGuard};
 use crate::apply::mapping::Mapping;
 use crate::config::ConflictPolicy;
 use crate::database::catalog::TargetTable;
+use crate::database::ident::{qualified, quote};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Side;
-use crate::event::TableId;
 use crate::state::phases::{self as phase, Phase};
 
 /// A version written under last-writer-wins, remembered at `finish`.
@@ -41,6 +49,8 @@ pub struct RoleGuard {
     /// and reads the phases inside its own transaction).
     control: Option<Client>,
     phases: BTreeMap<String, Phase>,
+    /// Share steps of the tables that were ever split (`state::phases::Step`).
+    steps: BTreeMap<String, Vec<phase::Step>>,
     versions: Vec<Version>,
 }
 
@@ -51,8 +61,35 @@ impl RoleGuard {
             pipeline: pipeline.to_string(),
             control: None,
             phases: BTreeMap::new(),
+            steps: BTreeMap::new(),
             versions: Vec::new(),
         }
+    }
+
+    /// Admission by key for a table with share steps: in `split`, or for a change committed
+    /// before the table's last step on its side (the hand-over). `None`: phase rules apply.
+    fn by_key(&self, table: &str, phase: Phase, ev: &ChangeEvent) -> Option<Admission> {
+        let steps = self.steps.get(table)?;
+        let incoming = self.role.incoming();
+        let last = steps.last()?;
+        if phase != Phase::Split && ev.commit_lsn >= last.lsn(incoming) {
+            return None;
+        }
+        let share = phase::share_at(steps, incoming, ev.commit_lsn);
+        let key: Vec<String> = ev
+            .key_values()?
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect();
+        let owner = match owner::owner(share, &key) {
+            owner::Owner::New => Side::New,
+            owner::Owner::Legacy => Side::Legacy,
+        };
+        Some(if owner == incoming {
+            Admission::Apply
+        } else {
+            Admission::Leak
+        })
     }
 
     /// The forward role's connection to legacy, (re)opened when closed.
@@ -81,11 +118,15 @@ impl WriteGuard for RoleGuard {
         self.versions.clear();
         let pipeline = self.pipeline.clone();
         let control = self.control().await?;
-        self.phases = phase::load(control.unwrap_or(tx), &pipeline).await?;
+        let client = control.unwrap_or(tx);
+        let phases = phase::load(client, &pipeline).await?;
+        let steps = phase::steps(client, &pipeline).await?;
+        (self.phases, self.steps) = (phases, steps);
         Ok(())
     }
 
-    fn admit(&self, source: &TableId, mapping: &Mapping) -> Admission {
+    fn admit(&self, event: &ChangeEvent, mapping: &Mapping) -> Admission {
+        let source = &event.table;
         // Phases are named by the legacy table: the source of the forward role, the (first)
         // target of the reverse one.
         let legacy_table = match self.role.writes {
@@ -101,6 +142,9 @@ impl WriteGuard for RoleGuard {
             .get(&legacy_table)
             .copied()
             .unwrap_or(Phase::Forward);
+        if let Some(a) = self.by_key(&legacy_table, phase, event) {
+            return a;
+        }
         if !phase.applies_towards(self.role.writes) {
             Admission::Skip
         } else if phase == Phase::Dual {
@@ -180,6 +224,85 @@ impl WriteGuard for RoleGuard {
         Ok(())
     }
 
+    async fn leak(&mut self, tx: &Client, l: &Leaked<'_>) -> Result<()> {
+        let from = self.role.incoming();
+        let table = qualified(l.table);
+        let (cond, params) = key_condition(l.key.iter().map(|(k, v)| (k.as_str(), v)));
+        let local: Option<String> = tx
+            .query_opt(
+                &format!("SELECT to_jsonb(t)::text FROM {table} t WHERE {cond}"),
+                &params,
+            )
+            .await
+            .map_err(|e| Error::postgres(format!("reading the owner's row of {table}"), e))?
+            .map(|r| r.get(0));
+        let key_json: serde_json::Map<String, serde_json::Value> = l
+            .key
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .collect();
+        let incoming_row = l.row.map(|r| serde_json::to_string(r).unwrap_or_default());
+        let ev = l.event;
+        tx.execute(
+            "INSERT INTO cutover.conflicts (sink, target_table, row_key, kind, policy, winner,
+                 local_row, incoming_row, incoming_commit_ts, incoming_from, incoming_commit_lsn,
+                 incoming_seq)
+             VALUES ($1, $2, $3::text::jsonb, 'leak', 'owner_restores', $4, $5::text::jsonb,
+                 $6::text::jsonb, to_timestamp($7::float8 / 1e6), $8, $9, $10)",
+            &[
+                &l.sink,
+                &l.table.to_string(),
+                &serde_json::Value::Object(key_json).to_string(),
+                &self.role.writes.as_str(),
+                &local,
+                &incoming_row,
+                &(ev.commit_ts_us as f64),
+                &from.as_str(),
+                &ev.commit_lsn,
+                &ev.seq,
+            ],
+        )
+        .await
+        .map_err(|e| Error::postgres("recording a leak in cutover.conflicts", e))?;
+        crate::observe::names::phase_leak(&ev.table.to_string(), from.as_str());
+        tracing::warn!(sink = %l.sink, table = %ev.table, leaked_on = from.as_str(), owner_has_row = local.is_some(), "leak: a write on the side that does not own the key; restoring the owner's version");
+        if local.is_some() {
+            // The owner's version goes back through the pipeline: an untagged no-op update.
+            let first = quote(&l.key[0].0);
+            let c = self.role.target.connect().await?;
+            c.execute(
+                &format!("UPDATE {table} t SET {first} = t.{first} WHERE {cond}"),
+                &params,
+            )
+            .await
+            .map_err(|e| Error::postgres(format!("re-emitting the owner's row of {table}"), e))?;
+        } else {
+            // The owner has no such row: the leaked one goes, under an origin no capture sends.
+            let keys: Vec<(String, Option<String>)> = ev
+                .key_columns
+                .iter()
+                .cloned()
+                .zip(ev.key_values().unwrap_or_default())
+                .collect();
+            let (cond, params) = key_condition(keys.iter().map(|(k, v)| (k.as_str(), v)));
+            let c = self.role.incoming_side.connect().await?;
+            crate::database::origin::bind(
+                &c,
+                &self.pipeline,
+                crate::database::origin::VERIFY_WRITER,
+                None,
+            )
+            .await?;
+            c.execute(
+                &format!("DELETE FROM {} t WHERE {cond}", qualified(&ev.table)),
+                &params,
+            )
+            .await
+            .map_err(|e| Error::postgres(format!("deleting a leaked row of {}", ev.table), e))?;
+        }
+        Ok(())
+    }
+
     fn policy(&self) -> Option<&'static str> {
         Some(self.role.policy.as_str())
     }
@@ -187,6 +310,19 @@ impl WriteGuard for RoleGuard {
     fn writes(&self) -> Option<&'static str> {
         Some(self.role.writes.as_str())
     }
+}
+
+/// `t."k1"::text = $1 AND …` over key columns and their text values, with the parameters.
+fn key_condition<'a>(
+    key: impl Iterator<Item = (&'a str, &'a Option<String>)>,
+) -> (String, Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)>) {
+    let mut conds = Vec::new();
+    let mut params: Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+    for (i, (k, v)) in key.enumerate() {
+        conds.push(format!("t.{}::text = ${}", quote(k), i + 1));
+        params.push(v);
+    }
+    (conds.join(" AND "), params)
 }
 
 /// Last-writer-wins compares commit timestamps, which PostgreSQL keeps only with

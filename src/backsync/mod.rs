@@ -44,6 +44,7 @@
 pub mod conflict;
 pub mod gate;
 pub mod guard;
+pub mod handover;
 pub mod owner;
 
 use crate::apply::guard::{Unguarded, WriteGuard};
@@ -65,6 +66,10 @@ pub struct Role {
     pub control: Endpoint,
     /// Config path of the sink's target (`sinks[i].url`), for messages.
     pub target_field: String,
+    /// The sink's target (the side this sink writes), and the side its changes come from:
+    /// where a leak's resolution writes (`split`).
+    pub target: Endpoint,
+    pub incoming_side: Endpoint,
 }
 
 impl Role {
@@ -83,17 +88,23 @@ pub fn role_of(cfg: &Config, name: &str) -> Option<Role> {
     let (i, sink) = cfg.sink_at(name).ok()?;
     let target = Endpoint::of_sink(sink, i);
     match cfg.direction {
+        // Either way the incoming side is this configuration's source (the reverse
+        // configuration's source is the new store).
         Direction::Forward if b.forward_sink == name => Some(Role {
             writes: Side::New,
             policy: b.conflict_policy,
             control: Endpoint::source(cfg),
-            target_field: target.field,
+            target_field: target.field.clone(),
+            target,
+            incoming_side: Endpoint::source(cfg),
         }),
         Direction::Reverse if name == BACKSYNC_SINK => Some(Role {
             writes: Side::Legacy,
             policy: b.conflict_policy,
             target_field: target.field.clone(),
-            control: target,
+            control: target.clone(),
+            target,
+            incoming_side: Endpoint::source(cfg),
         }),
         _ => None,
     }

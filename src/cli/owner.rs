@@ -97,5 +97,12 @@ async fn table_share(cli: &Cli, table: &str) -> Result<u32> {
         Phase::Dual => Err(Error::config(format!(
             "--table {table}: in dual both sides may write every key; give --share"
         ))),
+        Phase::Split => {
+            let steps = phases::steps(&legacy, &cfg.name).await?;
+            Ok(steps
+                .get(table)
+                .and_then(|s| s.last())
+                .map_or(0, |s| s.share_bp))
+        }
     }
 }

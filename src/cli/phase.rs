@@ -2,7 +2,8 @@
 //! and back for a rollback), gated and audited. See `crate::backsync` for what each phase means.
 //!
 //! `phase set` exit codes: 0 changed, 3 refused by the gate (nothing changed; the failed checks
-//! are printed), 1 error, 2 bad configuration or arguments.
+//! are printed), 4 a share step recorded whose hand-over was not confirmed in time, 1 error,
+//! 2 bad configuration or arguments.
 
 use std::process::ExitCode;
 
@@ -10,6 +11,7 @@ use clap::Subcommand;
 
 use super::{load_config, Cli};
 use crate::backsync::gate::{self, forward_mapping};
+use crate::backsync::{handover, owner};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::state::phases::{self, Change, Phase};
@@ -34,9 +36,15 @@ pub enum PhaseCommand {
         /// The legacy table, schema.table.
         #[arg(long)]
         table: String,
-        /// forward, dual or reverse.
+        /// forward, dual, split or reverse.
         #[arg(long)]
         to: String,
+        /// Into or within split: the new store's share of the keys, in percent (two decimals).
+        #[arg(long)]
+        new_share: Option<f64>,
+        /// How long a share step waits for the old owner's direction to drain (the hand-over).
+        #[arg(long, default_value_t = 300)]
+        handover_timeout_secs: u64,
         /// Change even if checks fail (needs --reason; audited as forced).
         #[arg(long)]
         force: bool,
@@ -72,16 +80,23 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
         PhaseCommand::Set {
             table,
             to,
+            new_share,
+            handover_timeout_secs,
             force,
             reason,
             json,
         } => {
             let to = Phase::parse(to)?;
+            let target = Target {
+                phase: to,
+                share_bp: target_share(to, *new_share)?,
+                handover_timeout: std::time::Duration::from_secs(*handover_timeout_secs),
+            };
             set(
                 &cfg,
                 &mut legacy,
                 table,
-                to,
+                &target,
                 *force,
                 reason.as_deref(),
                 *json,
@@ -91,19 +106,111 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
     }
 }
 
-/// `phase show`: every migrated table with its phase and owner.
+/// Where `phase set` goes: a phase and the new store's share in basis points (forward 0,
+/// reverse 10,000, split the given share; none for dual).
+struct Target {
+    phase: Phase,
+    share_bp: Option<u32>,
+    handover_timeout: std::time::Duration,
+}
+
+fn target_share(to: Phase, new_share: Option<f64>) -> Result<Option<u32>> {
+    match (to, new_share) {
+        (Phase::Split, None) => Err(Error::config("--to split needs --new-share PERCENT")),
+        (Phase::Split, Some(s)) if !(0.0..=100.0).contains(&s) => {
+            Err(Error::config("--new-share: must be between 0 and 100"))
+        }
+        (Phase::Split, Some(s)) if ((s * 100.0).round() - s * 100.0).abs() > 1e-6 => Err(
+            Error::config("--new-share: at most two decimals (shares are basis points)"),
+        ),
+        (Phase::Split, Some(s)) => Ok(Some(owner::share_bp(s))),
+        (_, Some(_)) => Err(Error::config("--new-share: only with --to split")),
+        (Phase::Forward, None) => Ok(Some(0)),
+        (Phase::Reverse, None) => Ok(Some(owner::BUCKETS)),
+        (Phase::Dual, None) => Ok(None),
+    }
+}
+
+/// The new store's share of `table` now (basis points): forward 0, reverse all, split its
+/// last step; `None` in dual.
+fn share_now(phase: Phase, steps: Option<&Vec<phases::Step>>) -> Option<u32> {
+    match phase {
+        Phase::Forward => Some(0),
+        Phase::Reverse => Some(owner::BUCKETS),
+        Phase::Split => Some(steps.and_then(|s| s.last()).map_or(0, |s| s.share_bp)),
+        Phase::Dual => None,
+    }
+}
+
+/// Leaks recorded per table on one side (`cutover.conflicts`, kind `leak`).
+async fn leaks(c: &Client) -> Result<std::collections::BTreeMap<String, i64>> {
+    let exists: bool = c
+        .query_one("SELECT to_regclass('cutover.conflicts') IS NOT NULL", &[])
+        .await
+        .map_err(|e| Error::postgres("looking for cutover.conflicts", e))?
+        .get(0);
+    if !exists {
+        return Ok(Default::default());
+    }
+    Ok(c.query(
+        "SELECT target_table, count(*) FROM cutover.conflicts WHERE kind = 'leak' GROUP BY 1",
+        &[],
+    )
+    .await
+    .map_err(|e| Error::postgres("counting leaks", e))?
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect())
+}
+
+/// `phase show`: every migrated table with its phase, owner, share and leaks.
 async fn show(cfg: &Config, legacy: &Client, json: bool) -> Result<ExitCode> {
     let rows = phases::all(legacy, cfg).await?;
-    if json {
-        let v: Vec<serde_json::Value> = rows
+    let steps = phases::steps(legacy, &cfg.name).await?;
+    // Leaks written on legacy are recorded by the forward sink in the new store, and those
+    // written on the new store by the back-sync in legacy (keyed by the target table there).
+    let on_new = match crate::database::Endpoint::new_store(cfg)?.connect().await {
+        Ok(n) => leaks(&n).await?,
+        Err(_) => Default::default(),
+    };
+    let on_legacy = leaks(legacy).await?;
+    let mut out = Vec::new();
+    for (t, p) in &rows {
+        let share = share_now(*p, steps.get(t));
+        let owner = match (p, share) {
+            (Phase::Split, Some(bp)) => format!(
+                "new {:.2} % / legacy {:.2} %",
+                bp as f64 / 100.0,
+                100.0 - bp as f64 / 100.0
+            ),
+            _ => p.owner().as_str().to_string(),
+        };
+        let leaked_legacy: i64 = forward_mapping(cfg, t)
+            .map(|m| m.targets())
+            .unwrap_or_default()
             .iter()
-            .map(|(t, p)| serde_json::json!({"table": t, "phase": p, "owner": p.owner().as_str()}))
+            .filter_map(|target| on_new.get(&target.to_string()))
+            .sum();
+        let leaked_new = on_legacy.get(t).copied().unwrap_or(0);
+        out.push((t.clone(), *p, share, owner, leaked_legacy, leaked_new));
+    }
+    if json {
+        let v: Vec<serde_json::Value> = out
+            .iter()
+            .map(|(t, p, share, owner, ll, ln)| {
+                serde_json::json!({"table": t, "phase": p, "owner": owner,
+                    "new_share_pct": share.map(|bp| bp as f64 / 100.0),
+                    "leaks": {"legacy": ll, "new": ln}})
+            })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        println!("{:<40} {:<8} OWNER (source of truth)", "TABLE", "PHASE");
-        for (t, p) in rows {
-            println!("{t:<40} {:<8} {}", p.as_str(), p.owner().as_str());
+        println!(
+            "{:<40} {:<8} {:<34} LEAKS (legacy/new)",
+            "TABLE", "PHASE", "OWNER (source of truth)"
+        );
+        for (t, p, _, owner, ll, ln) in out {
+            println!("{t:<40} {:<8} {owner:<34} {ll}/{ln}", p.as_str());
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -149,16 +256,19 @@ async fn history(
 }
 
 /// `phase set`: run the gate, print its checks, and record the change (refused with exit
-/// code 3 when a check fails and `--force` is not given).
+/// code 3 when a check fails and `--force` is not given). A share step (into, within or out
+/// of split) records both sides' positions and then waits for the hand-over
+/// (`backsync::handover`); exit 4 when it is not confirmed in time.
 async fn set(
     cfg: &Config,
     legacy: &mut Client,
     table: &str,
-    to: Phase,
+    target: &Target,
     force: bool,
     reason: Option<&str>,
     json: bool,
 ) -> Result<ExitCode> {
+    let to = target.phase;
     if force && reason.is_none_or(|r| r.trim().is_empty()) {
         return Err(Error::config(
             "--force needs --reason \"why\" (it is audited)",
@@ -170,10 +280,25 @@ async fn set(
         .get(table)
         .copied()
         .unwrap_or(Phase::Forward);
-    if from == to {
+    let steps = phases::steps(legacy, &cfg.name).await?;
+    let share_before = share_now(from, steps.get(table));
+    if matches!(
+        (from, to),
+        (Phase::Dual, Phase::Split) | (Phase::Split, Phase::Dual)
+    ) {
         return Err(Error::config(format!(
-            "{table} is already in {}",
-            to.as_str()
+            "{table}: split and dual do not mix (in split each key has one owner; in dual both sides write): go through forward or reverse"
+        )));
+    }
+    if from == to && (to != Phase::Split || share_before == target.share_bp) {
+        return Err(Error::config(format!(
+            "{table} is already in {}{}",
+            to.as_str(),
+            target
+                .share_bp
+                .filter(|_| to == Phase::Split)
+                .map(|bp| format!(" at {:.2} %", bp as f64 / 100.0))
+                .unwrap_or_default()
         )));
     }
     let report = gate::evaluate(cfg, table, from, to).await?;
@@ -201,6 +326,18 @@ async fn set(
         );
         return Ok(ExitCode::from(3));
     }
+    // A share step: into, within or out of split. Its position on each side is where each
+    // direction switches owners (the hand-over).
+    let step = if to == Phase::Split || from == Phase::Split {
+        let new = crate::database::Endpoint::new_store(cfg)?.connect().await?;
+        Some(phases::Step {
+            share_bp: target.share_bp.unwrap_or(0),
+            legacy_lsn: handover::current_lsn(legacy, "legacy").await?,
+            new_lsn: handover::current_lsn(&new, "the new store").await?,
+        })
+    } else {
+        None
+    };
     let change = Change {
         table: table.to_string(),
         from,
@@ -209,17 +346,53 @@ async fn set(
         forced: !passed,
         reason: reason.map(str::to_string),
         checks: serde_json::to_value(&report).unwrap_or_default(),
+        step,
     };
     phases::record(legacy, &cfg.name, &change).await?;
-    tracing::info!(table = %table, from = from.as_str(), to = to.as_str(), forced = change.forced, "phase changed");
+    tracing::info!(table = %table, from = from.as_str(), to = to.as_str(), share_bp = ?target.share_bp, forced = change.forced, "phase changed");
     if !json {
+        let share = target
+            .share_bp
+            .filter(|_| to == Phase::Split)
+            .map(|bp| format!(" at {:.2} %", bp as f64 / 100.0))
+            .unwrap_or_default();
         println!(
-            "{table}: {} -> {}{} (owner now {})",
+            "{table}: {} -> {}{share}{} (owner now {})",
             from.as_str(),
             to.as_str(),
             if change.forced { " FORCED" } else { "" },
-            to.owner().as_str()
+            if to == Phase::Split {
+                "by key"
+            } else {
+                to.owner().as_str()
+            }
         );
     }
-    Ok(ExitCode::SUCCESS)
+    let (Some(step), Some(before), Some(after)) = (step, share_before, target.share_bp) else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let Some(side) = handover::draining(before, after) else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let (lo, hi) = (before.min(after), before.max(after));
+    let new_owner = if after > before {
+        "the new store"
+    } else {
+        "legacy"
+    };
+    match handover::wait(cfg, side, &step, target.handover_timeout).await {
+        Ok(took) => {
+            if !json {
+                println!(
+                    "hand-over done in {:.1} s: route keys with buckets [{lo}, {hi}) to {new_owner} now",
+                    took.as_secs_f64()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::from(4))
+        }
+    }
 }

@@ -87,6 +87,10 @@ pub const CAPTURE_ECHOES_SUPPRESSED_TOTAL: &str = "cutover_capture_echoes_suppre
 pub const TABLE_PHASE: &str = "cutover_table_phase";
 /// Counter (monitor, from the audit table): phase changes recorded, label: forced ∈ {true, false}.
 pub const PHASE_CHANGES_TOTAL: &str = "cutover_phase_changes_total";
+/// Counter: writes on the side that does not own their key (`split`), labels: table, side.
+pub const PHASE_LEAKS_TOTAL: &str = "cutover_phase_leaks_total";
+/// Gauge: the new store's share of a table's keys (0..1), label: table.
+pub const PHASE_NEW_SHARE_RATIO: &str = "cutover_phase_new_share_ratio";
 pub const LABEL_FORCED: &str = "forced";
 
 /// Gauge (monitor): age of the oldest unapplied event, label: sink.
@@ -229,6 +233,8 @@ const HELP: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::Counter, CAPTURE_ECHOES_SUPPRESSED_TOTAL, None, "Row changes written by cutover itself (a cutover replication origin), dropped by capture."),
     (Kind::Gauge, TABLE_PHASE, None, "1 for each table's current cutover phase (forward, dual, reverse), 0 for the others."),
     (Kind::Counter, PHASE_CHANGES_TOTAL, None, "Phase changes recorded in the audit trail, by whether they were forced."),
+    (Kind::Counter, PHASE_LEAKS_TOTAL, None, "Writes on the side that does not own their key in split (leaks), by table and the side written."),
+    (Kind::Gauge, PHASE_NEW_SHARE_RATIO, None, "The new store's share of each table's keys (0 forward, 1 reverse, the step's share in split)."),
     (Kind::Histogram, MONITOR_PROBE_DURATION_SECONDS, Some(Unit::Seconds), "Time one monitor probe took."),
     (Kind::Counter, REGISTRY_REGISTRATIONS_TOTAL, None, "Schema registrations handled by the embedded registry, by outcome."),
 ];
@@ -245,4 +251,10 @@ pub fn describe_all() {
             (Kind::Histogram, None) => metrics::describe_histogram!(name, help),
         }
     }
+}
+
+/// One leak (a write on the side that does not own its key) of `table`, written on `side`.
+pub fn phase_leak(table: &str, side: &'static str) {
+    metrics::counter!(PHASE_LEAKS_TOTAL, LABEL_TABLE => table.to_string(), LABEL_SIDE => side)
+        .increment(1);
 }

@@ -13,6 +13,8 @@
 //!                   cutover.row_versions     a back-sync role (lww)     last-writer-wins commit times
 //!   legacy          cutover.table_phases     cutover phase set          one owner per table and phase
 //!                   cutover.phase_audit      cutover phase set          every change, gated or forced
+//!                   cutover.share_steps      cutover phase set (split)  each share step and its LSN on
+//!                                                                       both sides (the hand-over)
 //!   legacy          cutover.backfill         cutover backfill, capture  chunk progress survives restarts
 //!   legacy          cutover.capture_slots    capture                    a lost slot is never silent
 //!                   cutover.capture_gaps     capture --accept-gap       every accepted loss, audited
@@ -110,9 +112,30 @@ pub const CONTROL_DDL: &str = "
 CREATE TABLE IF NOT EXISTS cutover.table_phases (
     pipeline text NOT NULL,
     table_name text NOT NULL,
-    phase text NOT NULL CHECK (phase IN ('forward', 'dual', 'reverse')),
+    phase text NOT NULL CONSTRAINT table_phases_phase_check
+        CHECK (phase IN ('forward', 'dual', 'split', 'reverse')),
     changed_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (pipeline, table_name)
+);
+DO $m$ BEGIN
+    -- Installs from before the split phase: widen the check once (by the table's owner).
+    IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'table_phases_phase_check'
+               AND conrelid = 'cutover.table_phases'::regclass
+               AND pg_get_constraintdef(oid) NOT LIKE '%split%') THEN
+        ALTER TABLE cutover.table_phases DROP CONSTRAINT table_phases_phase_check,
+            ADD CONSTRAINT table_phases_phase_check
+            CHECK (phase IN ('forward', 'dual', 'split', 'reverse'));
+    END IF;
+END $m$;
+CREATE TABLE IF NOT EXISTS cutover.share_steps (
+    id bigserial PRIMARY KEY,
+    pipeline text NOT NULL,
+    table_name text NOT NULL,
+    share_bp int NOT NULL CHECK (share_bp BETWEEN 0 AND 10000),
+    legacy_lsn bigint NOT NULL,
+    new_lsn bigint NOT NULL,
+    stepped_at timestamptz NOT NULL DEFAULT now(),
+    stepped_by text NOT NULL
 );
 CREATE TABLE IF NOT EXISTS cutover.phase_audit (
     id bigserial PRIMARY KEY,

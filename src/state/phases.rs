@@ -19,6 +19,9 @@ use crate::event::Side;
 pub enum Phase {
     Forward,
     Dual,
+    /// Keys owned by share: the new store owns the keys whose bucket is below the table's
+    /// current share (`backsync::owner`), legacy the rest; see [`Step`].
+    Split,
     Reverse,
 }
 
@@ -27,6 +30,7 @@ impl Phase {
         match self {
             Phase::Forward => "forward",
             Phase::Dual => "dual",
+            Phase::Split => "split",
             Phase::Reverse => "reverse",
         }
     }
@@ -35,17 +39,19 @@ impl Phase {
         match s {
             "forward" => Ok(Phase::Forward),
             "dual" => Ok(Phase::Dual),
+            "split" => Ok(Phase::Split),
             "reverse" => Ok(Phase::Reverse),
             other => Err(Error::config(format!(
-                "phase {other:?}: must be forward, dual or reverse"
+                "phase {other:?}: must be forward, dual, split or reverse"
             ))),
         }
     }
 
-    /// The side that is the source of truth in this phase.
+    /// The side that is the source of truth in this phase (in `split`, of the keys outside
+    /// the new store's share: each key has its own owner there).
     pub fn owner(self) -> Side {
         match self {
-            Phase::Forward | Phase::Dual => Side::Legacy,
+            Phase::Forward | Phase::Dual | Phase::Split => Side::Legacy,
             Phase::Reverse => Side::New,
         }
     }
@@ -54,11 +60,65 @@ impl Phase {
     pub fn applies_towards(self, to: Side) -> bool {
         matches!(
             (self, to),
-            (Phase::Dual, _) | (Phase::Forward, Side::New) | (Phase::Reverse, Side::Legacy)
+            (Phase::Dual | Phase::Split, _)
+                | (Phase::Forward, Side::New)
+                | (Phase::Reverse, Side::Legacy)
         )
     }
 
-    pub const ALL: [Phase; 3] = [Phase::Forward, Phase::Dual, Phase::Reverse];
+    pub const ALL: [Phase; 4] = [Phase::Forward, Phase::Dual, Phase::Split, Phase::Reverse];
+}
+
+/// One share step of a table: from it on, the new store owns the keys whose bucket is below
+/// `share_bp`. The step's position on each side (`pg_current_wal_lsn()` when it was taken)
+/// is where each direction switches: a change committed before it on its side is judged by
+/// the share before it (the hand-over, docs/BACKSYNC.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub share_bp: u32,
+    pub legacy_lsn: i64,
+    pub new_lsn: i64,
+}
+
+impl Step {
+    /// The step's position on `side`.
+    pub fn lsn(&self, side: Side) -> i64 {
+        match side {
+            Side::Legacy => self.legacy_lsn,
+            Side::New => self.new_lsn,
+        }
+    }
+}
+
+/// The new store's share (basis points) for a change committed at `lsn` on `side`: the share
+/// of the last step at or before it, 0 before the first.
+pub fn share_at(steps: &[Step], side: Side, lsn: i64) -> u32 {
+    steps
+        .iter()
+        .rev()
+        .find(|s| s.lsn(side) <= lsn)
+        .map_or(0, |s| s.share_bp)
+}
+
+/// Every table's share steps, oldest first.
+pub async fn steps(client: &Client, pipeline: &str) -> Result<BTreeMap<String, Vec<Step>>> {
+    let rows = client
+        .query(
+            "SELECT table_name, share_bp, legacy_lsn, new_lsn FROM cutover.share_steps
+             WHERE pipeline = $1 ORDER BY id",
+            &[&pipeline],
+        )
+        .await
+        .map_err(|e| Error::postgres("reading cutover.share_steps", e))?;
+    let mut out: BTreeMap<String, Vec<Step>> = BTreeMap::new();
+    for r in rows {
+        out.entry(r.get(0)).or_default().push(Step {
+            share_bp: r.get::<_, i32>(1) as u32,
+            legacy_lsn: r.get(2),
+            new_lsn: r.get(3),
+        });
+    }
+    Ok(out)
 }
 
 /// Every table with a recorded phase (tables not listed are in `forward`).
@@ -108,6 +168,8 @@ pub struct Change {
     pub reason: Option<String>,
     /// What the gate saw: lag, counts, checksums, the verdict of each check.
     pub checks: serde_json::Value,
+    /// A share step recorded with the change (into, within or out of `split`).
+    pub step: Option<Step>,
 }
 
 /// Set the phase of a table and record the change, atomically. Fails with `Conflict` if the
@@ -130,7 +192,7 @@ pub async fn record(client: &mut Client, pipeline: &str, change: &Change) -> Res
         .map(Phase::parse)
         .transpose()?
         .unwrap_or(Phase::Forward);
-    if current != change.from {
+    if current != change.from || (current == change.to && change.step.is_none()) {
         return Err(Error::new(
             ErrorKind::Conflict,
             format!(
@@ -164,6 +226,22 @@ pub async fn record(client: &mut Client, pipeline: &str, change: &Change) -> Res
     )
     .await
     .map_err(|e| Error::postgres("writing cutover.phase_audit", e))?;
+    if let Some(step) = change.step {
+        tx.execute(
+            "INSERT INTO cutover.share_steps (pipeline, table_name, share_bp, legacy_lsn, new_lsn, stepped_by)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &pipeline,
+                &change.table,
+                &(step.share_bp as i32),
+                &step.legacy_lsn,
+                &step.new_lsn,
+                &change.changed_by,
+            ],
+        )
+        .await
+        .map_err(|e| Error::postgres("writing cutover.share_steps", e))?;
+    }
     tx.commit()
         .await
         .map_err(|e| Error::postgres("COMMIT of the phase change", e))
@@ -235,6 +313,36 @@ mod tests {
         assert!(Phase::parse("sideways")
             .unwrap_err()
             .to_string()
-            .contains("forward, dual or reverse"));
+            .contains("forward, dual, split or reverse"));
+        assert!(
+            Phase::Split.applies_towards(Side::New) && Phase::Split.applies_towards(Side::Legacy)
+        );
+        assert_eq!(Phase::parse("split").unwrap(), Phase::Split);
+    }
+
+    #[test]
+    fn a_change_is_judged_by_the_share_in_force_at_its_own_sides_position() {
+        let steps = [
+            Step {
+                share_bp: 1000,
+                legacy_lsn: 100,
+                new_lsn: 5000,
+            },
+            Step {
+                share_bp: 5000,
+                legacy_lsn: 200,
+                new_lsn: 6000,
+            },
+        ];
+        // Before the first step: forward (0 %).
+        assert_eq!(share_at(&steps, Side::Legacy, 99), 0);
+        assert_eq!(share_at(&steps, Side::Legacy, 100), 1000);
+        assert_eq!(share_at(&steps, Side::Legacy, 199), 1000);
+        assert_eq!(share_at(&steps, Side::Legacy, 10_000), 5000);
+        // The other side's positions are its own.
+        assert_eq!(share_at(&steps, Side::New, 150), 0);
+        assert_eq!(share_at(&steps, Side::New, 5999), 1000);
+        assert_eq!(share_at(&steps, Side::New, 6000), 5000);
+        assert_eq!(share_at(&[], Side::New, 6000), 0);
     }
 }

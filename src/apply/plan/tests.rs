@@ -73,7 +73,7 @@ fn key_of(t: &TableId) -> Vec<String> {
     key_cols(t).to_vec()
 }
 
-fn apply_all(_: &TableId, _: &Mapping) -> Admission {
+fn apply_all(_: &ChangeEvent, _: &Mapping) -> Admission {
     Admission::Apply
 }
 
@@ -81,7 +81,7 @@ fn apply_all(_: &TableId, _: &Mapping) -> Admission {
 fn plan_of(
     events: &[ChangeEvent],
     stored: &HashMap<Partition, Progress>,
-    admit: &dyn Fn(&TableId, &Mapping) -> Admission,
+    admit: &dyn Fn(&ChangeEvent, &Mapping) -> Admission,
 ) -> Plan {
     let mapping = Mapping::identity(table());
     let records = records_of(events, "p.public.t", &mapping);
@@ -113,7 +113,7 @@ fn plan_with(
     records: &[Record<'_>],
     stored: &HashMap<Partition, Progress>,
     truncated: &HashMap<String, (i64, i64)>,
-    admit: &dyn Fn(&TableId, &Mapping) -> Admission,
+    admit: &dyn Fn(&ChangeEvent, &Mapping) -> Admission,
 ) -> Plan {
     plan(
         records,
@@ -265,15 +265,45 @@ fn a_truncate_closes_the_segment_and_supersedes_older_events() {
 #[test]
 fn admission_skips_and_marks_writes_to_settle() {
     let evs = [event(Op::Create, None, Some(["1", "x", "y"]), &[], (10, 0))];
-    let skip = |_: &TableId, _: &Mapping| Admission::Skip;
+    let skip = |_: &ChangeEvent, _: &Mapping| Admission::Skip;
     let p = plan_of(&evs, &HashMap::new(), &skip);
     assert_eq!(p.phase_skipped, 1);
     assert!(writes(&p).is_empty());
     assert_eq!(p.live, vec![0], "a skipped event still moves progress");
 
-    let settle = |_: &TableId, _: &Mapping| Admission::Settle;
+    let settle = |_: &ChangeEvent, _: &Mapping| Admission::Settle;
     let p = plan_of(&evs, &HashMap::new(), &settle);
     assert!(writes(&p)[0].settle);
+}
+
+#[test]
+fn a_leak_is_not_written_but_handed_over_with_its_target_row_and_moves_progress() {
+    let evs = [
+        event(Op::Create, None, Some(["1", "x", "y"]), &[], (10, 0)),
+        event(Op::Create, None, Some(["2", "z", "w"]), &[], (11, 0)),
+    ];
+    // Key 1 leaked (written on the side that does not own it), key 2 applies.
+    let by_key = |e: &ChangeEvent, _: &Mapping| {
+        if e.key_values() == Some(vec![Some("1".into())]) {
+            Admission::Leak
+        } else {
+            Admission::Apply
+        }
+    };
+    let p = plan_of(&evs, &HashMap::new(), &by_key);
+    assert_eq!(p.leaks.len(), 1);
+    let leak = &p.leaks[0];
+    assert_eq!(leak.record, 0);
+    assert_eq!(leak.key.len(), 1);
+    assert_eq!(leak.key[0].1.as_deref(), Some("1"));
+    assert!(leak
+        .row
+        .as_ref()
+        .is_some_and(|r| r.values().any(|v| v.as_deref() == Some("x"))));
+    let w = writes(&p);
+    assert_eq!(w.len(), 1, "only the owned key is written");
+    assert_eq!(w[0].key, vec![Some("2".to_string())]);
+    assert_eq!(p.live, vec![0, 1], "a leaked event still moves progress");
 }
 
 #[test]
