@@ -59,6 +59,7 @@ pub fn to_json(snap: &Snapshot, v: &Verdict) -> String {
         "taken_at_ms": snap.taken_at_ms,
         "capture": s["capture"],
         "sinks": s["sinks"],
+        "shares": s["shares"],
         "problems": snap.problems,
     });
     serde_json::to_string_pretty(&doc).unwrap_or_default()
@@ -139,6 +140,28 @@ pub fn render(snap: &Snapshot, v: &Verdict, partitions: bool) -> String {
                     p.lag_messages
                 );
             }
+        }
+    }
+    let split: Vec<&(String, f64)> = snap
+        .shares
+        .iter()
+        .filter(|(t, _)| {
+            snap.phases
+                .iter()
+                .any(|(p, ph)| p == t && *ph == crate::state::phases::Phase::Split)
+        })
+        .collect();
+    if !split.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nsplit tables (keys owned by the new store; leaks: cutover phase show)"
+        );
+        for (t, pct) in split {
+            let _ = writeln!(
+                o,
+                "  {t:<40} new {pct:>6.2} %  legacy {:>6.2} %",
+                100.0 - pct
+            );
         }
     }
     if !snap.problems.is_empty() {

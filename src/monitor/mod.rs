@@ -49,6 +49,10 @@ pub struct Snapshot {
     /// Per-table cutover phases (with a back-sync configured; read from legacy).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub phases: Vec<(String, crate::state::phases::Phase)>,
+    /// The new store's share of each phased table's keys, in percent (forward 0, reverse
+    /// 100, split its last step; dual has none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<(String, f64)>,
     /// Phase changes in the audit trail: (not forced, forced).
     #[serde(skip)]
     pub phase_changes: Option<(i64, i64)>,
@@ -212,6 +216,10 @@ pub fn export(s: &Snapshot) {
             metrics::gauge!(names::TABLE_PHASE, names::LABEL_TABLE => table.clone(), names::LABEL_PHASE => p.as_str())
                 .set(if p == *phase { 1.0 } else { 0.0 });
         }
+    }
+    for (table, pct) in &s.shares {
+        metrics::gauge!(names::PHASE_NEW_SHARE_RATIO, names::LABEL_TABLE => table.clone())
+            .set(pct / 100.0);
     }
     if let Some((unforced, forced)) = s.phase_changes {
         metrics::counter!(names::PHASE_CHANGES_TOTAL, names::LABEL_FORCED => "false")

@@ -116,16 +116,17 @@ impl Monitor {
                 }
             }
         }
-        let (phases, phase_changes) = match self.phases().await {
+        let (phases, shares, phase_changes) = match self.phases().await {
             Ok(p) => p,
             Err(e) => {
                 problems.push(format!("source: phases: {e}"));
-                (vec![], None)
+                (vec![], vec![], None)
             }
         };
         let capture_dlq = crate::kafka::topic::capture_dlq(&self.cfg.topic_prefix);
         Snapshot {
             phases,
+            shares,
             phase_changes,
             pipeline: self.cfg.name.clone(),
             taken_at_ms: now,
@@ -233,12 +234,15 @@ impl Monitor {
 
     /// Every table's phase and the audit counts, when a back-sync is configured (the forward
     /// configuration's source is legacy, where they live).
-    async fn phases(&self) -> Result<(Vec<(String, Phase)>, Option<(i64, i64)>)> {
+    #[allow(clippy::type_complexity)]
+    async fn phases(
+        &self,
+    ) -> Result<(Vec<(String, Phase)>, Vec<(String, f64)>, Option<(i64, i64)>)> {
         if self.cfg.backsync.is_none() || self.cfg.direction != Direction::Forward {
-            return Ok((vec![], None));
+            return Ok((vec![], vec![], None));
         }
         let Some(c) = self.source.as_ref() else {
-            return Ok((vec![], None));
+            return Ok((vec![], vec![], None));
         };
         let exists: bool = c
             .query_one("SELECT to_regclass('cutover.phase_audit') IS NOT NULL", &[])
@@ -246,9 +250,25 @@ impl Monitor {
             .map_err(|e| crate::Error::postgres("looking for cutover.phase_audit", e))?
             .get(0);
         if !exists {
-            return Ok((vec![], Some((0, 0))));
+            return Ok((vec![], vec![], Some((0, 0))));
         }
         let phases = crate::state::phases::all(c, &self.cfg).await?;
+        let steps = crate::state::phases::steps(c, &self.cfg.name).await?;
+        let shares = phases
+            .iter()
+            .filter_map(|(t, p)| {
+                let pct = match p {
+                    Phase::Forward => 0.0,
+                    Phase::Reverse => 100.0,
+                    Phase::Split => steps
+                        .get(t)
+                        .and_then(|s| s.last())
+                        .map_or(0.0, |s| s.share_bp as f64 / 100.0),
+                    Phase::Dual => return None,
+                };
+                Some((t.clone(), pct))
+            })
+            .collect();
         let r = c
             .query_one(
                 "SELECT count(*) FILTER (WHERE NOT forced), count(*) FILTER (WHERE forced)
@@ -257,7 +277,7 @@ impl Monitor {
             )
             .await
             .map_err(|e| crate::Error::postgres("counting cutover.phase_audit", e))?;
-        Ok((phases, Some((r.get(0), r.get(1)))))
+        Ok((phases, shares, Some((r.get(0), r.get(1)))))
     }
 
     async fn slot(&mut self) -> Result<SlotState> {

@@ -225,6 +225,7 @@ mod tests {
             },
             sinks,
             phases: vec![],
+            shares: vec![],
             phase_changes: None,
             problems: vec![],
         }

@@ -1035,6 +1035,20 @@ async fn a_bridge_routing_by_owner_steps_the_share_up_and_down_without_loss_or_l
             assert!(out.contains("hand-over done"), "{out}");
         }
         share = next;
+        if share == 100 {
+            // cutover status shows the share of a split table.
+            let o = Command::new(cutover_bin())
+                .args(["status", "--config"])
+                .arg(m.config_path())
+                .env_remove("CUTOVER_CONFIG")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                text.contains("split tables") && text.contains("new 100.00 %"),
+                "{text}"
+            );
+        }
     }
     m.converged(90).await;
     let rows: BTreeMap<i64, i64> = l
