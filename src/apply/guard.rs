@@ -13,6 +13,8 @@
 //! roles implement it in `backsync` (phases decide admission, conflicts are settled there).
 //!
 //! Contract, for every implementation:
+//! - `after_commit` runs once per committed batch; what an aborted attempt planned is
+//!   forgotten at the next `begin`.
 //! - `begin`, `settle` and `finish` run inside the batch's transaction; what they write
 //!   commits or rolls back with the batch, so a retried batch starts from `begin` again and
 //!   the guard must forget what an aborted attempt told it.
@@ -91,8 +93,13 @@ pub trait WriteGuard: Send + Sync {
     /// `mapping.targets()` allocates).
     fn admit(&self, event: &ChangeEvent, mapping: &Mapping) -> Admission;
     /// A leaked write (`Admission::Leak`), inside the batch's transaction: record it and
-    /// resolve it by the leak policy. The default for guards that never answer `Leak`.
+    /// plan its resolution. The default for guards that never answer `Leak`.
     async fn leak(&mut self, _tx: &Client, _leaked: &Leaked<'_>) -> Result<()> {
+        Ok(())
+    }
+    /// After the batch's COMMIT: what must not happen before its data is durable, nor while
+    /// its transaction holds row locks (a leak's restore writes through other sessions).
+    async fn after_commit(&mut self) -> Result<()> {
         Ok(())
     }
     /// Settle one key's write against the target row (for `Admission::Settle` events).

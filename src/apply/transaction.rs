@@ -131,7 +131,10 @@ pub(super) async fn transact(
         strict,
     )
     .await;
-    if !matches!(result, Ok(Some(_))) {
+    if matches!(result, Ok(Some(_))) {
+        // Side effects the guard may only cause once the batch is durable (a leak's restore).
+        guard.after_commit().await?;
+    } else {
         let _ = db.batch_execute("ROLLBACK").await;
     }
     result

@@ -7,10 +7,12 @@
 //!   admit       a table with share steps (split, or a change committed before its last step):
 //!               the key's owner at the change's own-side position → Apply, or Leak;
 //!               else phase.applies_towards(writes)?  no → Skip;  dual → Settle;  else Apply
-//!   leak        record (cutover.conflicts, kind leak), count, restore the owner's version on
-//!               the leaking side: owner row present → no-op UPDATE of it outside cutover's
-//!               origins (the other direction carries it back); absent → DELETE on the
-//!               leaking side under the verify origin (never captured)
+//!   leak        record (cutover.conflicts, kind leak), count, and plan the restore of the
+//!               owner's version on the leaking side: owner row present → no-op UPDATE of it
+//!               outside cutover's origins (the other direction carries it back); absent →
+//!               DELETE on the leaking side under the verify origin (never captured)
+//!   after_commit  carry out the planned restores (other sessions: never under the batch's
+//!               row locks, never for a batch that rolled back)
 //!   settle      conflict::compare (row locked FOR UPDATE) → conflict::resolve → conflict::record
 //!   finish      last-writer-wins: remember each written version's origin commit time
 //! ```
@@ -31,6 +33,7 @@ use crate::database::catalog::TargetTable;
 use crate::database::ident::{qualified, quote};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Side;
+use crate::event::TableId;
 use crate::state::phases::{self as phase, Phase};
 
 /// A version written under last-writer-wins, remembered at `finish`.
@@ -52,6 +55,25 @@ pub struct RoleGuard {
     /// Share steps of the tables that were ever split (`state::phases::Step`).
     steps: BTreeMap<String, Vec<phase::Step>>,
     versions: Vec<Version>,
+    /// Leak resolutions planned by this batch, carried out after its COMMIT.
+    restores: Vec<Restore>,
+}
+
+/// How a leak is resolved once its batch committed: the owner's version restored on the
+/// leaking side.
+enum Restore {
+    /// An untagged no-op update of the owner's row (`table`, `key`) in this sink's target:
+    /// the other direction carries the owner's version back.
+    Reemit {
+        table: TableId,
+        key: Vec<(String, Option<String>)>,
+    },
+    /// The owner has no such row: delete the leaked one on the incoming side under the
+    /// verify origin (never captured).
+    Delete {
+        table: TableId,
+        key: Vec<(String, Option<String>)>,
+    },
 }
 
 impl RoleGuard {
@@ -63,6 +85,7 @@ impl RoleGuard {
             phases: BTreeMap::new(),
             steps: BTreeMap::new(),
             versions: Vec::new(),
+            restores: Vec::new(),
         }
     }
 
@@ -116,6 +139,7 @@ impl WriteGuard for RoleGuard {
 
     async fn begin(&mut self, tx: &Client) -> Result<()> {
         self.versions.clear();
+        self.restores.clear();
         let pipeline = self.pipeline.clone();
         let control = self.control().await?;
         let client = control.unwrap_or(tx);
@@ -266,39 +290,60 @@ impl WriteGuard for RoleGuard {
         .map_err(|e| Error::postgres("recording a leak in cutover.conflicts", e))?;
         crate::observe::names::phase_leak(&ev.table.to_string(), from.as_str());
         tracing::warn!(sink = %l.sink, table = %ev.table, leaked_on = from.as_str(), owner_has_row = local.is_some(), "leak: a write on the side that does not own the key; restoring the owner's version");
-        if local.is_some() {
-            // The owner's version goes back through the pipeline: an untagged no-op update.
-            let first = quote(&l.key[0].0);
-            let c = self.role.target.connect().await?;
-            c.execute(
-                &format!("UPDATE {table} t SET {first} = t.{first} WHERE {cond}"),
-                &params,
-            )
-            .await
-            .map_err(|e| Error::postgres(format!("re-emitting the owner's row of {table}"), e))?;
+        self.restores.push(if local.is_some() {
+            Restore::Reemit {
+                table: l.table.clone(),
+                key: l.key.to_vec(),
+            }
         } else {
-            // The owner has no such row: the leaked one goes, under an origin no capture sends.
-            let keys: Vec<(String, Option<String>)> = ev
-                .key_columns
-                .iter()
-                .cloned()
-                .zip(ev.key_values().unwrap_or_default())
-                .collect();
-            let (cond, params) = key_condition(keys.iter().map(|(k, v)| (k.as_str(), v)));
-            let c = self.role.incoming_side.connect().await?;
-            crate::database::origin::bind(
-                &c,
-                &self.pipeline,
-                crate::database::origin::VERIFY_WRITER,
-                None,
-            )
-            .await?;
-            c.execute(
-                &format!("DELETE FROM {} t WHERE {cond}", qualified(&ev.table)),
-                &params,
-            )
-            .await
-            .map_err(|e| Error::postgres(format!("deleting a leaked row of {}", ev.table), e))?;
+            Restore::Delete {
+                table: ev.table.clone(),
+                key: ev
+                    .key_columns
+                    .iter()
+                    .cloned()
+                    .zip(ev.key_values().unwrap_or_default())
+                    .collect(),
+            }
+        });
+        Ok(())
+    }
+
+    async fn after_commit(&mut self) -> Result<()> {
+        for r in std::mem::take(&mut self.restores) {
+            match r {
+                Restore::Reemit { table, key } => {
+                    let (cond, params) = key_condition(key.iter().map(|(k, v)| (k.as_str(), v)));
+                    let first = quote(&key[0].0);
+                    let t = qualified(&table);
+                    let c = self.role.target.connect().await?;
+                    c.execute(
+                        &format!("UPDATE {t} t SET {first} = t.{first} WHERE {cond}"),
+                        &params,
+                    )
+                    .await
+                    .map_err(|e| {
+                        Error::postgres(format!("re-emitting the owner's row of {t}"), e)
+                    })?;
+                }
+                Restore::Delete { table, key } => {
+                    let (cond, params) = key_condition(key.iter().map(|(k, v)| (k.as_str(), v)));
+                    let c = self.role.incoming_side.connect().await?;
+                    crate::database::origin::bind(
+                        &c,
+                        &self.pipeline,
+                        crate::database::origin::VERIFY_WRITER,
+                        None,
+                    )
+                    .await?;
+                    c.execute(
+                        &format!("DELETE FROM {} t WHERE {cond}", qualified(&table)),
+                        &params,
+                    )
+                    .await
+                    .map_err(|e| Error::postgres(format!("deleting a leaked row of {table}"), e))?;
+                }
+            }
         }
         Ok(())
     }
