@@ -142,27 +142,6 @@ fn share_now(phase: Phase, steps: Option<&Vec<phases::Step>>) -> Option<u32> {
     }
 }
 
-/// Leaks recorded per table on one side (`cutover.conflicts`, kind `leak`).
-async fn leaks(c: &Client) -> Result<std::collections::BTreeMap<String, i64>> {
-    let exists: bool = c
-        .query_one("SELECT to_regclass('cutover.conflicts') IS NOT NULL", &[])
-        .await
-        .map_err(|e| Error::postgres("looking for cutover.conflicts", e))?
-        .get(0);
-    if !exists {
-        return Ok(Default::default());
-    }
-    Ok(c.query(
-        "SELECT target_table, count(*) FROM cutover.conflicts WHERE kind = 'leak' GROUP BY 1",
-        &[],
-    )
-    .await
-    .map_err(|e| Error::postgres("counting leaks", e))?
-    .iter()
-    .map(|r| (r.get(0), r.get(1)))
-    .collect())
-}
-
 /// `phase show`: every migrated table with its phase, owner, share and leaks.
 async fn show(cfg: &Config, legacy: &Client, json: bool) -> Result<ExitCode> {
     let rows = phases::all(legacy, cfg).await?;
@@ -170,10 +149,10 @@ async fn show(cfg: &Config, legacy: &Client, json: bool) -> Result<ExitCode> {
     // Leaks written on legacy are recorded by the forward sink in the new store, and those
     // written on the new store by the back-sync in legacy (keyed by the target table there).
     let on_new = match crate::database::Endpoint::new_store(cfg)?.connect().await {
-        Ok(n) => leaks(&n).await?,
+        Ok(n) => phases::leaks(&n).await?,
         Err(_) => Default::default(),
     };
-    let on_legacy = leaks(legacy).await?;
+    let on_legacy = phases::leaks(legacy).await?;
     let mut out = Vec::new();
     for (t, p) in &rows {
         let share = share_now(*p, steps.get(t));

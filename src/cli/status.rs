@@ -60,6 +60,7 @@ pub fn to_json(snap: &Snapshot, v: &Verdict) -> String {
         "capture": s["capture"],
         "sinks": s["sinks"],
         "shares": s["shares"],
+        "leaks": s["leaks"],
         "problems": snap.problems,
     });
     serde_json::to_string_pretty(&doc).unwrap_or_default()
@@ -154,12 +155,17 @@ pub fn render(snap: &Snapshot, v: &Verdict, partitions: bool) -> String {
     if !split.is_empty() {
         let _ = writeln!(
             o,
-            "\nsplit tables (keys owned by the new store; leaks: cutover phase show)"
+            "\nsplit tables (owners by key share; leaks written on legacy/new)"
         );
         for (t, pct) in split {
+            let (ll, ln) = snap
+                .leaks
+                .iter()
+                .find(|(x, _, _)| x == t)
+                .map_or((0, 0), |(_, a, b)| (*a, *b));
             let _ = writeln!(
                 o,
-                "  {t:<40} new {pct:>6.2} %  legacy {:>6.2} %",
+                "  {t:<40} new {pct:>6.2} %  legacy {:>6.2} %  leaks {ll}/{ln}",
                 100.0 - pct
             );
         }

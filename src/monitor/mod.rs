@@ -53,6 +53,9 @@ pub struct Snapshot {
     /// 100, split its last step; dual has none).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shares: Vec<(String, f64)>,
+    /// Leaks of each table in split: (table, written on legacy, written on the new store).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leaks: Vec<(String, i64, i64)>,
     /// Phase changes in the audit trail: (not forced, forced).
     #[serde(skip)]
     pub phase_changes: Option<(i64, i64)>,

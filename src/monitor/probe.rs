@@ -123,10 +123,18 @@ impl Monitor {
                 (vec![], vec![], None)
             }
         };
+        let leaks = match self.leaks(&phases).await {
+            Ok(l) => l,
+            Err(e) => {
+                problems.push(format!("phases: leaks: {e}"));
+                vec![]
+            }
+        };
         let capture_dlq = crate::kafka::topic::capture_dlq(&self.cfg.topic_prefix);
         Snapshot {
             phases,
             shares,
+            leaks,
             phase_changes,
             pipeline: self.cfg.name.clone(),
             taken_at_ms: now,
@@ -278,6 +286,42 @@ impl Monitor {
             .await
             .map_err(|e| crate::Error::postgres("counting cutover.phase_audit", e))?;
         Ok((phases, shares, Some((r.get(0), r.get(1)))))
+    }
+
+    /// Leaks of the tables in split, read from both sides' `cutover.conflicts`: written on
+    /// legacy (recorded by the forward sink in the new store, under the forward mapping's
+    /// target tables) and written on the new store (recorded by the back-sync in legacy).
+    async fn leaks(&self, phases: &[(String, Phase)]) -> Result<Vec<(String, i64, i64)>> {
+        let split: Vec<&String> = phases
+            .iter()
+            .filter(|(_, p)| *p == Phase::Split)
+            .map(|(t, _)| t)
+            .collect();
+        let (Some(c), Some(b)) = (self.source.as_ref(), self.cfg.backsync.as_ref()) else {
+            return Ok(vec![]);
+        };
+        if split.is_empty() {
+            return Ok(vec![]);
+        }
+        let on_legacy = crate::state::phases::leaks(c).await?;
+        let new = crate::database::Endpoint::new_store(&self.cfg)?
+            .connect()
+            .await?;
+        let on_new = crate::state::phases::leaks(&new).await?;
+        let (i, _) = self.cfg.sink_at(&b.forward_sink)?;
+        let mut out = Vec::new();
+        for t in split {
+            let targets = crate::apply::mapping::for_table(&self.cfg, i, t)?
+                .map(|m| m.targets())
+                .unwrap_or_default();
+            let written_on_legacy = targets
+                .iter()
+                .filter_map(|x| on_new.get(&x.to_string()))
+                .sum();
+            let written_on_new = on_legacy.get(t.as_str()).copied().unwrap_or(0);
+            out.push((t.clone(), written_on_legacy, written_on_new));
+        }
+        Ok(out)
     }
 
     async fn slot(&mut self) -> Result<SlotState> {

@@ -226,6 +226,7 @@ mod tests {
             sinks,
             phases: vec![],
             shares: vec![],
+            leaks: vec![],
             phase_changes: None,
             problems: vec![],
         }

@@ -100,6 +100,28 @@ pub fn share_at(steps: &[Step], side: Side, lsn: i64) -> u32 {
         .map_or(0, |s| s.share_bp)
 }
 
+/// Leaks recorded in this database's `cutover.conflicts` (kind `leak`), by target table: the
+/// writes made on the other side to keys this side owns.
+pub async fn leaks(c: &Client) -> Result<BTreeMap<String, i64>> {
+    let exists: bool = c
+        .query_one("SELECT to_regclass('cutover.conflicts') IS NOT NULL", &[])
+        .await
+        .map_err(|e| Error::postgres("looking for cutover.conflicts", e))?
+        .get(0);
+    if !exists {
+        return Ok(BTreeMap::new());
+    }
+    Ok(c.query(
+        "SELECT target_table, count(*) FROM cutover.conflicts WHERE kind = 'leak' GROUP BY 1",
+        &[],
+    )
+    .await
+    .map_err(|e| Error::postgres("counting leaks", e))?
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect())
+}
+
 /// Every table's share steps, oldest first.
 pub async fn steps(client: &Client, pipeline: &str) -> Result<BTreeMap<String, Vec<Step>>> {
     let rows = client

@@ -1193,5 +1193,16 @@ async fn writes_on_the_wrong_side_are_leaks_counted_recorded_and_resolved_by_the
         serde_json::json!({"legacy": 2, "new": 1}),
         "{shown}"
     );
+    let o = Command::new(cutover_bin())
+        .args(["status", "--config"])
+        .arg(m.config_path())
+        .env_remove("CUTOVER_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("new  50.00 %") && text.contains("leaks 2/1"),
+        "{text}"
+    );
     m.cleanup(parts).await;
 }
