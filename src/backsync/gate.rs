@@ -93,6 +93,52 @@ pub struct Measured {
     pub replica_identity_missing: Option<Vec<String>>,
     /// What reconcile says of the table (into `reverse` with `reconcile.enabled` only).
     pub reconcile: Option<ReconcileSeen>,
+    /// The legacy key columns and their types (into `split` only): ownership is computed on
+    /// the key's text, which the sinks see verbatim only for some types.
+    pub split_key: Option<Vec<(String, String)>>,
+}
+
+/// Key types whose text form the sinks see exactly as PostgreSQL prints it (`::text`), so a
+/// bridge, SQL and both sinks compute the same owner.
+const SPLIT_KEY_TYPES: &[&str] = &[
+    "smallint",
+    "integer",
+    "bigint",
+    "text",
+    "uuid",
+    "character varying",
+];
+
+fn split_key_check(key: &[(String, String)]) -> Check {
+    let bad: Vec<String> = key
+        .iter()
+        .filter(|(_, ty)| {
+            let base = ty.split('(').next().unwrap_or(ty).trim();
+            !SPLIT_KEY_TYPES.contains(&base)
+        })
+        .map(|(c, ty)| format!("{c} {ty}"))
+        .collect();
+    Check {
+        name: "split_key".into(),
+        ok: !key.is_empty() && bad.is_empty(),
+        detail: if key.is_empty() {
+            "no primary key: a split needs one".into()
+        } else if bad.is_empty() {
+            format!(
+                "key ({}) has text forms every party computes alike",
+                key.iter()
+                    .map(|(c, _)| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            format!(
+                "ownership is computed on the key's text; split supports keys of {} only, not {}",
+                SPLIT_KEY_TYPES.join(", "),
+                bad.join(", ")
+            )
+        },
+    }
 }
 
 /// The reconcile ledger's word on a table, for the gate into `reverse`.
@@ -212,6 +258,9 @@ pub fn decide(m: &Measured, max_lag_secs: f64, from: Phase, to: Phase) -> Report
     if let Some(r) = m.reconcile.as_ref().filter(|_| to == Phase::Reverse) {
         checks.push(r.check());
     }
+    if let Some(key) = m.split_key.as_ref().filter(|_| to == Phase::Split) {
+        checks.push(split_key_check(key));
+    }
     Report {
         table: m.table.clone(),
         from,
@@ -320,6 +369,17 @@ async fn measure(cfg: &Config, table: &str, to: Phase) -> Result<Measured> {
     } else {
         None
     };
+    let split_key = if to == Phase::Split {
+        let d = catalog::describe(&legacy, &source).await?;
+        Some(d.map_or_else(Vec::new, |d| {
+            d.key
+                .iter()
+                .map(|k| (k.clone(), d.columns.get(k).cloned().unwrap_or_default()))
+                .collect()
+        }))
+    } else {
+        None
+    };
     Ok(Measured {
         lag,
         table: table.to_string(),
@@ -328,6 +388,7 @@ async fn measure(cfg: &Config, table: &str, to: Phase) -> Result<Measured> {
         filters_rows: mapping.filters_rows(),
         replica_identity_missing,
         reconcile,
+        split_key,
     })
 }
 
@@ -391,7 +452,34 @@ mod tests {
             filters_rows: false,
             replica_identity_missing: Some(vec![]),
             reconcile: None,
+            split_key: None,
         }
+    }
+
+    #[test]
+    fn into_split_the_key_must_have_a_text_form_everyone_computes_alike() {
+        let judge = |key: Vec<(&str, &str)>| {
+            let m = Measured {
+                split_key: Some(key.into_iter().map(|(c, t)| (c.into(), t.into())).collect()),
+                ..measured()
+            };
+            decide(&m, 30.0, Phase::Forward, Phase::Split)
+        };
+        assert!(judge(vec![("id", "bigint")]).passed());
+        assert!(judge(vec![("id", "uuid"), ("region", "character varying(8)")]).passed());
+        let r = judge(vec![("at", "timestamp with time zone")]);
+        assert!(
+            !r.passed() && r.failures()[0].contains("not at timestamp with time zone"),
+            "{:?}",
+            r.failures()
+        );
+        assert!(!judge(vec![]).passed());
+        // Only into split.
+        let m = Measured {
+            split_key: Some(vec![("at".into(), "numeric".into())]),
+            ..measured()
+        };
+        assert!(decide(&m, 30.0, Phase::Forward, Phase::Dual).passed());
     }
 
     #[test]
