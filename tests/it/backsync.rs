@@ -1076,6 +1076,17 @@ async fn a_bridge_routing_by_owner_steps_the_share_up_and_down_without_loss_or_l
     m.cleanup(parts).await;
 }
 
+/// The balance of account `id` in `schema`, if the row exists.
+async fn balance(c: &tokio_postgres::Client, schema: &str, id: i64) -> Option<i64> {
+    c.query_opt(
+        &format!(r#"SELECT balance::bigint FROM "{schema}".accounts WHERE id = {id}"#),
+        &[],
+    )
+    .await
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
 /// Issue 18: writes on the side that does not own their key are leaks: each is counted
 /// (`cutover_phase_leaks_total`), recorded in `cutover.conflicts` with both versions, and
 /// resolved by the default policy — the owner's version is restored on the leaking side (an
@@ -1121,30 +1132,11 @@ async fn writes_on_the_wrong_side_are_leaks_counted_recorded_and_resolved_by_the
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let la: Option<i64> = l
-            .query_opt(
-                &format!(r#"SELECT balance::bigint FROM "{s}".accounts WHERE id = {a}"#),
-                &[],
-            )
-            .await
-            .unwrap()
-            .map(|r| r.get(0));
-        let nb: Option<i64> = n
-            .query_opt(
-                &format!(r#"SELECT balance::bigint FROM "{ns}".accounts WHERE id = {b}"#),
-                &[],
-            )
-            .await
-            .unwrap()
-            .map(|r| r.get(0));
-        let lc: Option<i64> = l
-            .query_opt(
-                &format!(r#"SELECT balance::bigint FROM "{s}".accounts WHERE id = {c}"#),
-                &[],
-            )
-            .await
-            .unwrap()
-            .map(|r| r.get(0));
+        let (la, nb, lc) = (
+            balance(&l, &s, a).await,
+            balance(&n, &ns, b).await,
+            balance(&l, &s, c).await,
+        );
         if la == Some(0) && nb == Some(0) && lc.is_none() {
             break;
         }
