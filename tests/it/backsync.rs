@@ -853,15 +853,7 @@ async fn with_reconcile_the_switch_into_reverse_waits_for_a_pass_after_the_last_
     m.cfg.reconcile.rows_per_sec = 0;
     std::fs::write(m.config_path(), m.cfg.to_redacted_toml()).unwrap();
     let parts = m.start().await;
-    let s = m.id.clone();
-    m.legacy()
-        .await
-        .batch_execute(&format!(
-            r#"INSERT INTO "{s}".accounts SELECT g, 'owner ' || g, g FROM generate_series(1, 30) g"#
-        ))
-        .await
-        .unwrap();
-    m.converged(60).await;
+    m.seed(30).await;
     // A pass before the change into dual does not count for the next change.
     let reconcile = |m: &Mig| {
         Command::new(cutover_bin())
@@ -910,6 +902,19 @@ async fn with_reconcile_the_switch_into_reverse_waits_for_a_pass_after_the_last_
 }
 
 impl Mig {
+    /// Accounts 1..=n on legacy (balance 0), then both sides equal.
+    async fn seed(&self, n: i64) {
+        let s = &self.id;
+        self.legacy()
+            .await
+            .batch_execute(&format!(
+                r#"INSERT INTO "{s}".accounts SELECT g, 'owner ' || g, 0 FROM generate_series(1, {n}) g"#
+            ))
+            .await
+            .unwrap();
+        self.converged(60).await;
+    }
+
     /// Step the table's split share through the gate (retrying while the gate sees lag),
     /// waiting for the hand-over like an operator would.
     async fn step(&self, share: u32) -> String {
@@ -968,12 +973,7 @@ async fn a_bridge_routing_by_owner_steps_the_share_up_and_down_without_loss_or_l
     let (l, n) = (m.legacy().await, m.new_store().await);
     let (s, ns) = (m.id.clone(), m.ns.clone());
     let o = m.new_owner();
-    l.batch_execute(&format!(
-        r#"INSERT INTO "{s}".accounts SELECT g, 'owner ' || g, 0 FROM generate_series(1, 200) g"#
-    ))
-    .await
-    .unwrap();
-    m.converged(60).await;
+    m.seed(200).await;
     let mut model: BTreeMap<i64, i64> = (1..=200).map(|k| (k, 0)).collect();
     let mut next_id = 201i64;
     let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -1099,12 +1099,7 @@ async fn writes_on_the_wrong_side_are_leaks_counted_recorded_and_resolved_by_the
     let parts = m.start().await;
     let (l, n) = (m.legacy().await, m.new_store().await);
     let (s, ns) = (m.id.clone(), m.ns.clone());
-    l.batch_execute(&format!(
-        r#"INSERT INTO "{s}".accounts SELECT g, 'owner ' || g, 0 FROM generate_series(1, 100) g"#
-    ))
-    .await
-    .unwrap();
-    m.converged(60).await;
+    m.seed(100).await;
     m.step(50).await;
     let bp = share_bp(50.0);
     let key = |want: Owner, from: i64| {
