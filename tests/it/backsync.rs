@@ -199,15 +199,26 @@ impl Mig {
         ]
     }
 
-    fn phase_output(&self, args: &[&str]) -> std::process::Output {
+    /// `cutover <args> --config <this migration's config>`, run to completion.
+    fn cutover(&self, args: &[&str]) -> std::process::Output {
         Command::new(cutover_bin())
-            .arg("phase")
             .args(args)
             .arg("--config")
             .arg(self.config_path())
             .env_remove("CUTOVER_CONFIG")
             .output()
             .unwrap()
+    }
+
+    fn phase_output(&self, args: &[&str]) -> std::process::Output {
+        let mut a = vec!["phase"];
+        a.extend_from_slice(args);
+        self.cutover(&a)
+    }
+
+    /// `cutover status` as text.
+    fn status(&self) -> String {
+        String::from_utf8_lossy(&self.cutover(&["status"]).stdout).into_owned()
     }
 
     /// `cutover phase <args>` → (exit code, stdout + stderr).
@@ -855,14 +866,7 @@ async fn with_reconcile_the_switch_into_reverse_waits_for_a_pass_after_the_last_
     let parts = m.start().await;
     m.seed(30).await;
     // A pass before the change into dual does not count for the next change.
-    let reconcile = |m: &Mig| {
-        Command::new(cutover_bin())
-            .args(["reconcile", "--once", "--config"])
-            .arg(m.config_path())
-            .env_remove("CUTOVER_CONFIG")
-            .output()
-            .unwrap()
-    };
+    let reconcile = |m: &Mig| m.cutover(&["reconcile", "--once"]);
     let o = reconcile(&m);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     m.switch("dual").await;
@@ -1037,13 +1041,7 @@ async fn a_bridge_routing_by_owner_steps_the_share_up_and_down_without_loss_or_l
         share = next;
         if share == 100 {
             // cutover status shows the share of a split table.
-            let o = Command::new(cutover_bin())
-                .args(["status", "--config"])
-                .arg(m.config_path())
-                .env_remove("CUTOVER_CONFIG")
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&o.stdout);
+            let text = m.status();
             assert!(
                 text.contains("split tables") && text.contains("new 100.00 %"),
                 "{text}"
@@ -1180,13 +1178,7 @@ async fn writes_on_the_wrong_side_are_leaks_counted_recorded_and_resolved_by_the
         serde_json::json!({"legacy": 2, "new": 1}),
         "{shown}"
     );
-    let o = Command::new(cutover_bin())
-        .args(["status", "--config"])
-        .arg(m.config_path())
-        .env_remove("CUTOVER_CONFIG")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stdout);
+    let text = m.status();
     assert!(
         text.contains("new  50.00 %") && text.contains("leaks 2/1"),
         "{text}"
