@@ -54,7 +54,7 @@ pub fn replication(e: &pgwire_replication::PgWireError) -> ErrorKind {
 /// A TLS failure that retrying cannot fix: the server's certificate is not trusted or not
 /// for this host (OpenSSL's and rustls's wording), or the client certificate was refused.
 pub fn certificate_failure(message: &str) -> bool {
-    const SIGNS: [&str; 8] = [
+    const SIGNS: [&str; 9] = [
         "certificate verify failed",
         "invalid peer certificate",
         "UnknownIssuer",
@@ -63,6 +63,8 @@ pub fn certificate_failure(message: &str) -> bool {
         "hostname mismatch",
         "unknown ca",
         "certificate required",
+        // The peer refused our certificate (a Kafka broker requiring mutual TLS).
+        "alert bad certificate",
     ];
     SIGNS.iter().any(|s| message.contains(s))
 }

@@ -19,6 +19,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use super::diagnosis::{explain, metadata_client, MetadataClient};
 use super::{base_config, set_group_protocol};
 use crate::config::KafkaConfig;
 use crate::error::classify::kafka_code;
@@ -42,7 +43,7 @@ const PEEK_CACHE_MAX: usize = 50_000;
 
 pub struct Inspector {
     cfg: KafkaConfig,
-    meta: Arc<BaseConsumer>,
+    meta: Arc<MetadataClient>,
     peek: Arc<Mutex<BaseConsumer>>,
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
     peeked: Arc<Mutex<PeekCache>>,
@@ -67,9 +68,7 @@ async fn blocking<T: Send + 'static>(
 
 impl Inspector {
     pub fn new(cfg: &KafkaConfig) -> Result<Inspector> {
-        let meta: BaseConsumer = base_config(cfg)
-            .create()
-            .map_err(|e| Error::kafka("creating Kafka metadata client", e))?;
+        let meta = metadata_client(&base_config(cfg))?;
         let mut pc = quiet(base_config(cfg));
         pc.set("group.id", format!("{}.inspect", cfg.client_id));
         // Fetch little: one record per partition is all a peek needs.
@@ -109,7 +108,7 @@ impl Inspector {
             for topic in topics {
                 let md = meta
                     .fetch_metadata(Some(&topic), timeout)
-                    .map_err(|e| Error::kafka(format!("metadata for topic {topic}"), e))?;
+                    .map_err(|e| explain(&meta, format!("metadata for topic {topic}"), e))?;
                 let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
                     out.insert(topic, None);
                     continue;
@@ -137,7 +136,7 @@ impl Inspector {
                     let (low, high) =
                         meta.fetch_watermarks(&topic, p.id(), timeout)
                             .map_err(|e| {
-                                Error::kafka(format!("watermarks of {topic}[{}]", p.id()), e)
+                                explain(&meta, format!("watermarks of {topic}[{}]", p.id()), e)
                             })?;
                     parts.insert(p.id(), Watermarks { low, high });
                 }
@@ -212,7 +211,7 @@ impl Inspector {
             }
             let got = meta
                 .offsets_for_times(tpl, timeout)
-                .map_err(|e| Error::kafka("ListOffsets by timestamp", e))?;
+                .map_err(|e| explain(&meta, "ListOffsets by timestamp", e))?;
             let mut out = HashMap::new();
             for e in got.elements() {
                 let high = marks

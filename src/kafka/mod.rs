@@ -15,6 +15,7 @@
 //! Consumers speak the group protocol of `kafka.group_protocol` (`classic` or KIP-848
 //! `consumer`); [`consumer_config`] passes neither protocol a setting it rejects.
 
+pub mod diagnosis;
 pub mod inspect;
 pub mod topic;
 
@@ -24,12 +25,13 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::{GroupProtocol, KafkaConfig};
 use crate::error::classify::kafka_code;
 use crate::error::{Error, ErrorKind, Result};
+use diagnosis::{explain, metadata_client, MetadataClient};
 
 /// Settings shared by every client: brokers, client id, user properties.
 pub fn base_config(cfg: &KafkaConfig) -> ClientConfig {
@@ -234,7 +236,7 @@ async fn partitions_served(cfg: &KafkaConfig, topics: &[String]) -> Result<()> {
     let cfg = cfg.clone();
     let topics = topics.to_vec();
     tokio::task::spawn_blocking(move || {
-        let consumer = metadata_client(&cfg)?;
+        let consumer = metadata_client(&base_config(&cfg))?;
         let timeout = Duration::from_millis(cfg.request_timeout_ms);
         let mut waiting: Vec<(String, i32)> = Vec::new();
         for topic in &topics {
@@ -300,7 +302,7 @@ pub async fn partition_counts(
     let cfg = cfg.clone();
     let topics = topics.to_vec();
     tokio::task::spawn_blocking(move || {
-        let consumer = metadata_client(&cfg)?;
+        let consumer = metadata_client(&base_config(&cfg))?;
         let timeout = Duration::from_millis(cfg.request_timeout_ms);
         let deadline = std::time::Instant::now() + timeout;
         let mut out = HashMap::with_capacity(topics.len());
@@ -331,13 +333,6 @@ pub async fn partition_counts(
     .map_err(|e| Error::internal(format!("metadata task failed: {e}")))?
 }
 
-/// A client for metadata and watermark requests only (never joins a group).
-fn metadata_client(cfg: &KafkaConfig) -> Result<BaseConsumer> {
-    base_config(cfg)
-        .create()
-        .map_err(|e| Error::kafka("creating Kafka metadata client", e))
-}
-
 struct PartitionInfo {
     id: i32,
     /// A leader is known and the partition has no error in the metadata.
@@ -346,13 +341,13 @@ struct PartitionInfo {
 
 /// The partitions of `topic` as the cluster's metadata lists them (blocking).
 fn topic_partitions(
-    consumer: &BaseConsumer,
+    consumer: &MetadataClient,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<PartitionInfo>> {
     let md = consumer
         .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| Error::kafka(format!("metadata for topic {topic}"), e))?;
+        .map_err(|e| explain(consumer, format!("metadata for topic {topic}"), e))?;
     let t = md
         .topics()
         .iter()
@@ -380,13 +375,13 @@ pub async fn watermarks(cfg: &KafkaConfig, topic: &str) -> Result<HashMap<i32, (
     let cfg = cfg.clone();
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
-        let consumer = metadata_client(&cfg)?;
+        let consumer = metadata_client(&base_config(&cfg))?;
         let timeout = Duration::from_millis(cfg.request_timeout_ms);
         let mut out = HashMap::new();
         for p in topic_partitions(&consumer, &topic, timeout)? {
             let wm = consumer
                 .fetch_watermarks(&topic, p.id, timeout)
-                .map_err(|e| Error::kafka(format!("watermarks of {topic}[{}]", p.id), e))?;
+                .map_err(|e| explain(&consumer, format!("watermarks of {topic}[{}]", p.id), e))?;
             out.insert(p.id, wm);
         }
         Ok(out)
@@ -399,10 +394,16 @@ pub async fn watermarks(cfg: &KafkaConfig, topic: &str) -> Result<HashMap<i32, (
 pub async fn ping(cfg: &KafkaConfig) -> Result<usize> {
     let cfg = cfg.clone();
     tokio::task::spawn_blocking(move || {
-        let consumer = metadata_client(&cfg)?;
+        let consumer = metadata_client(&base_config(&cfg))?;
         let md = consumer
             .fetch_metadata(None, Duration::from_millis(cfg.request_timeout_ms))
-            .map_err(|e| Error::kafka(format!("metadata from {}", cfg.brokers.join(",")), e))?;
+            .map_err(|e| {
+                explain(
+                    &consumer,
+                    format!("metadata from {}", cfg.brokers.join(",")),
+                    e,
+                )
+            })?;
         Ok(md.brokers().len())
     })
     .await
@@ -446,10 +447,12 @@ mod tests {
         }
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
         // librdkafka itself accepts the result (it refuses rejected settings at creation).
-        let _: BaseConsumer = c.create().expect("consumer protocol config accepted");
-        let _: BaseConsumer = consumer_config(&kafka_cfg(GroupProtocol::Classic), "g")
-            .create()
-            .expect("classic config accepted");
+        let _: rdkafka::consumer::BaseConsumer =
+            c.create().expect("consumer protocol config accepted");
+        let _: rdkafka::consumer::BaseConsumer =
+            consumer_config(&kafka_cfg(GroupProtocol::Classic), "g")
+                .create()
+                .expect("classic config accepted");
     }
 
     #[test]

@@ -64,6 +64,36 @@ fn unreachable_peer_fails_with_exit_1_and_names_it() {
     assert!(l.contains("FAIL"), "{l}");
 }
 
+/// A broker that refuses connections: the check fails with the reason librdkafka saw, not
+/// only its bare "Broker transport failure".
+#[test]
+fn an_unreachable_broker_is_reported_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("nobroker.toml");
+    let text_cfg = std::fs::read_to_string(root().join("deploy/config/cutover.local.toml"))
+        .unwrap()
+        .replace(
+            r#"brokers = ["127.0.0.1:9092"]"#,
+            "brokers = [\"127.0.0.1:1\"]\nrequest_timeout_ms = 2000",
+        );
+    std::fs::write(&p, text_cfg).unwrap();
+    let o = run(
+        &["check-config", "--connect", "--config", p.to_str().unwrap()],
+        &[],
+    );
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    let l = t
+        .lines()
+        .find(|l| l.starts_with("kafka 127.0.0.1:1"))
+        .unwrap_or_else(|| panic!("no kafka line:\n{t}"));
+    assert!(l.contains("FAIL"), "{l}");
+    assert!(
+        l.contains("the broker connection failed with") && l.contains("Connection refused"),
+        "{l}"
+    );
+}
+
 #[test]
 fn bad_field_fails_with_exit_2_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
