@@ -7,12 +7,13 @@
 //!   admit       a table with share steps (split, or a change committed before its last step):
 //!               the key's owner at the change's own-side position → Apply, or Leak;
 //!               else phase.applies_towards(writes)?  no → Skip;  dual → Settle;  else Apply
-//!   leak        record (cutover.conflicts, kind leak), count, and plan the restore of the
+//!   leak        record (cutover.conflicts, kind leak) and plan the restore of the
 //!               owner's version on the leaking side: owner row present → no-op UPDATE of it
 //!               outside cutover's origins (the other direction carries it back); absent →
 //!               DELETE on the leaking side under the verify origin (never captured)
-//!   after_commit  carry out the planned restores (other sessions: never under the batch's
-//!               row locks, never for a batch that rolled back)
+//!   after_commit  count the batch's leaks and carry out the planned restores (other sessions:
+//!               never under the batch's row locks, never for a batch that rolled back; a
+//!               retried batch counts its leaks once)
 //!   settle      conflict::compare (row locked FOR UPDATE) → conflict::resolve → conflict::record
 //!   finish      last-writer-wins: remember each written version's origin commit time
 //! ```
@@ -57,6 +58,8 @@ pub struct RoleGuard {
     versions: Vec<Version>,
     /// Leak resolutions planned by this batch, carried out after its COMMIT.
     restores: Vec<Restore>,
+    /// The batch's leaks (table, leaking side), counted after its COMMIT.
+    leaked: Vec<(String, &'static str)>,
 }
 
 /// How a leak is resolved once its batch committed: the owner's version restored on the
@@ -86,6 +89,7 @@ impl RoleGuard {
             steps: BTreeMap::new(),
             versions: Vec::new(),
             restores: Vec::new(),
+            leaked: Vec::new(),
         }
     }
 
@@ -140,6 +144,7 @@ impl WriteGuard for RoleGuard {
     async fn begin(&mut self, tx: &Client) -> Result<()> {
         self.versions.clear();
         self.restores.clear();
+        self.leaked.clear();
         let pipeline = self.pipeline.clone();
         let control = self.control().await?;
         let client = control.unwrap_or(tx);
@@ -288,7 +293,7 @@ impl WriteGuard for RoleGuard {
         )
         .await
         .map_err(|e| Error::postgres("recording a leak in cutover.conflicts", e))?;
-        crate::observe::names::phase_leak(&ev.table.to_string(), from.as_str());
+        self.leaked.push((ev.table.to_string(), from.as_str()));
         tracing::warn!(sink = %l.sink, table = %ev.table, leaked_on = from.as_str(), owner_has_row = local.is_some(), "leak: a write on the side that does not own the key; restoring the owner's version");
         self.restores.push(if local.is_some() {
             Restore::Reemit {
@@ -310,6 +315,9 @@ impl WriteGuard for RoleGuard {
     }
 
     async fn after_commit(&mut self) -> Result<()> {
+        for (table, side) in std::mem::take(&mut self.leaked) {
+            crate::observe::names::phase_leak(&table, side);
+        }
         for r in std::mem::take(&mut self.restores) {
             match r {
                 Restore::Reemit { table, key } => {

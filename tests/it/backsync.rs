@@ -1110,6 +1110,10 @@ async fn writes_on_the_wrong_side_are_leaks_counted_recorded_and_resolved_by_the
         key(Owner::Legacy, 1),
         key(Owner::New, 1000),
     );
+    // The first batch to carry a leak fails once just before its COMMIT and is retried: its
+    // leaks are counted once, by the attempt that committed.
+    #[cfg(feature = "failpoints")]
+    fail::cfg("sink-before-target-commit", "1*return").unwrap();
     // a is the new store's: legacy writes it. b is legacy's: the new store writes it. c is
     // the new store's and exists nowhere: legacy inserts it.
     l.batch_execute(&format!(
@@ -1172,6 +1176,14 @@ async fn writes_on_the_wrong_side_are_leaks_counted_recorded_and_resolved_by_the
     ] {
         assert!(page.contains(&series), "{series} not in\n{page}");
     }
+    #[cfg(feature = "failpoints")]
+    assert!(
+        page.lines()
+            .any(|l| l.starts_with("cutover_sink_retries_total{")
+                && l.contains("kind=\"connection\"")
+                && !l.ends_with(" 0")),
+        "the batch was not retried:\n{page}"
+    );
     let shown = m.phase_json(&["show"]);
     assert_eq!(
         shown[0]["leaks"],
