@@ -53,7 +53,7 @@ impl Endpoint {
         let connector = tls.sql_connector(&self.field)?;
         let (client, conn) = cfg.connect(connector).await.map_err(|e| {
             let what = format!("connecting to {} ({})", self.field, self.url);
-            let err = Error::postgres(what, e);
+            let err = Error::postgres_connect(what, e);
             if crate::error::classify::certificate_failure(&err.to_string()) {
                 Error::new(
                     ErrorKind::Auth,

@@ -35,6 +35,19 @@ pub fn sqlstate(code: &str) -> ErrorKind {
     }
 }
 
+/// The kind of a server error while a connection is being set up. The only inputs then are
+/// the connection's own parameters (user, database, the URL's `options`), so an invalid value
+/// (class 22, e.g. 22023 for a `-c` setting's value) or an unknown setting (class 42, e.g.
+/// 42704 for an unrecognized `-c` name) is the configuration's fault, not the data's or the
+/// schema's. 42501 (insufficient privilege) stays an authorization failure.
+pub fn connect_sqlstate(code: &str) -> ErrorKind {
+    match &code[..2.min(code.len())] {
+        "22" => ErrorKind::Config,
+        "42" if code != "42501" => ErrorKind::Config,
+        _ => sqlstate(code),
+    }
+}
+
 /// The kind of a replication connection failure: the server's SQLSTATE when it sent one
 /// (28xxx authentication is fatal), failed authentication or a refused certificate as
 /// [`ErrorKind::Auth`] (retrying cannot fix either), anything else a connection error.
@@ -157,6 +170,17 @@ pub fn kafka_code(code: RDKafkaErrorCode) -> ErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_connection_parameter_is_a_config_error() {
+        // invalid_parameter_value (`-c lock_timeout=abc`), undefined_object (`-c no_such=1`)
+        assert_eq!(connect_sqlstate("22023"), ErrorKind::Config);
+        assert_eq!(connect_sqlstate("42704"), ErrorKind::Config);
+        assert_eq!(connect_sqlstate("42501"), ErrorKind::Auth);
+        assert_eq!(connect_sqlstate("28P01"), ErrorKind::Auth);
+        assert_eq!(connect_sqlstate("57P03"), ErrorKind::Connection);
+        assert_eq!(connect_sqlstate("3D000"), ErrorKind::NotFound);
+    }
 
     #[test]
     fn sqlstate_classes_map_to_kinds() {

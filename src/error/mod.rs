@@ -162,8 +162,22 @@ impl Error {
     /// serialization failures are transient, privilege and auth errors are fatal, data and
     /// integrity violations are data errors (poison for a sink).
     pub fn postgres(context: impl Into<String>, err: tokio_postgres::Error) -> Self {
+        Error::postgres_by(context, err, classify::sqlstate)
+    }
+
+    /// A failure to open a PostgreSQL connection: like [`Error::postgres`], but a server error
+    /// is judged as one about the connection's own parameters ([`classify::connect_sqlstate`]).
+    pub fn postgres_connect(context: impl Into<String>, err: tokio_postgres::Error) -> Self {
+        Error::postgres_by(context, err, classify::connect_sqlstate)
+    }
+
+    fn postgres_by(
+        context: impl Into<String>,
+        err: tokio_postgres::Error,
+        by_sqlstate: fn(&str) -> ErrorKind,
+    ) -> Self {
         let kind = match err.code() {
-            Some(state) => classify::sqlstate(state.code()),
+            Some(state) => by_sqlstate(state.code()),
             None if err.is_closed() => ErrorKind::Connection,
             None => {
                 // No SQLSTATE: I/O, TLS, protocol or timeout trouble on the wire.

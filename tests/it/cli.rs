@@ -94,6 +94,28 @@ fn an_unreachable_broker_is_reported_with_the_reason() {
     );
 }
 
+/// A `-c` setting in the URL's `options` that the server refuses is the configuration's
+/// fault: exit 2 naming the field, not a data or schema error.
+#[test]
+fn a_connection_option_the_server_refuses_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("badopt.toml");
+    let text_cfg = std::fs::read_to_string(root().join("deploy/config/cutover.local.toml"))
+        .unwrap()
+        .replace(
+            r#"url = "postgres://postgres@127.0.0.1:5433/app""#,
+            r#"url = "postgres://postgres@127.0.0.1:5433/app?options=-c%20no_such_setting%3D1""#,
+        );
+    std::fs::write(&p, text_cfg).unwrap();
+    let o = run(&["capture", "--config", p.to_str().unwrap()], &[]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("source.url") && t.contains("no_such_setting") && t.contains("kind=config"),
+        "{t}"
+    );
+}
+
 #[test]
 fn bad_field_fails_with_exit_2_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
