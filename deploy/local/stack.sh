@@ -77,7 +77,9 @@ broker_up() {
     done
     log "starting Apache Kafka $KAFKA_VERSION (KRaft) on 127.0.0.1:$KAFKA_PORT (data in $dir/data)"
     # run.sh execs the JVM: $! is the broker's pid, and no shell keeps the caller's stdout open.
-    nohup bash "$ROOT/deploy/local/kafka/run.sh" "$dir" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" \
+    # setsid: a session of its own, so a signal to the caller's process group (Ctrl-C or a
+    # SIGTERM to `make demo`) stops the caller, not the stack it started.
+    setsid nohup bash "$ROOT/deploy/local/kafka/run.sh" "$dir" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" \
       </dev/null >>"$dir/stdout.log" 2>&1 &
     echo $! > "$dir/kafka.pid"
   fi
@@ -115,7 +117,7 @@ registry_up() {
     if port_open "$REGISTRY_PORT"; then die "port $REGISTRY_PORT is taken by another process (another checkout's stack? run make down there)"; fi
     echo "$stamp" > "$dir/registry.stamp"
     log "starting schema registry on 127.0.0.1:$REGISTRY_PORT"
-    nohup "$STACK_BIN" registry --listen "127.0.0.1:$REGISTRY_PORT" --data-dir "$dir" \
+    setsid nohup "$STACK_BIN" registry --listen "127.0.0.1:$REGISTRY_PORT" --data-dir "$dir" \
       </dev/null >>"$dir/registry.log" 2>&1 &
     echo $! > "$dir/registry.pid"
   fi
