@@ -1074,6 +1074,102 @@ async fn a_bridge_routing_by_owner_steps_the_share_up_and_down_without_loss_or_l
     m.cleanup(parts).await;
 }
 
+/// Issue 18, the hand-over end to end: legacy writes of keys that move to the new store are
+/// still in flight (the forward sink is stopped) when the share steps 10 → 50 %. They were
+/// committed before the step's legacy position, so the forward direction still applies them
+/// (their owner at that position was legacy) instead of treating them as leaks; `phase set`
+/// waits until that direction has drained and only then tells the bridge to route the moved
+/// keys to the new store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_in_flight_at_a_step_are_handed_over_not_leaked() {
+    use cutover::backsync::owner::{bucket, share_bp};
+    let m = Mig::new("bshand", ConflictPolicy::SourceOfTruth).await;
+    let mut parts = m.start().await;
+    let (l, n) = (m.legacy().await, m.new_store().await);
+    let (s, ns) = (m.id.clone(), m.ns.clone());
+    m.seed(100).await;
+    m.step(10).await;
+    let (lo, hi) = (share_bp(10.0), share_bp(50.0));
+    let moving: Vec<i64> = (1..=100)
+        .filter(|k| (lo..hi).contains(&bucket(&[k.to_string()])))
+        .collect();
+    let staying: Vec<i64> = (1..=100)
+        .filter(|k| bucket(&[k.to_string()]) >= hi)
+        .collect();
+    assert!(
+        moving.len() > 20 && staying.len() > 20,
+        "{moving:?} {staying:?}"
+    );
+    // The forward direction stops; legacy (the keys' owner at 10 %) writes them.
+    parts.remove(1).stop().await;
+    let list = |ks: &[i64]| {
+        ks.iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    l.batch_execute(&format!(
+        r#"UPDATE "{s}".accounts SET balance = 4242 WHERE id IN ({});
+           UPDATE "{s}".accounts SET balance = 4343 WHERE id IN ({});"#,
+        list(&moving),
+        list(&staying)
+    ))
+    .await
+    .unwrap();
+    // The step (forced: the gate sees the stopped direction's lag) waits for the hand-over.
+    let stepping = Command::new(cutover_bin())
+        .args(["phase", "set", "--table", &m.table(), "--to", "split"])
+        .args(["--new-share", "50", "--force", "--reason", "hand-over test"])
+        .args(["--handover-timeout-secs", "120", "--config"])
+        .arg(m.config_path())
+        .env_remove("CUTOVER_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while l
+        .query_one(
+            "SELECT count(*) FROM cutover.share_steps WHERE table_name = $1 AND share_bp = $2",
+            &[&m.table(), &(hi as i32)],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the step was never recorded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Still waiting: the changes of the moving keys have not reached the new store.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(balance(&n, &ns, moving[0]).await, Some(0));
+    parts.insert(1, Part::sink(&m.cfg, "newstore").await);
+    let out = tokio::task::spawn_blocking(move || stepping.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("hand-over done") && text.contains("[1000, 5000) to the new store"),
+        "{text}"
+    );
+    m.converged(60).await;
+    for (keys, want) in [(&moving, 4242), (&staying, 4343)] {
+        for k in keys.iter() {
+            assert_eq!(balance(&n, &ns, *k).await, Some(want), "new store, key {k}");
+            assert_eq!(balance(&l, &s, *k).await, Some(want), "legacy, key {k}");
+        }
+    }
+    assert_eq!(m.leaks().await, (0, 0), "a handed-over write is not a leak");
+    m.cleanup(parts).await;
+}
+
 /// The balance of account `id` in `schema`, if the row exists.
 async fn balance(c: &tokio_postgres::Client, schema: &str, id: i64) -> Option<i64> {
     c.query_opt(
