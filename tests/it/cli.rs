@@ -19,6 +19,21 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     c.output().unwrap()
 }
 
+/// The local config with `from` replaced by `to`, written to a temporary file; the command
+/// line `args` followed by `--config <that file>`, run.
+fn run_edited(args: &[&str], from: &str, to: &str) -> Output {
+    let text_cfg = std::fs::read_to_string(root().join("deploy/config/cutover.local.toml"))
+        .unwrap()
+        .replace(from, to);
+    assert!(text_cfg.contains(to), "{from:?} is not in the local config");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("edited.toml");
+    std::fs::write(&p, text_cfg).unwrap();
+    let mut a = args.to_vec();
+    a.extend(["--config", p.to_str().unwrap()]);
+    run(&a, &[])
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -68,18 +83,10 @@ fn unreachable_peer_fails_with_exit_1_and_names_it() {
 /// only its bare "Broker transport failure".
 #[test]
 fn an_unreachable_broker_is_reported_with_the_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("nobroker.toml");
-    let text_cfg = std::fs::read_to_string(root().join("deploy/config/cutover.local.toml"))
-        .unwrap()
-        .replace(
-            r#"brokers = ["127.0.0.1:9092"]"#,
-            "brokers = [\"127.0.0.1:1\"]\nrequest_timeout_ms = 2000",
-        );
-    std::fs::write(&p, text_cfg).unwrap();
-    let o = run(
-        &["check-config", "--connect", "--config", p.to_str().unwrap()],
-        &[],
+    let o = run_edited(
+        &["check-config", "--connect"],
+        r#"brokers = ["127.0.0.1:9092"]"#,
+        "brokers = [\"127.0.0.1:1\"]\nrequest_timeout_ms = 2000",
     );
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
@@ -98,16 +105,11 @@ fn an_unreachable_broker_is_reported_with_the_reason() {
 /// fault: exit 2 naming the field, not a data or schema error.
 #[test]
 fn a_connection_option_the_server_refuses_is_a_config_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("badopt.toml");
-    let text_cfg = std::fs::read_to_string(root().join("deploy/config/cutover.local.toml"))
-        .unwrap()
-        .replace(
-            r#"url = "postgres://postgres@127.0.0.1:5433/app""#,
-            r#"url = "postgres://postgres@127.0.0.1:5433/app?options=-c%20no_such_setting%3D1""#,
-        );
-    std::fs::write(&p, text_cfg).unwrap();
-    let o = run(&["capture", "--config", p.to_str().unwrap()], &[]);
+    let o = run_edited(
+        &["capture"],
+        r#"url = "postgres://postgres@127.0.0.1:5433/app""#,
+        r#"url = "postgres://postgres@127.0.0.1:5433/app?options=-c%20no_such_setting%3D1""#,
+    );
     let t = text(&o);
     assert_eq!(o.status.code(), Some(2), "{t}");
     assert!(
@@ -118,13 +120,11 @@ fn a_connection_option_the_server_refuses_is_a_config_error() {
 
 #[test]
 fn bad_field_fails_with_exit_2_naming_the_field() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("bad.toml");
-    let text_cfg = std::fs::read_to_string(root().join("deploy/config/cutover.local.toml"))
-        .unwrap()
-        .replace("partitions = 3", "partitions = 3\nretention_hours = 5");
-    std::fs::write(&p, text_cfg).unwrap();
-    let o = run(&["check-config", "--config", p.to_str().unwrap()], &[]);
+    let o = run_edited(
+        &["check-config"],
+        "partitions = 3",
+        "partitions = 3\nretention_hours = 5",
+    );
     let t = text(&o);
     assert_eq!(o.status.code(), Some(2), "{t}");
     assert!(
