@@ -32,7 +32,7 @@ use super::write::{self, Writer};
 use crate::config::{Config, SinkConfig, TruncatePolicy};
 use crate::database::origin;
 use crate::deadletter::{Letter, Parking};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::state::progress;
 
 /// What executing a plan left to do: records to park (index, why) and the truncate
@@ -211,7 +211,7 @@ async fn transact_open(
     // Fault suite: hold the batch's transaction open (e.g. `sleep(500)`) so a target restart
     // lands inside it, or fail the attempt (`return`) so the batch is retried.
     fail::fail_point!("sink-before-target-commit", |_| Err(Error::new(
-        ErrorKind::Connection,
+        crate::error::ErrorKind::Connection,
         "fail point sink-before-target-commit"
     )));
     tx.batch_execute("COMMIT")
