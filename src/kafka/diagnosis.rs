@@ -21,6 +21,11 @@
 //! request's own kind. Waiting for a reason costs nothing when the broker is down (a refused
 //! connection is reported at once) and at most [`REASON_WAIT`] when the connection attempt
 //! itself hangs.
+//!
+//! A reason is used only while it is fresh ([`REASON_FRESH`]): a long-lived client (the
+//! monitor's) must not explain today's timeout with a refused login from this morning.
+//! librdkafka reports an identical failure of a broker at most every 30 s
+//! (`rd_kafka_broker_set_error`), so a reason younger than 60 s is still the current one.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -37,17 +42,28 @@ use crate::error::{Error, ErrorKind, Result};
 /// The longest a failed request waits for the reason of its failure.
 pub const REASON_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a reported reason counts as the current one.
+pub const REASON_FRESH: Duration = Duration::from_secs(60);
+
+/// A connection failure as librdkafka reported it, and when.
+type Reason = (Instant, RDKafkaErrorCode, String);
+
 /// A client context that remembers the last reason librdkafka gave for a broker connection
 /// failing (its global error events), and logs each like the default context does.
 #[derive(Default)]
 pub struct Diagnosis {
-    last: Mutex<Option<(RDKafkaErrorCode, String)>>,
+    last: Mutex<Option<Reason>>,
 }
 
 impl Diagnosis {
-    /// The last connection failure reported, if any.
-    pub fn last(&self) -> Option<(RDKafkaErrorCode, String)> {
-        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The last connection failure reported within `fresh`, if any.
+    pub fn last(&self, fresh: Duration) -> Option<(RDKafkaErrorCode, String)> {
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|(at, _, _)| at.elapsed() <= fresh)
+            .map(|(_, code, reason)| (*code, reason.clone()))
     }
 }
 
@@ -59,7 +75,8 @@ impl ClientContext for Diagnosis {
         };
         // "1/1 brokers are down" follows every failure and says nothing about its cause.
         if code != RDKafkaErrorCode::AllBrokersDown {
-            *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((code, reason.to_string()));
+            *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((Instant::now(), code, reason.to_string()));
         }
     }
 }
@@ -109,11 +126,11 @@ pub fn explain(client: &MetadataClient, what: impl Into<String>, err: KafkaError
         return Error::kafka(what, err);
     }
     let deadline = Instant::now() + REASON_WAIT;
-    let mut last = client.context().last();
+    let mut last = client.context().last(REASON_FRESH);
     while last.is_none() && Instant::now() < deadline {
         // Serves the queued log and error events; a metadata client has no messages to return.
         let _ = client.poll(Duration::from_millis(100));
-        last = client.context().last();
+        last = client.context().last(REASON_FRESH);
     }
     let Some((code, reason)) = last else {
         return Error::kafka(what, err);
@@ -156,7 +173,7 @@ mod tests {
     #[test]
     fn the_reason_kept_is_the_last_that_says_something() {
         let d = Diagnosis::default();
-        assert_eq!(d.last(), None);
+        assert_eq!(d.last(REASON_FRESH), None);
         d.error(
             KafkaError::Global(RDKafkaErrorCode::Authentication),
             "SASL authentication error",
@@ -166,11 +183,14 @@ mod tests {
             "1/1 brokers are down",
         );
         assert_eq!(
-            d.last(),
+            d.last(REASON_FRESH),
             Some((
                 RDKafkaErrorCode::Authentication,
                 "SASL authentication error".to_string()
             ))
         );
+        // An old reason does not explain a new failure.
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(d.last(Duration::from_millis(10)), None);
     }
 }
