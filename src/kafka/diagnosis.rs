@@ -93,12 +93,21 @@ pub fn metadata_client(config: &ClientConfig) -> Result<MetadataClient> {
         .map_err(|e| Error::kafka("creating Kafka metadata client", e))
 }
 
+/// The code of a Kafka error, admin errors included (rust-rdkafka's `rdkafka_error_code()`
+/// does not expose theirs).
+fn code_of(err: &KafkaError) -> Option<RDKafkaErrorCode> {
+    match err {
+        KafkaError::AdminOp(code) => Some(*code),
+        e => e.rdkafka_error_code(),
+    }
+}
+
 /// The request failed because no broker could be used (as opposed to a broker answering with
 /// an error): only then is there a connection failure to look for.
 fn no_usable_broker(err: &KafkaError) -> bool {
     use RDKafkaErrorCode as C;
     matches!(
-        err.rdkafka_error_code(),
+        code_of(err),
         Some(
             C::BrokerTransportFailure
                 | C::AllBrokersDown
@@ -118,13 +127,9 @@ pub fn reason_kind(code: RDKafkaErrorCode, reason: &str) -> Option<ErrorKind> {
     }
 }
 
-/// `err` from a request `what` on `client`, with the reason the broker connection failed
-/// when there was one (waiting up to [`REASON_WAIT`] for it to arrive).
-pub fn explain(client: &MetadataClient, what: impl Into<String>, err: KafkaError) -> Error {
-    let what = what.into();
-    if !no_usable_broker(&err) {
-        return Error::kafka(what, err);
-    }
+/// The reason `client` was given for its broker connections failing, waiting up to
+/// [`REASON_WAIT`] for one to arrive.
+fn reason(client: &MetadataClient) -> Option<(RDKafkaErrorCode, String)> {
     let deadline = Instant::now() + REASON_WAIT;
     let mut last = client.context().last(REASON_FRESH);
     while last.is_none() && Instant::now() < deadline {
@@ -132,7 +137,12 @@ pub fn explain(client: &MetadataClient, what: impl Into<String>, err: KafkaError
         let _ = client.poll(Duration::from_millis(100));
         last = client.context().last(REASON_FRESH);
     }
-    let Some((code, reason)) = last else {
+    last
+}
+
+/// `err` from a request `what`, with `reason` when there is one (which then decides the kind).
+fn explained(what: String, err: KafkaError, reason: Option<(RDKafkaErrorCode, String)>) -> Error {
+    let Some((code, reason)) = reason else {
         return Error::kafka(what, err);
     };
     let kind = reason_kind(code, &reason).unwrap_or_else(|| crate::error::classify::kafka(&err));
@@ -141,6 +151,39 @@ pub fn explain(client: &MetadataClient, what: impl Into<String>, err: KafkaError
         format!("{what}: {err}; the broker connection failed with: {reason}"),
         err,
     )
+}
+
+/// `err` from a request `what` on `client`, with the reason the broker connection failed
+/// when there was one (waiting up to [`REASON_WAIT`] for it to arrive).
+pub fn explain(client: &MetadataClient, what: impl Into<String>, err: KafkaError) -> Error {
+    if !no_usable_broker(&err) {
+        return Error::kafka(what, err);
+    }
+    let reason = reason(client);
+    explained(what.into(), err, reason)
+}
+
+/// [`explain`] for a request made on a client that keeps no reasons (the admin client serves
+/// only its own result queue): a metadata request on a fresh [`MetadataClient`] built from
+/// `config` asks the brokers again, within `timeout`, and the reason it is given explains
+/// `err`. Blocking.
+pub fn explain_by_probe(
+    config: &ClientConfig,
+    timeout: Duration,
+    what: impl Into<String>,
+    err: KafkaError,
+) -> Error {
+    if !no_usable_broker(&err) {
+        return Error::kafka(what, err);
+    }
+    let reason = metadata_client(config)
+        .ok()
+        .and_then(|c| match c.fetch_metadata(None, timeout) {
+            Err(e) if no_usable_broker(&e) => reason(&c),
+            // The brokers answer now: whatever failed, it was not the connection.
+            _ => None,
+        });
+    explained(what.into(), err, reason)
 }
 
 #[cfg(test)]

@@ -26,12 +26,13 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::{GroupProtocol, KafkaConfig};
 use crate::error::classify::kafka_code;
 use crate::error::{Error, ErrorKind, Result};
-use diagnosis::{explain, metadata_client, MetadataClient};
+use diagnosis::{explain, explain_by_probe, metadata_client, MetadataClient};
 
 /// Settings shared by every client: brokers, client id, user properties.
 pub fn base_config(cfg: &KafkaConfig) -> ClientConfig {
@@ -155,16 +156,34 @@ fn admin(cfg: &KafkaConfig) -> Result<(AdminClient<DefaultClientContext>, AdminO
         .create()
         .map_err(|e| Error::kafka("creating Kafka admin client", e))?;
     let timeout = Duration::from_millis(cfg.request_timeout_ms);
-    Ok((admin, AdminOptions::new().operation_timeout(Some(timeout))))
+    // The request's own timeout leaves the broker its whole operation timeout to answer in;
+    // without it librdkafka waits socket.timeout.ms (60 s) when no broker is usable. With the
+    // default request_timeout_ms (30 s) the two are the same.
+    Ok((
+        admin,
+        AdminOptions::new()
+            .operation_timeout(Some(timeout))
+            .request_timeout(Some(timeout * 2)),
+    ))
+}
+
+/// An admin request's failure, with the reason no broker was usable when that was the cause
+/// (`diagnosis::explain_by_probe`: the admin client keeps no reasons of its own).
+async fn admin_error(cfg: &KafkaConfig, what: &'static str, err: KafkaError) -> Error {
+    let config = base_config(cfg);
+    let timeout = Duration::from_millis(cfg.request_timeout_ms.min(5_000));
+    tokio::task::spawn_blocking(move || explain_by_probe(&config, timeout, what, err))
+        .await
+        .unwrap_or_else(|e| Error::internal(format!("diagnosing {what}: {e}")))
 }
 
 /// Delete a consumer group (its committed offsets); it must have no members.
 pub async fn delete_group(cfg: &KafkaConfig, group: &str) -> Result<()> {
     let (admin, opts) = admin(cfg)?;
-    let results = admin
-        .delete_groups(&[group], &opts)
-        .await
-        .map_err(|e| Error::kafka("DeleteGroups", e))?;
+    let results = match admin.delete_groups(&[group], &opts).await {
+        Ok(r) => r,
+        Err(e) => return Err(admin_error(cfg, "DeleteGroups", e).await),
+    };
     for r in results {
         if let Err((g, code)) = r {
             return Err(Error::new(
@@ -197,10 +216,10 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[TopicSpec]) -> Result<Ve
             nt
         })
         .collect();
-    let results = admin
-        .create_topics(new_topics.iter(), &opts)
-        .await
-        .map_err(|e| Error::kafka("CreateTopics request", e))?;
+    let results = match admin.create_topics(new_topics.iter(), &opts).await {
+        Ok(r) => r,
+        Err(e) => return Err(admin_error(cfg, "CreateTopics request", e).await),
+    };
     let mut created = Vec::new();
     for r in results {
         match r {

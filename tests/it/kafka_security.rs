@@ -182,14 +182,22 @@ async fn every_command_over(tag: &str, pki: &Pki, protocol: Protocol) {
     env.cleanup().await;
 }
 
-/// A client that cannot authenticate is refused, and says so, instead of hanging.
+/// A client that cannot authenticate is refused, and says so, instead of hanging: a command
+/// (`tail`, metadata first) and a service (`apply`, whose first Kafka request is an admin
+/// CreateTopics for its dead-letter topic), which stops instead of retrying.
 fn refused(tag: &str, env_cfg: &cutover::config::Config, dir: &Path, expect: &[&str]) {
     let config = write_config(env_cfg, dir);
+    for args in [
+        &["tail", "--topic", "no-such-topic", "--last", "1"][..],
+        &["apply", "--sink", "mirror"][..],
+    ] {
+        refused_one(&format!("{tag}, {}", args[0]), &config, args, expect);
+    }
+}
+
+fn refused_one(tag: &str, config: &Path, args: &[&str], expect: &[&str]) {
     let started = Instant::now();
-    let (code, out, err) = cli(
-        &config,
-        &["tail", "--topic", "no-such-topic", "--last", "1"],
-    );
+    let (code, out, err) = cli(config, args);
     assert_ne!(code, 0, "{tag}: served without valid credentials: {out}");
     // The error the command ends with names the reason, not only librdkafka's log lines
     // before it ("Broker transport failure" alone is what the metadata request returns).
